@@ -1,0 +1,177 @@
+// The kiln driver: parses the command line and runs a subcommand. Only this file
+// calls exit.
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "compiler/compiler.h"
+#include "passes/passes.h"
+
+#define MAX_DIMS 64
+
+static void usage(FILE *f) {
+  fputs("usage: kiln <command> [options] MODEL.yaml...\n"
+        "\n"
+        "commands:\n"
+        "  check     parse, validate and shape a model; print its summary\n"
+        "  help      show this help\n"
+        "  version   show the version\n"
+        "\n"
+        "Run 'kiln <command> --help' for a command's options.\n",
+        f);
+}
+
+static void check_usage(FILE *f) {
+  fputs("usage: kiln check [options] MODEL.yaml...\n"
+        "\n"
+        "Reads each model, reports every error as file:line:col with the source line,\n"
+        "and for a valid model prints its values, shapes, parameters and FLOPs.\n"
+        "\n"
+        "options:\n"
+        "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
+        "  --print-ir             print the IR text instead of the summary\n"
+        "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
+        "  --emit=ir|dot|summary  what to write (default: summary)\n"
+        "  -o, --output FILE      write it to FILE instead of standard output\n"
+        "  -q, --quiet            print nothing for a valid model\n"
+        "  -h, --help             show this help\n"
+        "\n"
+        "exit status: 0 if every model is valid, 1 if one is not, 2 on bad usage\n",
+        f);
+}
+
+typedef enum { EMIT_SUMMARY, EMIT_IR, EMIT_DOT } Emit;
+
+typedef struct {
+  KilnDimOverride dims[MAX_DIMS];
+  int ndims;
+  Emit emit;
+  const char *output, *print_after;
+  bool quiet;
+} CheckOpts;
+
+static int parse_dim(const char *arg, KilnDimOverride *out) {
+  const char *eq = strchr(arg, '=');
+  if (!eq || eq == arg) return -1;
+  char *end;
+  long long v = strtoll(eq + 1, &end, 10);
+  if (*end || end == eq + 1 || v < 1) return -1;
+  out->name = strndup(arg, (size_t)(eq - arg));
+  out->value = v;
+  return out->name ? 0 : -1;
+}
+
+static int parse_check(int argc, char **argv, CheckOpts *o) {
+  static const struct option longs[] = {
+      {"dim", required_argument, NULL, 'D'},   {"print-ir", no_argument, NULL, 'P'},
+      {"print-ir-after", required_argument, NULL, 'A'}, {"emit", required_argument, NULL, 'E'},
+      {"output", required_argument, NULL, 'o'}, {"quiet", no_argument, NULL, 'q'},
+      {"help", no_argument, NULL, 'h'},         {0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "o:qh", longs, NULL)) != -1) {
+    switch (c) {
+    case 'D':
+      if (o->ndims == MAX_DIMS || parse_dim(optarg, &o->dims[o->ndims]) != 0) {
+        fprintf(stderr, "kiln: --dim expects NAME=VALUE with VALUE >= 1, got '%s'\n", optarg);
+        return -1;
+      }
+      o->ndims++;
+      break;
+    case 'P': o->emit = EMIT_IR; break;
+    case 'A': o->print_after = optarg; break;
+    case 'E':
+      if (strcmp(optarg, "ir") == 0) o->emit = EMIT_IR;
+      else if (strcmp(optarg, "dot") == 0) o->emit = EMIT_DOT;
+      else if (strcmp(optarg, "summary") == 0) o->emit = EMIT_SUMMARY;
+      else {
+        fprintf(stderr, "kiln: --emit expects ir, dot or summary, got '%s'\n", optarg);
+        return -1;
+      }
+      break;
+    case 'o': o->output = optarg; break;
+    case 'q': o->quiet = true; break;
+    case 'h': check_usage(stdout); exit(0);
+    default: check_usage(stderr); return -1;
+    }
+  }
+  if (o->print_after && strcmp(o->print_after, "all") != 0) {
+    bool known = false;
+    for (int i = 0; kiln_pipeline_pass_name(i); i++)
+      known |= strcmp(kiln_pipeline_pass_name(i), o->print_after) == 0;
+    if (!known) {
+      fprintf(stderr, "kiln: --print-ir-after: no pass named '%s'; passes:", o->print_after);
+      for (int i = 0; kiln_pipeline_pass_name(i); i++)
+        fprintf(stderr, " %s", kiln_pipeline_pass_name(i));
+      fputs(" (or 'all')\n", stderr);
+      return -1;
+    }
+  }
+  if (optind >= argc) {
+    fputs("kiln check: no model file given\n", stderr);
+    check_usage(stderr);
+    return -1;
+  }
+  return 0;
+}
+
+static int check_one(const char *path, const CheckOpts *o, FILE *out) {
+  KilnDiag d;
+  kiln_diag_init(&d, stderr);
+  d.color = isatty(STDERR_FILENO);
+  KilnModel m;
+  int rc = kiln_model_load(&m, &d, path, o->dims, o->ndims);
+  if (rc == 0) {
+    KilnPipelineOpts po = {.print_after = o->print_after, .out = out};
+    rc = kiln_pipeline_run(&m.graph, &po, stderr);
+  }
+  if (rc == 0 && !o->quiet) {
+    switch (o->emit) {
+    case EMIT_SUMMARY: kiln_model_summary(&m, out); break;
+    case EMIT_IR: kiln_graph_print(&m.graph, out); break;
+    case EMIT_DOT: kiln_graph_dot(&m.graph, out); break;
+    }
+  }
+  if (rc != 0)
+    fprintf(stderr, "%s: %d error%s\n", path, d.nerrors, d.nerrors == 1 ? "" : "s");
+  kiln_model_free(&m);
+  return rc;
+}
+
+static int cmd_check(int argc, char **argv) {
+  CheckOpts o = {0};
+  if (parse_check(argc, argv, &o) != 0) return 2;
+  FILE *out = stdout;
+  if (o.output && !(out = fopen(o.output, "w"))) {
+    perror(o.output);
+    return 2;
+  }
+  int failed = 0;
+  for (int i = optind; i < argc; i++) failed += check_one(argv[i], &o, out) != 0;
+  for (int i = 0; i < o.ndims; i++) free((char *)o.dims[i].name);
+  if (out != stdout && fclose(out) != 0) {
+    perror(o.output);
+    return 2;
+  }
+  return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+    printf("kiln %s\n", KILN_VERSION);
+    return 0;
+  }
+  if (!strcmp(cmd, "check")) return cmd_check(argc - 1, argv + 1);
+  fprintf(stderr, "kiln: unknown command '%s'\n", cmd);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,127 @@
+// The model file, format version 1: top-level keys, dims (with --dim overrides),
+// then lowering (lower.c) and the train/data sections (config.c).
+#include <string.h>
+
+#include "compiler/compiler.h"
+
+static const char *const top_keys[] = {"kiln", "name", "dims", "inputs", "params", "blocks",
+                                       "graph", "outputs", "loss", "train", "data", NULL};
+static const char *const required_keys[] = {"kiln", "name", "inputs", "graph", "outputs", NULL};
+
+static int read_version(KilnDiag *d, const KilnYaml *v) {
+  if (v->kind == KILN_YAML_SCALAR && v->plain && strcmp(v->str, "1") == 0) return 0;
+  kiln_error(d, v->loc, "unsupported format version '%s'",
+             v->kind == KILN_YAML_SCALAR ? v->str : kiln_yaml_kind_name(v->kind));
+  kiln_hint(d, "this kiln reads format version 1: write 'kiln: 1'");
+  return -1;
+}
+
+static const KilnDimOverride *find_override(const KilnDimOverride *ov, int nov, const char *name,
+                                            bool *used) {
+  for (int i = 0; i < nov; i++)
+    if (strcmp(ov[i].name, name) == 0) return used[i] = true, &ov[i];
+  return NULL;
+}
+
+// Dims are read in order, so an expression may use the dims above it, and an
+// override changes every dim computed from it.
+static int read_dims(KilnModel *m, KilnDiag *d, const KilnYaml *y, const KilnDimOverride *ov,
+                     int nov) {
+  bool used[64] = {0};
+  int bad = 0;
+  if (nov > 64) nov = 64;
+  if (y && kiln_val_kind(d, y, KILN_YAML_MAP, "'dims'") != 0) return -1;
+  int n = y ? y->n : 0;
+  m->dims.dims = kiln_arena_alloc(&m->arena, (size_t)(n + 1) * sizeof(KilnDim));
+  for (int i = 0; i < n; i++) {
+    KilnDim *dim = &m->dims.dims[m->dims.ndims];
+    dim->loc = y->keys[i]->loc;
+    if (kiln_val_ident(d, y->keys[i], "a dim name", &dim->name) != 0) {
+      bad++;
+      continue;
+    }
+    const KilnDimOverride *o = find_override(ov, nov, dim->name, used);
+    if (o) {
+      dim->value = o->value;
+      dim->overridden = true;
+    } else if (kiln_val_int(d, y->items[i], &m->dims, &dim->value) != 0) {
+      bad++;
+      continue;
+    }
+    if (dim->value < 1 || dim->value > KILN_MAX_ELEMS) {
+      kiln_error(d, o ? dim->loc : y->items[i]->loc, "dim '%s' must be between 1 and 2^31, got %lld%s",
+                 dim->name, (long long)dim->value, o ? " (from --dim)" : "");
+      bad++;
+      continue;
+    }
+    m->dims.ndims++;
+  }
+  for (int i = 0; i < nov; i++)
+    if (!used[i]) {
+      kiln_error(d, (KilnLoc){m->path, 0, 0}, "--dim %s: the model has no dim '%s'", ov[i].name,
+                 ov[i].name);
+      bad++;
+    }
+  return bad ? -1 : 0;
+}
+
+static int check_top(KilnModel *m, KilnDiag *d, const KilnYaml *root) {
+  if (root->kind != KILN_YAML_MAP) {
+    kiln_error(d, root->loc, "a model file is a mapping of keys (kiln, name, inputs, ...), "
+                             "not a %s", kiln_yaml_kind_name(root->kind));
+    return -1;
+  }
+  int bad = kiln_val_keys(d, root, top_keys, "top-level key", NULL);
+  for (int i = 0; required_keys[i]; i++)
+    if (!kiln_yaml_get(root, required_keys[i])) {
+      kiln_error(d, root->loc, "the model has no '%s'", required_keys[i]);
+      bad++;
+    }
+  const KilnYaml *v = kiln_yaml_get(root, "kiln");
+  if (v) bad += read_version(d, v) != 0;
+  v = kiln_yaml_get(root, "name");
+  if (v && kiln_val_ident(d, v, "a model name", &m->name) != 0) bad++;
+  return bad ? -1 : 0;
+}
+
+static const char *dir_of(KilnArena *a, const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) return ".";
+  if (slash == path) return "/";
+  return kiln_arena_printf(a, "%.*s", (int)(slash - path), path);
+}
+
+int kiln_model_load(KilnModel *m, KilnDiag *d, const char *path, const KilnDimOverride *ov,
+                    int nov) {
+  memset(m, 0, sizeof(*m));
+  m->path = kiln_arena_strdup(&m->arena, path);
+  m->dir = dir_of(&m->arena, m->path);
+  m->name = "model";
+  kiln_graph_init(&m->graph, &m->arena, m->name);
+  size_t len;
+  char *text = kiln_read_file(&m->arena, d, m->path, KILN_YAML_MAX_FILE, &len);
+  if (!text) return -1;
+  kiln_diag_source(d, m->path, text, len);
+  KilnYaml *root = kiln_yaml_parse(&m->arena, d, m->path, text, len);
+  if (!root) return -1;
+  int top = check_top(m, d, root);
+  m->graph.name = m->name;
+  if (read_dims(m, d, kiln_yaml_get(root, "dims"), ov, nov) != 0 || top != 0) return -1;
+  int bad = kiln_lower_model(m, d, root) != 0;
+  const KilnYaml *v;
+  if ((v = kiln_yaml_get(root, "train"))) bad += kiln_config_train(m, d, v) != 0;
+  if ((v = kiln_yaml_get(root, "data"))) bad += kiln_config_data(m, d, v) != 0;
+  if (m->train.present && m->graph.loss < 0 && !bad) {
+    kiln_error(d, kiln_yaml_get(root, "train")->loc, "'train' needs a 'loss' to minimise");
+    bad++;
+  }
+  if (bad || d->nerrors) return -1;
+  // The front end built the graph node by node; the verifier confirms it.
+  if (kiln_graph_verify(&m->graph, d->out) != 0) {
+    kiln_error(d, (KilnLoc){m->path, 0, 0}, "internal error: the lowered IR is invalid");
+    return -1;
+  }
+  return 0;
+}
+
+void kiln_model_free(KilnModel *m) { kiln_arena_free(&m->arena); }

@@ -1,0 +1,42 @@
+// The pass pipeline, in one place, as plain consecutive calls (QBE's main.c): each
+// entry names a pass so --print-ir-after can refer to it; the verifier runs after
+// each pass when asked, and always in debug builds.
+#include <string.h>
+
+#include "passes/passes.h"
+
+typedef struct {
+  const char *name;
+  int (*run)(KilnGraph *g, FILE *err);  // returns the number of problems
+} Pass;
+
+static const Pass passes[] = {
+    {"shapes", kiln_pass_shapes},
+};
+
+const char *kiln_pipeline_pass_name(int i) {
+  return i >= 0 && i < (int)(sizeof passes / sizeof passes[0]) ? passes[i].name : NULL;
+}
+
+int kiln_pipeline_run(KilnGraph *g, const KilnPipelineOpts *o, FILE *err) {
+  bool verify = o->verify_each;
+#ifndef NDEBUG
+  verify = true;
+#endif
+  for (size_t i = 0; i < sizeof passes / sizeof passes[0]; i++) {
+    if (passes[i].run(g, err) != 0) {
+      fprintf(err, "kiln: pass '%s' failed\n", passes[i].name);
+      return -1;
+    }
+    if (verify && kiln_graph_verify(g, err) != 0) {
+      fprintf(err, "kiln: internal error: IR invalid after pass '%s'\n", passes[i].name);
+      return -1;
+    }
+    if (o->print_after &&
+        (strcmp(o->print_after, "all") == 0 || strcmp(o->print_after, passes[i].name) == 0)) {
+      fprintf(o->out, "; IR after %s\n", passes[i].name);
+      kiln_graph_print(g, o->out);
+    }
+  }
+  return 0;
+}

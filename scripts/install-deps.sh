@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Kiln needs to build and test, skipping any already
+# present. Idempotent: a second run installs nothing. The CUDA toolkit is optional
+# and never installed here; CMake finds it when it is on the machine.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config
+  libyaml-dev          # model files (event API)
+  llvm-16-dev          # CPU backend (LLVM C API)
+  libopenblas-dev      # large matmuls
+  libcmocka-dev        # unit tests
+  libjansson-dev       # safetensors headers (JSON)
+  python3              # test helpers
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
