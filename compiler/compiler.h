@@ -2,7 +2,7 @@
 // (format version 1) and its lowering to IR, the summary `kiln check` prints.
 //
 // Sections follow the files of compiler/: diag.c, yaml.c, expr.c, model.c,
-// values.c, lower.c, layers.c, config.c, summary.c (main.c is the driver).
+// values.c, lower.c, layers.c, config.c, build.c, summary.c (main.c is the driver).
 #ifndef KILN_COMPILER_H
 #define KILN_COMPILER_H
 
@@ -241,6 +241,30 @@ const char *const *kiln_layer_names(void);
 //
 int kiln_config_train(KilnModel *m, KilnDiag *d, const KilnYaml *y);
 int kiln_config_data(KilnModel *m, KilnDiag *d, const KilnYaml *y);
+
+//
+// build.c: `kiln build`: compile a model and link or archive it with the runtime.
+//
+typedef enum {
+  KILN_BUILD_EXE,   // standalone program (runtime/cli.c)
+  KILN_BUILD_LIB,   // DIR/libNAME.a + DIR/NAME.h + DIR/NAME.pc
+  KILN_BUILD_OBJ,
+  KILN_BUILD_ASM,
+  KILN_BUILD_LLVM,
+} KilnBuildEmit;
+
+typedef struct {
+  const char *model;        // the YAML file
+  const char *output;       // file (exe, obj, asm, llvm) or DIR/NAME (lib)
+  const char *cpu;          // target CPU: "native" or an LLVM CPU name
+  const char *print_after;  // --print-ir-after
+  KilnBuildEmit emit;
+  int opt_level;            // 0..3
+  const KilnDimOverride *dims;
+  int ndims;
+} KilnBuildOpts;
+
+int kiln_build(KilnDiag *d, const KilnBuildOpts *o);
 
 //
 // summary.c: what `kiln check` prints for a valid model.

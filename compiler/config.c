@@ -199,15 +199,28 @@ static int csv_column(KilnModel *m, KilnDiag *d, const KilnYaml *v, KilnDataSrc 
   return 0;
 }
 
+static bool too_many_bindings(KilnDiag *d, const KilnYaml *key, const KilnDataSrc *s) {
+  if (s->nbind < KILN_MAX_BINDINGS) return false;
+  kiln_error(d, key->loc, "a data source binds at most %d inputs", KILN_MAX_BINDINGS);
+  return true;
+}
+
 static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc *s) {
   static const char *const kinds[] = {"csv", "npy", "text", "tokens", NULL};
   if (kiln_val_kind(d, y, KILN_YAML_MAP, "a data source") != 0) return -1;
   s->present = true;
   s->loc = y->loc;
   int k = -1;
-  for (int i = 0; i < y->n && k < 0; i++)
-    for (int j = 0; kinds[j]; j++)
-      if (strcmp(y->keys[i]->str, kinds[j]) == 0) k = j;
+  for (int i = 0; i < y->n; i++)
+    for (int j = 0; kinds[j]; j++) {
+      if (strcmp(y->keys[i]->str, kinds[j]) != 0) continue;
+      if (k >= 0) {
+        kiln_error(d, y->keys[i]->loc, "a data source holds one of 'csv', 'npy', 'text' or "
+                   "'tokens', got both '%s' and '%s'", kinds[k], kinds[j]);
+        return -1;
+      }
+      k = j;
+    }
   if (k < 0) {
     kiln_error(d, y->loc, "a data source needs one of 'csv', 'npy', 'text' or 'tokens'");
     return -1;
@@ -220,7 +233,11 @@ static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc
     if (strcmp(key, kinds[k]) == 0) {
       if (k == KILN_DATA_NPY) {
         if (kiln_val_kind(d, v, KILN_YAML_MAP, "'npy'") != 0) return -1;
-        for (int j = 0; j < v->n && s->nbind < KILN_MAX_BINDINGS; j++) {
+        for (int j = 0; j < v->n; j++) {
+          if (too_many_bindings(d, v->keys[j], s)) {
+            bad++;
+            break;
+          }
           s->bind[s->nbind].input = input_name(m, d, v->keys[j]);
           s->bind[s->nbind].path = resolve_path(m, d, v->items[j]);
           bad += !s->bind[s->nbind].input || !s->bind[s->nbind].path;
@@ -236,7 +253,11 @@ static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc
       const char *in = input_name(m, d, v);
       bad += !in;
       *(key[0] == 'i' ? &s->input : &s->target) = in;
-    } else if (k == KILN_DATA_CSV && s->nbind < KILN_MAX_BINDINGS) {
+    } else if (k == KILN_DATA_CSV) {
+      if (too_many_bindings(d, y->keys[i], s)) {
+        bad++;
+        break;
+      }
       s->bind[s->nbind].input = input_name(m, d, y->keys[i]);
       bad += !s->bind[s->nbind].input || csv_column(m, d, v, s) != 0;
       s->nbind++;
@@ -253,6 +274,10 @@ static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc
     kiln_error(d, y->loc, "a csv source needs at least one 'INPUT: column' binding");
     bad++;
   }
+  if (k == KILN_DATA_NPY && s->nbind == 0 && !bad) {
+    kiln_error(d, y->loc, "an npy source needs at least one 'INPUT: file' binding");
+    bad++;
+  }
   return bad ? -1 : 0;
 }
 
@@ -264,7 +289,12 @@ int kiln_config_data(KilnModel *m, KilnDiag *d, const KilnYaml *y) {
   if (kiln_val_keys(d, y, keys, "key", "'data'") != 0) return -1;
   int bad = 0;
   const KilnYaml *v;
-  if ((v = kiln_yaml_get(y, "train"))) bad += read_source(m, d, v, &c->train) != 0;
+  if ((v = kiln_yaml_get(y, "train"))) {
+    bad += read_source(m, d, v, &c->train) != 0;
+  } else {
+    kiln_error(d, y->loc, "'data' needs a 'train' source");
+    bad++;
+  }
   if ((v = kiln_yaml_get(y, "eval"))) bad += read_source(m, d, v, &c->eval) != 0;
   bad += get_float(d, y, "val_split", 0, 0.99, &c->val_split) != 0;
   if ((v = kiln_yaml_get(y, "shuffle"))) bad += kiln_val_bool(d, v, &c->shuffle) != 0;

@@ -32,6 +32,7 @@ void kiln_diag_init(KilnDiag *d, FILE *out) {
 // Registering a file again replaces its text; when every slot is taken the oldest
 // source is dropped, since messages about it are done by then.
 void kiln_diag_source(KilnDiag *d, const char *file, const char *text, size_t len) {
+  if (!file) return;
   int i = 0;
   while (i < d->nsrc && strcmp(d->src[i].file, file) != 0) i++;
   if (i == KILN_MAX_SOURCES) {

@@ -39,12 +39,16 @@ static void skip_space(Parser *p) {
 
 static int64_t expr(Parser *p);
 
+// Errors point at the start of the number, or at the operator that overflowed.
 static int64_t number(Parser *p) {
   int64_t v = 0;
+  int start = p->pos;
   while (isdigit((unsigned char)p->s[p->pos])) {
     int d = p->s[p->pos++] - '0';
-    if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, d, &v))
+    if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, d, &v)) {
+      p->pos = start;
       return fail(p, "integer is too large");
+    }
   }
   return v;
 }
@@ -102,8 +106,9 @@ static int64_t term(Parser *p) {
     int64_t r = unary(p);
     if (p->failed) return 0;
     if (op == '*') {
-      if (__builtin_mul_overflow(v, r, &v)) return fail(p, "integer overflow");
-      continue;
+      if (!__builtin_mul_overflow(v, r, &v)) continue;
+      p->pos = at;
+      return fail(p, "integer overflow");
     }
     if (r == 0) {
       p->pos = at;
@@ -126,11 +131,14 @@ static int64_t expr(Parser *p) {
     skip_space(p);
     char op = p->s[p->pos];
     if (p->failed || (op != '+' && op != '-')) return v;
-    p->pos++;
+    int at = p->pos++;
     int64_t r = term(p);
     if (p->failed) return 0;
     bool ovf = op == '+' ? __builtin_add_overflow(v, r, &v) : __builtin_sub_overflow(v, r, &v);
-    if (ovf) return fail(p, "integer overflow");
+    if (ovf) {
+      p->pos = at;
+      return fail(p, "integer overflow");
+    }
   }
 }
 

@@ -51,8 +51,8 @@ static int expect_f32(KilnLower *l, int32_t x, int min_rank, const char *layer, 
   const KilnNode *n = node(l, x);
   char s[160];
   if (n->dtype == KILN_F32 && n->rank >= min_rank) return 0;
-  kiln_error(l->d, loc, "'%s' needs an f32 input of rank %s%d, got '%s' %s", layer,
-             min_rank > 1 ? "at least " : ">= ", min_rank, n->name, kiln_shape_str(n, s, sizeof s));
+  kiln_error(l->d, loc, "'%s' needs an f32 input of rank at least %d, got '%s' %s", layer,
+             min_rank, n->name, kiln_shape_str(n, s, sizeof s));
   return -1;
 }
 

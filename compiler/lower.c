@@ -22,6 +22,7 @@ typedef struct {
   const char *name;
   KilnLoc loc;
   const char **inputs;
+  const KilnYaml *input_list;  // where the inputs are written, for messages
   int ninputs;
   const KilnYaml *params, *graph, *output;
   bool ok, used;
@@ -33,6 +34,8 @@ struct KilnBlocks {
 };
 
 static const char *const common_attrs[] = {"in", "name"};
+
+#define MAX_CALL_DEPTH 32  // block calls inside block calls
 
 //
 // Scopes.
@@ -143,6 +146,10 @@ static bool depends_on(const KilnYaml *list, int from, int target, char *seen) {
 
 static void report_unknown_value(KilnLower *l, const KilnYaml *v) {
   int later = item_named(l->list, v->str);
+  if (later >= 0 && later == l->item) {
+    kiln_error(l->d, v->loc, "'%s' uses its own output as an input", v->str);
+    return;
+  }
   if (later > l->item) {
     char *seen = calloc((size_t)l->list->n, 1);
     bool cycle = seen && depends_on(l->list, later, l->item, seen);
@@ -226,9 +233,13 @@ static int32_t resolve(KilnLower *l, const KilnYaml *v) {
   if (i >= 0) return l->scope->ids[i] >= 0 ? l->scope->ids[i] : -2;
   char *end;
   double x = strtod(v->str, &end);
-  if (v->plain && *v->str && *end == '\0' && isfinite(x) && !strchr(v->str, 'x') &&
-      !strchr(v->str, 'X'))
-    return constant(l, v, x);
+  bool number = v->plain && *v->str && *end == '\0' && !strchr(v->str, 'x') &&
+                !strchr(v->str, 'X') && !strpbrk(v->str, "nN");  // no hex, nan or inf
+  if (number && isfinite(x)) return constant(l, v, x);
+  if (number) {
+    kiln_error(l->d, v->loc, "number '%s' is out of range", v->str);
+    return -1;
+  }
   report_unknown_value(l, v);
   return -1;
 }
@@ -381,7 +392,7 @@ static int32_t lower_copy(KilnLower *outer, const Block *b, int bi, const int32_
   l.block_limit = bi;
   l.prefix = kiln_arena_printf(&outer->m->arena, "%s%s.%d.", outer->prefix, call, copy);
   l.list = b->graph;
-  for (int j = 0; j < b->ninputs; j++) bind(&l, b->inputs[j], in[j], b->loc);
+  for (int j = 0; j < b->ninputs; j++) bind(&l, b->inputs[j], in[j], b->input_list->items[j]->loc);
   l.prev = in[0];
   if (b->params && lower_params(&l, b->params) != 0) return -1;
   if (lower_list(&l, b->graph) != 0) return -1;
@@ -395,10 +406,26 @@ static int32_t lower_copy(KilnLower *outer, const Block *b, int bi, const int32_
   return l.scope->ids[i];
 }
 
+// Block calls inside block calls, counted from the prefix: each level adds
+// "CALL.COPY." and a call name holds no dots.
+static int call_depth(const char *prefix) {
+  int dots = 0;
+  for (const char *p = prefix; *p; p++) dots += *p == '.';
+  return dots / 2;
+}
+
 static int32_t lower_call(KilnLower *l, int bi, const KilnYaml *attrs, const char *name,
                           KilnLoc loc) {
   Block *b = &l->blocks->b[bi];
   b->used = true;
+  // Each level recurses and lengthens every name, so a chain of thousands of
+  // blocks would overflow the stack.
+  if (call_depth(l->prefix) >= MAX_CALL_DEPTH) {
+    kiln_error(l->d, loc, "block calls are nested more than %d deep", MAX_CALL_DEPTH);
+    kiln_hint(l->d, "'%s' is called inside %d nested block calls", b->name,
+              call_depth(l->prefix));
+    return -1;
+  }
   static const char *const allowed[] = {"in", "name", "repeat", NULL};
   char owner[80];
   snprintf(owner, sizeof owner, "block '%s'", b->name);
@@ -453,9 +480,20 @@ static void read_block(KilnLower *l, const KilnYaml *key, const KilnYaml *def, B
     bad++;
   } else {
     b->inputs = kiln_arena_alloc(&l->m->arena, (size_t)in->n * sizeof(char *));
+    b->input_list = in;
     b->ninputs = in->n;
-    for (int i = 0; i < in->n; i++)
-      bad += kiln_val_ident(d, in->items[i], "an input name", &b->inputs[i]) != 0;
+    for (int i = 0; i < in->n; i++) {
+      if (kiln_val_ident(d, in->items[i], "an input name", &b->inputs[i]) != 0) {
+        bad++;
+        continue;
+      }
+      for (int j = 0; j < i; j++)
+        if (b->inputs[j] && strcmp(b->inputs[j], b->inputs[i]) == 0) {
+          kiln_error(d, in->items[i]->loc, "block input '%s' is listed twice", b->inputs[i]);
+          bad++;
+          break;
+        }
+    }
   }
   if (!b->graph) {
     kiln_error(d, def->loc, "block '%s' needs a 'graph'", b->name);
@@ -502,6 +540,10 @@ static const char **all_op_names(KilnLower *l) {
 
 static void unknown_op(KilnLower *l, const char *op, KilnLoc loc) {
   int bi = find_block(l->blocks, op);
+  if (bi >= 0 && bi == l->block_limit && *l->prefix) {
+    kiln_error(l->d, loc, "block '%s' cannot call itself", op);
+    return;
+  }
   if (bi >= l->block_limit) {
     kiln_error(l->d, loc, "block '%s' cannot be called here", op);
     kiln_hint(l->d, "a block may call only blocks defined before it");
@@ -539,9 +581,13 @@ static int32_t lower_layer(KilnLower *l, const KilnLayer *ly, const KilnYaml *at
   return ly->lower(l, attrs, in, nin, name, loc);
 }
 
-static int32_t lower_item(KilnLower *l, const KilnYaml *it, const char **out_name) {
+// Lowers one graph item; *out_name is the name it binds (NULL if none), written at
+// *out_loc.
+static int32_t lower_item(KilnLower *l, const KilnYaml *it, const char **out_name,
+                          KilnLoc *out_loc) {
   const KilnYaml *key = it, *attrs = NULL;
   *out_name = NULL;
+  *out_loc = it->loc;
   if (it->kind == KILN_YAML_MAP && it->n == 1) {
     key = it->keys[0];
     attrs = it->items[0];
@@ -563,6 +609,7 @@ static int32_t lower_item(KilnLower *l, const KilnYaml *it, const char **out_nam
   if (nm && kiln_val_ident(l->d, nm, "a value name", &name) != 0) return -1;
   if (!nm) name = default_name(l, op);
   *out_name = name;
+  if (nm) *out_loc = nm->loc;
 
   const KilnLayer *ly = kiln_layer_lookup(op);
   if (ly) return lower_layer(l, ly, attrs, name, key->loc);
@@ -583,10 +630,11 @@ static int lower_list(KilnLower *l, const KilnYaml *list) {
   for (int i = 0; i < list->n && !kiln_diag_full(l->d); i++) {
     l->item = i;
     const char *name;
-    int32_t id = lower_item(l, list->items[i], &name);
+    KilnLoc at;
+    int32_t id = lower_item(l, list->items[i], &name, &at);
     if (id < 0) bad++;
     // A failed node still binds its name (to -1), so uses of it stay quiet.
-    if (name && bind(l, name, id, list->items[i]->loc) != 0) bad++;
+    if (name && bind(l, name, id, at) != 0) bad++;
     l->prev = id;
   }
   l->list = saved_list;
@@ -630,8 +678,13 @@ static int lower_inputs(KilnLower *l, const KilnYaml *y) {
     }
     if (t && t->kind == KILN_YAML_SCALAR && strcmp(t->str, "i32") == 0) {
       dt = KILN_I32;
-    } else if (t && !(t->kind == KILN_YAML_SCALAR && strcmp(t->str, "f32") == 0)) {
-      kiln_error(l->d, t->loc, "unknown dtype '%s'", t->kind == KILN_YAML_SCALAR ? t->str : "?");
+    } else if (t && t->kind != KILN_YAML_SCALAR) {
+      kiln_error(l->d, t->loc, "expected a dtype (f32 or i32), got a %s",
+                 kiln_yaml_kind_name(t->kind));
+      bad++;
+      continue;
+    } else if (t && strcmp(t->str, "f32") != 0) {
+      kiln_error(l->d, t->loc, "unknown dtype '%s'", t->str);
       kiln_hint(l->d, "inputs are f32 (numbers) or i32 (labels, token ids)");
       bad++;
       continue;

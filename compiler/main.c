@@ -15,6 +15,7 @@ static void usage(FILE *f) {
         "\n"
         "commands:\n"
         "  check     parse, validate and shape a model; print its summary\n"
+        "  build     compile a model into an executable or a static library\n"
         "  help      show this help\n"
         "  version   show the version\n"
         "\n"
@@ -156,6 +157,108 @@ static int cmd_check(int argc, char **argv) {
   return failed ? 1 : 0;
 }
 
+static void build_usage(FILE *f) {
+  fputs("usage: kiln build [options] MODEL.yaml\n"
+        "\n"
+        "Compiles the model ahead of time for this CPU and links it with the Kiln\n"
+        "runtime into a standalone program (infer, info, bench), or archives it into a\n"
+        "static library with a C header.\n"
+        "\n"
+        "options:\n"
+        "  -o, --output PATH      the program (default: the model's name); with\n"
+        "                         --emit=lib, DIR/NAME gives DIR/libNAME.a, DIR/NAME.h,\n"
+        "                         DIR/NAME.pc\n"
+        "  --emit=exe|lib|obj|asm|llvm   what to produce (default: exe)\n"
+        "  --target=cpu           the target (cpu)\n"
+        "  --cpu=NAME             CPU to optimize for: native (default) or an LLVM CPU\n"
+        "                         name such as x86-64-v3 or skylake-avx512\n"
+        "  -O0 .. -O3             LLVM optimization level (default: -O3)\n"
+        "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
+        "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
+        "  -h, --help             show this help\n"
+        "\n"
+        "environment: CC and AR name the linker driver and archiver (cc, ar);\n"
+        "KILN_RUNTIME_DIR the folder with libkiln_runtime.a and libkiln_cli.a.\n",
+        f);
+}
+
+static int parse_emit(const char *s, KilnBuildEmit *out) {
+  static const char *const names[] = {"exe", "lib", "obj", "asm", "llvm"};
+  for (int i = 0; i < 5; i++)
+    if (strcmp(s, names[i]) == 0) return *out = (KilnBuildEmit)i, 0;
+  return -1;
+}
+
+static int cmd_build(int argc, char **argv) {
+  static const struct option longs[] = {
+      {"output", required_argument, NULL, 'o'}, {"emit", required_argument, NULL, 'E'},
+      {"target", required_argument, NULL, 'T'}, {"cpu", required_argument, NULL, 'C'},
+      {"dim", required_argument, NULL, 'D'},    {"print-ir-after", required_argument, NULL, 'A'},
+      {"help", no_argument, NULL, 'h'},         {0}};
+  KilnDimOverride dims[MAX_DIMS];
+  KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .dims = dims};
+  int c, rc = 2;
+  while ((c = getopt_long(argc, argv, "o:O:h", longs, NULL)) != -1) {
+    switch (c) {
+    case 'o': o.output = optarg; break;
+    case 'E':
+      if (parse_emit(optarg, &o.emit) != 0) {
+        fprintf(stderr, "kiln build: --emit expects exe, lib, obj, asm or llvm, got '%s'\n", optarg);
+        goto out;
+      }
+      break;
+    case 'T':
+      if (strcmp(optarg, "cpu") != 0) {
+        fprintf(stderr, "kiln build: unknown target '%s'; this kiln compiles for: cpu\n", optarg);
+        goto out;
+      }
+      break;
+    case 'C': o.cpu = optarg; break;
+    case 'O':
+      if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '3') {
+        fprintf(stderr, "kiln build: -O expects 0, 1, 2 or 3, got '%s'\n", optarg);
+        goto out;
+      }
+      o.opt_level = optarg[0] - '0';
+      break;
+    case 'D':
+      if (o.ndims == MAX_DIMS || parse_dim(optarg, &dims[o.ndims]) != 0) {
+        fprintf(stderr, "kiln: --dim expects NAME=VALUE with VALUE >= 1, got '%s'\n", optarg);
+        goto out;
+      }
+      o.ndims++;
+      break;
+    case 'A': o.print_after = optarg; break;
+    case 'h': build_usage(stdout); rc = 0; goto out;
+    default: build_usage(stderr); goto out;
+    }
+  }
+  if (optind != argc - 1) {
+    fputs(optind >= argc ? "kiln build: no model file given\n" : "kiln build: give one model file\n", stderr);
+    build_usage(stderr);
+    goto out;
+  }
+  o.model = argv[optind];
+  char def[512];
+  if (!o.output) {
+    // The default output is named after the file; the model's own name may differ,
+    // but reading the model twice to find it is not worth it.
+    const char *base = strrchr(o.model, '/');
+    base = base ? base + 1 : o.model;
+    const char *dot = strrchr(base, '.');
+    static const char *const ext[] = {"", "", ".o", ".s", ".ll"};
+    snprintf(def, sizeof def, "%.*s%s", dot ? (int)(dot - base) : (int)strlen(base), base, ext[o.emit]);
+    o.output = def;
+  }
+  KilnDiag d;
+  kiln_diag_init(&d, stderr);
+  d.color = isatty(STDERR_FILENO);
+  rc = kiln_build(&d, &o) == 0 ? 0 : 1;
+out:
+  for (int i = 0; i < o.ndims; i++) free((char *)dims[i].name);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
@@ -171,6 +274,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (!strcmp(cmd, "check")) return cmd_check(argc - 1, argv + 1);
+  if (!strcmp(cmd, "build")) return cmd_build(argc - 1, argv + 1);
   fprintf(stderr, "kiln: unknown command '%s'\n", cmd);
   usage(stderr);
   return 2;

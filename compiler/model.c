@@ -10,8 +10,12 @@ static const char *const required_keys[] = {"kiln", "name", "inputs", "graph", "
 
 static int read_version(KilnDiag *d, const KilnYaml *v) {
   if (v->kind == KILN_YAML_SCALAR && v->plain && strcmp(v->str, "1") == 0) return 0;
-  kiln_error(d, v->loc, "unsupported format version '%s'",
-             v->kind == KILN_YAML_SCALAR ? v->str : kiln_yaml_kind_name(v->kind));
+  if (v->kind == KILN_YAML_SCALAR && !v->plain)
+    kiln_error(d, v->loc, "the format version must be the integer 1, not the string \"%s\"",
+               v->str);
+  else
+    kiln_error(d, v->loc, "unsupported format version '%s'",
+               v->kind == KILN_YAML_SCALAR ? v->str : kiln_yaml_kind_name(v->kind));
   kiln_hint(d, "this kiln reads format version 1: write 'kiln: 1'");
   return -1;
 }
@@ -21,6 +25,34 @@ static const KilnDimOverride *find_override(const KilnDimOverride *ov, int nov, 
   for (int i = 0; i < nov; i++)
     if (strcmp(ov[i].name, name) == 0) return used[i] = true, &ov[i];
   return NULL;
+}
+
+// After an "unknown dim" error in the expression of dim i: if the name is a dim
+// further down, say so, since the order of dims matters.
+static void hint_later_dim(KilnDiag *d, const KilnYaml *y, int i, const KilnDimTable *dims) {
+  char err[160];
+  int pos = 0;
+  int64_t v;
+  const char *s = y->items[i]->str;
+  if (y->items[i]->kind != KILN_YAML_SCALAR ||
+      kiln_expr_eval(s, dims, &v, err, sizeof err, &pos) == 0 ||
+      strncmp(err, "unknown dim", 11) != 0)
+    return;
+  size_t n = strspn(s + pos, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+  for (int j = i + 1; j < y->n; j++)
+    if (strlen(y->keys[j]->str) == n && memcmp(y->keys[j]->str, s + pos, n) == 0) {
+      kiln_hint(d, "'%s' is defined later (line %d); a dim may use only the dims above it",
+                y->keys[j]->str, y->keys[j]->loc.line);
+      return;
+    }
+}
+
+static void unknown_override(KilnModel *m, KilnDiag *d, const char *name) {
+  kiln_error(d, (KilnLoc){m->path, 0, 0}, "--dim %s: the model has no dim '%s'", name, name);
+  const char **names = kiln_arena_alloc(&m->arena, (size_t)(m->dims.ndims + 1) * sizeof *names);
+  for (int i = 0; i < m->dims.ndims; i++) names[i] = m->dims.dims[i].name;
+  const char *s = kiln_suggest(name, names);
+  if (s) kiln_hint(d, "did you mean '%s'?", s);
 }
 
 // Dims are read in order, so an expression may use the dims above it, and an
@@ -40,13 +72,16 @@ static int read_dims(KilnModel *m, KilnDiag *d, const KilnYaml *y, const KilnDim
       bad++;
       continue;
     }
+    // The file's own value must be valid even where --dim replaces it.
+    if (kiln_val_int(d, y->items[i], &m->dims, &dim->value) != 0) {
+      hint_later_dim(d, y, i, &m->dims);
+      bad++;
+      continue;
+    }
     const KilnDimOverride *o = find_override(ov, nov, dim->name, used);
     if (o) {
       dim->value = o->value;
       dim->overridden = true;
-    } else if (kiln_val_int(d, y->items[i], &m->dims, &dim->value) != 0) {
-      bad++;
-      continue;
     }
     if (dim->value < 1 || dim->value > KILN_MAX_ELEMS) {
       kiln_error(d, o ? dim->loc : y->items[i]->loc, "dim '%s' must be between 1 and 2^31, got %lld%s",
@@ -56,12 +91,16 @@ static int read_dims(KilnModel *m, KilnDiag *d, const KilnYaml *y, const KilnDim
     }
     m->dims.ndims++;
   }
-  for (int i = 0; i < nov; i++)
-    if (!used[i]) {
-      kiln_error(d, (KilnLoc){m->path, 0, 0}, "--dim %s: the model has no dim '%s'", ov[i].name,
-                 ov[i].name);
-      bad++;
-    }
+  for (int i = 0; i < nov; i++) {
+    if (used[i]) continue;
+    int j = 0;
+    while (j < i && strcmp(ov[j].name, ov[i].name) != 0) j++;
+    if (j < i)
+      kiln_error(d, (KilnLoc){m->path, 0, 0}, "--dim %s is given more than once", ov[i].name);
+    else
+      unknown_override(m, d, ov[i].name);
+    bad++;
+  }
   return bad ? -1 : 0;
 }
 

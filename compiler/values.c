@@ -21,6 +21,22 @@ static int want_scalar(KilnDiag *d, const KilnYaml *y, const char *what) {
   return -1;
 }
 
+// "did you mean ...?" for the unknown dim name at the start of s.
+static void suggest_dim(KilnDiag *d, const char *s, const KilnDimTable *dims) {
+  char word[65];
+  int n = 0;
+  while (n < 64 && (isalnum((unsigned char)s[n]) || s[n] == '_')) n++;
+  if (n == 64 || dims->ndims == 0) return;
+  memcpy(word, s, (size_t)n);
+  word[n] = '\0';
+  const char **names = calloc((size_t)dims->ndims + 1, sizeof *names);
+  if (!names) return;
+  for (int i = 0; i < dims->ndims; i++) names[i] = dims->dims[i].name;
+  const char *best = kiln_suggest(word, names);
+  if (best) kiln_hint(d, "did you mean '%s'?", best);
+  free(names);
+}
+
 // Plain integers are read directly; anything else must be a dim expression.
 int kiln_val_int(KilnDiag *d, const KilnYaml *y, const KilnDimTable *dims, int64_t *out) {
   if (want_scalar(d, y, "an integer or a dim expression") != 0) return -1;
@@ -35,8 +51,13 @@ int kiln_val_int(KilnDiag *d, const KilnYaml *y, const KilnDimTable *dims, int64
   // A plain or quoted scalar on one line: point at the offending character.
   if (!strchr(y->str, '\n')) at.col += pos + (y->plain ? 0 : 1);
   kiln_error(d, at, "%s", err);
-  if (strchr(y->str, '.') || strchr(y->str, 'e'))
-    if (strtod(y->str, NULL) != 0) kiln_hint(d, "this value must be an integer");
+  // Only a whole number such as "2.5" or "1e3" gets the hint: "2*heads" is an
+  // expression with a typo, not a float.
+  char *end;
+  if ((strchr(y->str, '.') || strchr(y->str, 'e')) && (strtod(y->str, &end), *end == '\0'))
+    kiln_hint(d, "this value must be an integer");
+  else if (strncmp(err, "unknown dim", 11) == 0)
+    suggest_dim(d, y->str + pos, dims);
   return -1;
 }
 
@@ -72,10 +93,27 @@ int kiln_val_bool(KilnDiag *d, const KilnYaml *y, bool *out) {
   return -1;
 }
 
+// What makes s not an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 64 characters),
+// naming the offending character; NULL if it is one.
+static const char *ident_problem(const char *s, char *buf, size_t len) {
+  if (!*s) return "it is empty";
+  if (isdigit((unsigned char)*s)) return "it starts with a digit";
+  for (const char *p = s; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (isalnum(c) || c == '_') continue;
+    if (c >= 0x80) return "it contains a non-ASCII character";
+    if (c < 0x20 || c == 0x7F) snprintf(buf, len, "it contains the control character 0x%02X", c);
+    else snprintf(buf, len, "it %s '%c'", p == s ? "starts with" : "contains", c);
+    return buf;
+  }
+  if (strlen(s) > 64) return "it is longer than 64 characters";
+  return NULL;
+}
+
 int kiln_val_ident(KilnDiag *d, const KilnYaml *y, const char *what, const char **out) {
   if (want_scalar(d, y, what) != 0) return -1;
-  const char *why = kiln_name_problem(y->str);
-  if (!why && strchr(y->str, '.')) why = "it contains '.'";
+  char buf[64];
+  const char *why = ident_problem(y->str, buf, sizeof buf);
   if (why) {
     kiln_error(d, y->loc, "'%s' cannot be used as %s: %s", y->str, what, why);
     kiln_hint(d, "names are letters, digits and '_', not starting with a digit");
@@ -132,6 +170,10 @@ static int init_args(KilnDiag *d, const KilnYaml *args, KilnInit *out) {
   if (b && kiln_val_float(d, b, &out->b) != 0) return -1;
   if (normal && !(out->a >= 0 && isfinite(out->a))) {
     kiln_error(d, a->loc, "'std' must be a finite number >= 0");
+    return -1;
+  }
+  if (normal && !isfinite(out->b)) {
+    kiln_error(d, b->loc, "'mean' must be a finite number");
     return -1;
   }
   if (!normal && !(out->a < out->b && isfinite(out->a) && isfinite(out->b))) {

@@ -60,7 +60,7 @@ static const char *show(char *buf, size_t size, const char *s, size_t len) {
   for (; n < len && n < max; n++)
     buf[n] = (unsigned char)s[n] < 0x20 || s[n] == 0x7F ? '?' : s[n];
   if (n < len) {
-    while (n > 0 && ((unsigned char)buf[n] & 0xC0) == 0x80) n--;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;  // s[n] starts no character
     memcpy(buf + n, "...", 3);
     n += 3;
   }

@@ -267,6 +267,23 @@ void kiln_graph_dot(const KilnGraph *g, FILE *f);
 // Returns the number of problems found, each written as one line to f (if not NULL).
 int kiln_graph_verify(const KilnGraph *g, FILE *f);
 
+//
+// interp.c: the reference interpreter. Every op in plain C, in double precision,
+// written for obviousness rather than speed: the oracle that generated kernels and
+// gradients are checked against.
+//
+typedef struct {
+  bool training;      // dropout active (else identity)
+  uint64_t seed;      // dropout's random stream
+} KilnInterpOpts;
+
+// values[i] holds node i's elements (row-major, numel of its shape; i32 values
+// stored exactly as doubles). The caller allocates every values[i] and fills the
+// sources (input, param; const is filled here); the interpreter computes the rest
+// in order. Returns 0, or -1 with a message (e.g. a label out of range).
+int kiln_interp_run(const KilnGraph *g, double **values, const KilnInterpOpts *o, char *err,
+                    size_t errlen);
+
 // Internal invariants stay checked in release builds.
 #define KILN_ASSERT(c)                                                              \
   do {                                                                              \

@@ -260,7 +260,9 @@ _Noreturn void kiln_assert_fail(const char *what, const char *file, int line) {
   abort();
 }
 
-static bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
+static bool is_alpha(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 // Names become C identifiers and file names (dots turned into underscores), so

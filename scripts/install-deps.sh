@@ -11,7 +11,7 @@ pkgs=(
   libopenblas-dev      # large matmuls
   libcmocka-dev        # unit tests
   libjansson-dev       # safetensors headers (JSON)
-  python3              # test helpers
+  python3 python3-numpy   # reference checks in tests (Debian's python3, /usr/bin)
 )
 
 missing=()

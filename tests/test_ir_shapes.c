@@ -194,7 +194,8 @@ static void test_where(void **state) {
   int32_t i = in(t, "i32[4]"), two = in(t, "f32[2]");
   bad(t, NODE(t, KILN_OP_WHERE, i, a, a), "where expects f32 condition, got i32[4]");
   bad(t, NODE(t, KILN_OP_WHERE, a, i, a), "where expects f32 a, got i32[4]");
-  bad(t, NODE(t, KILN_OP_WHERE, two, a, two), "cannot broadcast where inputs f32[2], f32[3] and f32[2]");
+  bad(t, NODE(t, KILN_OP_WHERE, two, a, two),
+      "cannot broadcast where inputs f32[2], f32[3] and f32[2]");
 }
 
 static void test_reduce(void **state) {
@@ -251,7 +252,8 @@ static void test_layernorm(void **state) {
   int32_t g7 = in(t, "f32[7]"), bi = in(t, "i32[8]"), s = in(t, "f32[]");
   bad(t, NODE(t, KILN_OP_LAYERNORM, x, g7, b),
       "layernorm gamma must be f32[8] to match input f32[2,3,8], got f32[7]");
-  bad(t, NODE(t, KILN_OP_LAYERNORM, x, g, bi), "beta must be f32[8] to match input f32[2,3,8], got i32[8]");
+  bad(t, NODE(t, KILN_OP_LAYERNORM, x, g, bi),
+      "beta must be f32[8] to match input f32[2,3,8], got i32[8]");
   bad(t, NODE(t, KILN_OP_LAYERNORM, s, g, b), "layernorm needs rank >= 1, got f32[]");
   int32_t n = NODE(t, KILN_OP_LAYERNORM, x, g, b);
   attr(t, n)->eps = -1;
@@ -426,7 +428,8 @@ static void test_embedding(void **state) {
   ok(t, NODE(t, KILN_OP_EMBEDDING, one, tab), "f32[16]");
   int32_t fids = in(t, "f32[4]"), vec = in(t, "f32[100]"), deep = in(t, "i32[1,1,1,1,1,2]");
   bad(t, NODE(t, KILN_OP_EMBEDDING, fids, tab), "embedding ids must be i32, got f32[4]");
-  bad(t, NODE(t, KILN_OP_EMBEDDING, ids, vec), "embedding table must be f32[vocab, dim], got f32[100]");
+  bad(t, NODE(t, KILN_OP_EMBEDDING, ids, vec),
+      "embedding table must be f32[vocab, dim], got f32[100]");
   bad(t, NODE(t, KILN_OP_EMBEDDING, deep, tab), "would have rank 7; at most 6");
 }
 
@@ -439,9 +442,11 @@ static void test_lstm(void **state) {
   int32_t x2 = in(t, "f32[2,5]");
   bad(t, NODE(t, KILN_OP_LSTM, x, wih4, whh, b),
       "lstm weight_ih must be f32[3,16] for input f32[2,5,3] and hidden 4, got f32[4,16]");
-  bad(t, NODE(t, KILN_OP_LSTM, x, wih, whh12, b), "lstm weight_hh must be f32[H, 4H], got f32[4,12]");
+  bad(t, NODE(t, KILN_OP_LSTM, x, wih, whh12, b),
+      "lstm weight_hh must be f32[H, 4H], got f32[4,12]");
   bad(t, NODE(t, KILN_OP_LSTM, x, wih, b, b), "weight_hh must be f32[H, 4H], got f32[16]");
-  bad(t, NODE(t, KILN_OP_LSTM, x, wih, whh, b12), "lstm bias must be f32[16] for hidden 4, got f32[12]");
+  bad(t, NODE(t, KILN_OP_LSTM, x, wih, whh, b12),
+      "lstm bias must be f32[16] for hidden 4, got f32[12]");
   bad(t, NODE(t, KILN_OP_LSTM, x2, wih, whh, b),
       "lstm input must be f32[batch, time, features], got f32[2,5]");
 }
@@ -474,9 +479,11 @@ static void test_cross_entropy(void **state) {
   ok(t, NODE(t, KILN_OP_CROSS_ENTROPY, lg3, lb3), "f32[]");
   int32_t lb10 = in(t, "i32[10]"), flb = in(t, "f32[4]"), ilg = in(t, "i32[4,10]");
   bad(t, NODE(t, KILN_OP_CROSS_ENTROPY, lg, lb10),
-      "labels must be i32 with the logits' shape minus its last axis: logits f32[4,10], labels i32[10]");
+      "labels must be i32 with the logits' shape minus its last axis: "
+      "logits f32[4,10], labels i32[10]");
   bad(t, NODE(t, KILN_OP_CROSS_ENTROPY, lg, flb), "logits f32[4,10], labels f32[4]");
-  bad(t, NODE(t, KILN_OP_CROSS_ENTROPY, ilg, lb), "logits must be f32 with rank >= 1, got i32[4,10]");
+  bad(t, NODE(t, KILN_OP_CROSS_ENTROPY, ilg, lb),
+      "logits must be f32 with rank >= 1, got i32[4,10]");
   bad(t, NODE(t, KILN_OP_CROSS_ENTROPY, in(t, "f32[]"), s), "rank >= 1, got f32[]");
 }
 
@@ -539,7 +546,8 @@ static void test_scalar_semantics(void **state) {
   for (int op = 0; op < KILN_OP_COUNT; op++) {
     KilnScalarFn f = kiln_op(op)->scalar;
     if (!f) continue;
-    bool domain = op == KILN_OP_LOG || op == KILN_OP_SQRT || op == KILN_OP_RSQRT || op == KILN_OP_POW;
+    bool domain =
+        op == KILN_OP_LOG || op == KILN_OP_SQRT || op == KILN_OP_RSQRT || op == KILN_OP_POW;
     const double *pts = domain ? pos : any;
     int npts = domain ? 7 : 10;
     for (int i = 0; i < npts; i++) {
@@ -640,7 +648,8 @@ static void test_table(void **state) {
     // Elementwise ops other than random ones have scalar semantics; others have none.
     bool elem = o->fuse == KILN_FUSE_ELEMWISE || o->fuse == KILN_FUSE_BROADCAST;
     if (elem != (o->scalar != NULL) && !kiln_op_has(op, KILN_OPF_RANDOM))
-      fail_msg("%s: scalar semantics do not match fusion kind %s", o->name, kiln_fuse_name(o->fuse));
+      fail_msg("%s: scalar semantics do not match fusion kind %s", o->name,
+               kiln_fuse_name(o->fuse));
     if (kiln_op_has(op, KILN_OPF_COMMUTE)) assert_int_equal(o->min_in, 2);
     for (const KilnAttrSpec *s = o->attrs; s->name; s++) {
       assert_true(s->offset < sizeof(KilnAttrs));
@@ -718,7 +727,8 @@ static void test_broadcast_helper(void **state) {
   assert_int_equal(r, 2);
   assert_int_equal(out[0], 10);
   assert_int_equal(out[1], 5);
-  assert_int_equal(kiln_broadcast_shapes((int64_t[]){3, 1, 5}, 3, (int64_t[]){4, 1}, 2, out, &r), 0);
+  assert_int_equal(
+      kiln_broadcast_shapes((int64_t[]){3, 1, 5}, 3, (int64_t[]){4, 1}, 2, out, &r), 0);
   assert_int_equal(r, 3);
   assert_true(out[0] == 3 && out[1] == 4 && out[2] == 5);
   assert_int_equal(kiln_broadcast_shapes(NULL, 0, (int64_t[]){7}, 1, out, &r), 0);
@@ -771,7 +781,8 @@ static void test_name_problem(void **state) {
   (void)state;
   const char *good[] = {"x", "_a9", "h.0.ln1.weight", "A.b_c.D", "a."};
   for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
-    if (kiln_name_problem(good[i])) fail_msg("'%s' refused: %s", good[i], kiln_name_problem(good[i]));
+    if (kiln_name_problem(good[i]))
+      fail_msg("'%s' refused: %s", good[i], kiln_name_problem(good[i]));
   const char *badn[] = {"", "9a", ".a", "a-b", "a b", "a..b", "a/b", "é"};
   for (size_t i = 0; i < sizeof badn / sizeof badn[0]; i++)
     if (!kiln_name_problem(badn[i])) fail_msg("'%s' accepted", badn[i]);

@@ -350,7 +350,8 @@ static void test_file_too_large(void **state) {
   char *text = malloc(n);
   memset(text, '#', n);
   assert_null(parse_n(c, text, n));
-  assert_string_equal(out(c), "t.yaml: error: file is too large (4194305 bytes; the limit is 4194304)\n");
+  assert_string_equal(out(c),
+                      "t.yaml: error: file is too large (4194305 bytes; the limit is 4194304)\n");
   free(text);
 }
 
@@ -396,19 +397,21 @@ static void test_scanner_error(void **state) {
   assert_first_line(c, "t.yaml:2:4: error: mapping values are not allowed in this context");
 }
 
+#define TAB_HINT "  hint: YAML does not allow tabs in indentation; indent with spaces\n"
+
 static void test_tab_indent_hint(void **state) {
   Cap *c = *state;
   assert_null(parse(c, "a:\n\tb: 1\n"));
   assert_string_equal(out(c), "t.yaml:2:1: error: found character that cannot start any token\n"
                               "    2 | \tb: 1\n"
                               "      | ^\n"
-                              "  hint: YAML does not allow tabs in indentation; indent with spaces\n");
+                              TAB_HINT);
   reset(c);
   assert_null(parse(c, "a:\n  b: 1\n\tc: 2\n"));
   const char *o = out(c);
   assert_non_null(strstr(o, "t.yaml:3:1: error: found a tab character that violates indentation "
                             "(while scanning a plain scalar at 2:6)\n"));
-  assert_non_null(strstr(o, "  hint: YAML does not allow tabs in indentation; indent with spaces\n"));
+  assert_non_null(strstr(o, TAB_HINT));
 }
 
 // Invalid UTF-8 is reported at its byte, converted to line:col.
@@ -457,6 +460,19 @@ static void test_failure_rewinds_arena(void **state) {
   assert_ptr_equal(after.block, before.block);
   assert_int_equal(after.used, before.used);
   assert_non_null(strstr(out(c), "duplicate key 'a?b'"));
+  // A long key is cut whole characters at a time: 'é' is two bytes.
+  reset(c);
+  char text[300] = "";
+  for (int i = 0; i < 2; i++) {
+    strcat(text, "x");
+    for (int j = 0; j < 40; j++) strcat(text, "\xC3\xA9");
+    strcat(text, ": 1\n");
+  }
+  assert_null(parse(c, text));
+  char want[200] = "t.yaml:2:1: error: duplicate key 'x";
+  for (int j = 0; j < 29; j++) strcat(want, "\xC3\xA9");
+  strcat(want, "...' (first defined at 1:1)");
+  assert_first_line(c, want);
   assert_scalar(kiln_yaml_get(ok, "a"), "1", true);
 }
 

@@ -1,0 +1,282 @@
+// `kiln build`: model file -> IR -> passes -> CPU backend -> object, then linked
+// with the runtime into an executable, or archived with it into a static library
+// with a C header and a pkg-config file. Outputs appear whole or not at all: each
+// is written under a temporary name and renamed into place.
+#define _XOPEN_SOURCE 700  // realpath
+#include <ctype.h>
+#include <stdarg.h>
+#include <errno.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "compiler/compiler.h"
+#include "compiler/cpu/cpu.h"
+#include "passes/passes.h"
+
+extern char **environ;
+
+#define TRY(expr)                \
+  do {                           \
+    if ((expr) != 0) return -1;  \
+  } while (0)
+
+// A temporary name beside path, so the final rename stays on one file system.
+static void beside(char *buf, size_t len, const char *path) {
+  snprintf(buf, len, "%s.tmp%ld", path, (long)getpid());
+}
+
+#ifndef KILN_RUNTIME_DIR
+#define KILN_RUNTIME_DIR "."
+#endif
+
+static int build_error(KilnDiag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int build_error(KilnDiag *d, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("kiln build: error: ", d->out);
+  vfprintf(d->out, fmt, ap);
+  fputc('\n', d->out);
+  va_end(ap);
+  d->nerrors++;
+  return -1;
+}
+
+// Runs argv[0] (looked up on PATH) and waits; its own messages go to our stderr.
+static int run(KilnDiag *d, char *const *argv) {
+  pid_t pid;
+  int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
+  if (rc != 0) return build_error(d, "cannot run %s: %s", argv[0], strerror(rc));
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return build_error(d, "waiting for %s: %s", argv[0], strerror(errno));
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+  return build_error(d, "%s failed (%s %d)", argv[0], WIFEXITED(status) ? "exit status" : "signal",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+}
+
+static const char *runtime_dir(KilnDiag *d) {
+  const char *dir = getenv("KILN_RUNTIME_DIR");
+  if (!dir || !*dir) dir = KILN_RUNTIME_DIR;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/libkiln_runtime.a", dir);
+  if (access(path, R_OK) != 0) {
+    build_error(d, "cannot find the Kiln runtime: %s: %s", path, strerror(errno));
+    fputs("  hint: set KILN_RUNTIME_DIR to the folder holding libkiln_runtime.a\n", d->out);
+    return NULL;
+  }
+  return dir;
+}
+
+static const char *env_or(const char *name, const char *dflt) {
+  const char *v = getenv(name);
+  return v && *v ? v : dflt;
+}
+
+#ifndef KILN_LINK_FLAG
+#define KILN_LINK_FLAG "-lm"  // sanitizer builds pass their -fsanitize flag here
+#endif
+
+static int link_exe(KilnDiag *d, const char *obj, const char *out) {
+  const char *rt = runtime_dir(d);
+  if (!rt) return -1;
+  char cli[4096], lib[4096], tmp[8192];
+  snprintf(cli, sizeof cli, "%s/libkiln_cli.a", rt);
+  snprintf(lib, sizeof lib, "%s/libkiln_runtime.a", rt);
+  beside(tmp, sizeof tmp, out);
+  char *argv[] = {(char *)env_or("CC", "cc"), "-o", tmp, (char *)obj, cli, lib, "-lopenblas",
+                  "-ljansson", "-lpthread", "-lm", KILN_LINK_FLAG, NULL};
+  if (run(d, argv) != 0) {
+    unlink(tmp);
+    return -1;
+  }
+  if (rename(tmp, out) != 0) {
+    unlink(tmp);
+    return build_error(d, "cannot write %s: %s", out, strerror(errno));
+  }
+  return 0;
+}
+
+// NAME_X_SIZE from a value name: upper case, dots to underscores.
+static void macro_name(char *buf, size_t len, const char *model, const char *value,
+                       const char *what) {
+  size_t at = (size_t)snprintf(buf, len, "%s_%s_%s", model, value, what);
+  for (size_t i = 0; i < at && i < len; i++)
+    buf[i] = buf[i] == '.' ? '_' : (char)toupper((unsigned char)buf[i]);
+}
+
+static void c_ident(char *buf, size_t len, const char *name) {
+  snprintf(buf, len, "%s", name);
+  for (char *p = buf; *p; p++)
+    if (*p == '.') *p = '_';
+}
+
+static void header_tensor(FILE *f, const char *model, const KilnNode *n) {
+  char m[512], shape[160];
+  fprintf(f, "/* %s %s: %s */\n", n->op == KILN_OP_INPUT ? "input" : "output", n->name,
+          kiln_shape_str(n, shape, sizeof shape));
+  macro_name(m, sizeof m, model, n->name, "SIZE");
+  fprintf(f, "#define %s %lld\n", m, (long long)kiln_node_numel(n));
+  macro_name(m, sizeof m, model, n->name, "RANK");
+  fprintf(f, "#define %s %d\n", m, n->rank);
+  macro_name(m, sizeof m, model, n->name, "SHAPE");
+  fprintf(f, "#define %s {", m);
+  for (int i = 0; i < n->rank; i++) fprintf(f, "%s%lld", i ? ", " : "", (long long)n->shape[i]);
+  fputs("}\n", f);
+}
+
+static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
+  const KilnGraph *g = &m->graph;
+  const char *n = m->name;
+  char up[128];
+  snprintf(up, sizeof up, "%s", n);
+  for (char *q = up; *q; q++) *q = (char)toupper((unsigned char)*q);
+  fprintf(f, "/* %s.h: C API of the model '%s', compiled by kiln %s from %s.\n"
+             " * Link: lib%s.a plus the system BLAS, jansson, pthreads and libm\n"
+             " * (pkg-config --libs %s). All functions return 0 on success or -1 with a\n"
+             " * message in %s_last_error(). A context is used by one thread at a time. */\n",
+          n, n, KILN_VERSION, m->path, n, n, n);
+  fprintf(f, "#ifndef %s_H\n#define %s_H\n\n#include <stdint.h>\n\n", up, up);
+  fprintf(f, "#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
+  fprintf(f, "typedef struct %s_ctx %s_ctx;\n\n", n, n);
+  for (int i = 0; i < m->ninputs; i++)
+    if (p->live[m->inputs[i]]) header_tensor(f, up, &g->nodes[m->inputs[i]]);
+  for (int i = 0; i < g->noutputs; i++) header_tensor(f, up, &g->nodes[g->outputs[i]]);
+  fprintf(f, "\n/* A context with parameters initialized from the model's seed; threads <= 0\n"
+             " * uses every CPU. NULL on failure (%s_last_error(NULL) says why). */\n", n);
+  fprintf(f, "%s_ctx *%s_create(int threads);\n", n, n);
+  fprintf(f, "void %s_destroy(%s_ctx *ctx);\n", n, n);
+  fprintf(f, "/* Weights in safetensors format, one tensor per parameter. */\n");
+  fprintf(f, "int %s_load_weights(%s_ctx *ctx, const char *path);\n", n, n);
+  fprintf(f, "int %s_save_weights(%s_ctx *ctx, const char *path);\n", n, n);
+  fprintf(f, "const char *%s_last_error(const %s_ctx *ctx);\n", n, n);
+  fprintf(f, "/* Inference on one batch: inputs, then outputs, each a full tensor of the\n"
+             " * size above (row-major). */\n");
+  fprintf(f, "int %s_forward(%s_ctx *ctx", n, n);
+  char id[256];
+  for (int i = 0; i < m->ninputs; i++) {
+    const KilnNode *x = &g->nodes[m->inputs[i]];
+    if (!p->live[m->inputs[i]]) continue;
+    c_ident(id, sizeof id, x->name);
+    fprintf(f, ", const %s *%s", x->dtype == KILN_F32 ? "float" : "int32_t", id);
+  }
+  for (int i = 0; i < g->noutputs; i++) {
+    c_ident(id, sizeof id, g->nodes[g->outputs[i]].name);
+    fprintf(f, ", float *%s", id);
+  }
+  fprintf(f, ");\n\n#ifdef __cplusplus\n}\n#endif\n\n#endif\n");
+}
+
+static int write_text(KilnDiag *d, const char *path,
+                      void (*fn)(FILE *, const KilnModel *, const KilnPlan *), const KilnModel *m,
+                      const KilnPlan *p) {
+  char tmp[8192];
+  beside(tmp, sizeof tmp, path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return build_error(d, "cannot write %s: %s", tmp, strerror(errno));
+  fn(f, m, p);
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0)
+    return build_error(d, "cannot write %s: %s", tmp, strerror(errno));
+  if (rename(tmp, path) != 0) {
+    unlink(tmp);
+    return build_error(d, "cannot write %s: %s", path, strerror(errno));
+  }
+  return 0;
+}
+
+static const char *pc_dir;
+
+static void write_pc(FILE *f, const KilnModel *m, const KilnPlan *p) {
+  (void)p;
+  fprintf(f, "# pkg-config file for the Kiln-compiled model '%s'\n", m->name);
+  fprintf(f, "prefix=%s\n\nName: %s\nDescription: model %s compiled by kiln %s\n", pc_dir, m->name,
+          m->name, KILN_VERSION);
+  fprintf(f, "Version: %s\nCflags: -I${prefix}\n", KILN_VERSION);
+  fprintf(f, "Libs: -L${prefix} -l%s -lopenblas -ljansson -lpthread -lm\n", m->name);
+}
+
+// out is DIR/NAME: DIR/libNAME.a (runtime objects + the model), DIR/NAME.h, DIR/NAME.pc.
+static int write_lib(KilnDiag *d, const KilnModel *m, const KilnPlan *p, const char *obj,
+                     const char *out) {
+  const char *rt = runtime_dir(d);
+  if (!rt) return -1;
+  char dir[2048], lib[4096], tmp[8192], src[4096], path[4096];
+  const char *slash = strrchr(out, '/');
+  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) : 1, slash ? out : ".");
+  if (!*dir) snprintf(dir, sizeof dir, "/");
+  struct stat st;
+  if (stat(dir, &st) != 0 && mkdir(dir, 0777) != 0)
+    return build_error(d, "cannot create %s: %s", dir, strerror(errno));
+  snprintf(lib, sizeof lib, "%s/lib%s.a", dir, m->name);
+  beside(tmp, sizeof tmp, lib);
+  snprintf(src, sizeof src, "%s/libkiln_runtime.a", rt);
+  char *cp[] = {"cp", src, tmp, NULL};
+  char *ar[] = {(char *)env_or("AR", "ar"), "rs", tmp, (char *)obj, NULL};
+  if (run(d, cp) != 0 || run(d, ar) != 0 || rename(tmp, lib) != 0) {
+    unlink(tmp);
+    return build_error(d, "cannot write %s", lib);
+  }
+  snprintf(path, sizeof path, "%s/%s.h", dir, m->name);
+  TRY(write_text(d, path, write_header, m, p));
+  char real[4096];
+  pc_dir = realpath(dir, real) ? real : dir;
+  snprintf(path, sizeof path, "%s/%s.pc", dir, m->name);
+  return write_text(d, path, write_pc, m, p);
+}
+
+static int remove_tree(const char *dir) {
+  char *argv[] = {"rm", "-rf", (char *)dir, NULL};
+  pid_t pid;
+  int status;
+  if (posix_spawnp(&pid, "rm", NULL, NULL, argv, environ) != 0) return -1;
+  return waitpid(pid, &status, 0) < 0 ? -1 : 0;
+}
+
+static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
+  KilnPipelineOpts po = {.print_after = o->print_after, .out = stdout};
+  TRY(kiln_pipeline_run(&m->graph, &po, d->out));
+  KilnPlan plan;
+  kiln_plan_build(&m->graph, &m->arena, false, &plan);
+  char err[1024];
+  KilnTargetOpts to = {o->cpu, o->opt_level};
+  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
+  if (!tm) return build_error(d, "%s", err);
+  KilnCg cg = {0};
+  KilnModuleOpts mo = {KILN_VERSION, o->emit == KILN_BUILD_LIB, m->train.seed, tm};
+  kiln_cpu_module(&cg, &m->graph, &plan, &mo);
+  char tmpdir[] = "/tmp/kiln-build-XXXXXX", obj[4096];
+  if (!mkdtemp(tmpdir)) {
+    kiln_cpu_module_free(&cg);
+    LLVMDisposeTargetMachine(tm);
+    return build_error(d, "cannot create a temporary folder: %s", strerror(errno));
+  }
+  snprintf(obj, sizeof obj, "%s/%s.o", tmpdir, m->name);
+  KilnEmitKind kind = o->emit == KILN_BUILD_ASM ? KILN_EMIT_ASM
+                      : o->emit == KILN_BUILD_LLVM ? KILN_EMIT_LLVM : KILN_EMIT_OBJ;
+  bool direct = o->emit == KILN_BUILD_OBJ || o->emit == KILN_BUILD_ASM || o->emit == KILN_BUILD_LLVM;
+  char tmpout[8192];
+  beside(tmpout, sizeof tmpout, o->output);
+  int rc = kiln_cpu_emit(cg.mod, tm, o->opt_level, kind, direct ? tmpout : obj, err, sizeof err);
+  kiln_cpu_module_free(&cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) build_error(d, "%s", err);
+  else if (direct && rename(tmpout, o->output) != 0)
+    rc = build_error(d, "cannot write %s: %s", o->output, strerror(errno));
+  else if (o->emit == KILN_BUILD_EXE) rc = link_exe(d, obj, o->output);
+  else if (o->emit == KILN_BUILD_LIB) rc = write_lib(d, m, &plan, obj, o->output);
+  if (rc != 0 && direct) unlink(tmpout);
+  remove_tree(tmpdir);
+  return rc;
+}
+
+int kiln_build(KilnDiag *d, const KilnBuildOpts *o) {
+  KilnModel m;
+  int rc = kiln_model_load(&m, d, o->model, o->dims, o->ndims);
+  if (rc == 0) rc = compile(d, &m, o);
+  kiln_model_free(&m);
+  return rc;
+}

@@ -1,0 +1,121 @@
+// The CPU backend: every kernel an LLVM function built with the LLVM C API over the
+// static shapes of the IR, optimized for the target CPU and emitted as an object.
+//
+// Sections follow the files of compiler/cpu/: plan.c, loops.c, kernels.c,
+// module.c, target.c.
+#ifndef KILN_CPU_H
+#define KILN_CPU_H
+
+#include <llvm-c/Core.h>
+#include <llvm-c/TargetMachine.h>
+
+#include "ir/ir.h"
+
+//
+// plan.c: where every node lives. Params in the weights block, everything else
+// in the activation arena; nodes not needed for the outputs get no storage.
+//
+typedef enum { KILN_LOC_NONE, KILN_LOC_WEIGHTS, KILN_LOC_ARENA } KilnLocKind;
+
+typedef struct {
+  KilnLocKind *where;   // per node
+  int64_t *offset;      // per node, bytes into its block
+  int64_t *scratch;     // per node, arena offset of its scratch space (lstm, attention), or -1
+  bool *live;           // per node: needed to compute an output
+  int64_t weights_bytes, arena_bytes, arena_naive_bytes;
+} KilnPlan;
+
+// Plans storage for computing roots (the outputs, plus the loss when with_loss).
+void kiln_plan_build(const KilnGraph *g, KilnArena *a, bool with_loss, KilnPlan *out);
+
+//
+// loops.c: small helpers to build loop nests with the LLVM builder.
+//
+typedef struct {
+  LLVMContextRef ctx;
+  LLVMModuleRef mod;
+  LLVMBuilderRef b;
+  LLVMTypeRef f32, i32, i64, i8, ptr, v;  // v: void
+  LLVMValueRef fn;                        // function being built
+} KilnCg;
+
+typedef struct {
+  LLVMValueRef index;       // the induction variable (i64)
+  LLVMBasicBlockRef head, body, exit;
+  LLVMValueRef phi;
+} KilnLoop;
+
+// for (i = lo; i < hi; i++) { body }: begin leaves the builder in the body.
+KilnLoop kiln_cg_loop_begin(KilnCg *c, LLVMValueRef lo, LLVMValueRef hi, const char *name);
+void kiln_cg_loop_end(KilnCg *c, KilnLoop *l);
+LLVMValueRef kiln_cg_i64(KilnCg *c, int64_t v);
+LLVMValueRef kiln_cg_f32(KilnCg *c, double v);
+// Typed pointer arithmetic: base + byte offset, then element index.
+LLVMValueRef kiln_cg_gep(KilnCg *c, LLVMTypeRef elem, LLVMValueRef base, LLVMValueRef index);
+LLVMValueRef kiln_cg_load(KilnCg *c, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef index);
+void kiln_cg_store(KilnCg *c, LLVMValueRef v, LLVMValueRef base, LLVMValueRef index);
+// A call of an LLVM intrinsic (llvm.exp.f32, ...) or an external function.
+LLVMValueRef kiln_cg_call1(KilnCg *c, const char *name, LLVMValueRef x);
+LLVMValueRef kiln_cg_call2(KilnCg *c, const char *name, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef kiln_cg_add(KilnCg *c, LLVMValueRef a, LLVMValueRef b);  // i64
+LLVMValueRef kiln_cg_mul(KilnCg *c, LLVMValueRef a, LLVMValueRef b);  // i64
+// Stack scalar accumulator helpers (promoted to registers by mem2reg).
+LLVMValueRef kiln_cg_alloca(KilnCg *c, LLVMTypeRef t, const char *name);
+
+//
+// kernels.c: one kernel per live, non-source node.
+//
+typedef struct {
+  KilnCg *cg;
+  const KilnGraph *g;
+  const KilnPlan *plan;
+  const KilnNode *n;
+  int32_t id;
+  LLVMValueRef w, a, lo, hi;  // kernel parameters
+} KilnKernel;
+
+// Emits the kernel for node id into the module; returns the function and the
+// number of parallel iterations it splits (its outer loop) in *out_n, and a cost
+// estimate (FLOPs or bytes) in *out_cost.
+LLVMValueRef kiln_cpu_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                             int64_t *out_n, int64_t *out_cost);
+// Scalar semantics of an elementwise op in LLVM IR, matching the op table's.
+LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x);
+// A pointer to node id's storage (weights or arena) inside a kernel.
+LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id);
+
+//
+// module.c: the model's module: kernels, the forward step, the descriptor and
+// (for libraries) the prefixed C API.
+//
+typedef struct {
+  const char *kiln_version;
+  bool library;            // emit NAME_create, NAME_forward, ... (else the exe's entry)
+  uint64_t seed;
+  LLVMTargetMachineRef tm; // its data layout and triple go into the module
+} KilnModuleOpts;
+
+// Builds the whole model into c->mod (created here with c->ctx, c->b).
+void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnModuleOpts *o);
+// Releases what kiln_cpu_module created.
+void kiln_cpu_module_free(KilnCg *c);
+
+//
+// target.c: target machine, optimization and emission.
+//
+typedef enum { KILN_EMIT_OBJ, KILN_EMIT_ASM, KILN_EMIT_LLVM } KilnEmitKind;
+
+typedef struct {
+  const char *cpu;         // "native" (default), "x86-64-v3", "skylake-avx512", ...
+  int opt_level;           // 0..3
+} KilnTargetOpts;
+
+// A target machine for the CPU named in t (the host's, with its features, for
+// "native"). NULL with a message in err when LLVM does not know the CPU.
+LLVMTargetMachineRef kiln_cpu_target(const KilnTargetOpts *t, char *err, size_t errlen);
+// Optimizes the module (new pass manager, default<O0..3>) and writes it to path.
+// Returns 0, or -1 with the LLVM message in err.
+int kiln_cpu_emit(LLVMModuleRef m, LLVMTargetMachineRef tm, int opt_level, KilnEmitKind kind,
+                  const char *path, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,769 @@
+// One kernel per node: an LLVM function `void kN(ptr w, ptr a, i64 lo, i64 hi)`
+// that computes iterations [lo, hi) of the node's outermost parallel loop. Shapes
+// are compile-time constants, so every bound and stride below is a literal in the
+// generated code. Semantics match the reference interpreter (ir/interp.c).
+#include <math.h>
+#include <string.h>
+
+#include "compiler/cpu/cpu.h"
+
+// Rows at or above this M*N*K go to cblas_sgemm; below it the generated loop wins
+// (no call overhead, shapes known).
+#define BLAS_MIN_WORK (48 * 48 * 48)
+#define BLAS_ROW_BLOCK 64
+
+static const KilnNode *in_node(KilnKernel *k, int i) { return &k->g->nodes[k->n->in[i]]; }
+
+LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id) {
+  KilnCg *c = k->cg;
+  LLVMValueRef base = k->plan->where[id] == KILN_LOC_WEIGHTS ? k->w : k->a;
+  return kiln_cg_gep(c, c->i8, base, kiln_cg_i64(c, k->plan->offset[id]));
+}
+
+static LLVMValueRef scratch_ptr(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  return kiln_cg_gep(c, c->i8, k->a, kiln_cg_i64(c, k->plan->scratch[k->id]));
+}
+
+static int64_t prod(const int64_t *s, int from, int to) {
+  int64_t p = 1;
+  for (int i = from; i < to; i++) p *= s[i];
+  return p;
+}
+
+// Loads element idx of node id as f32 (i32 values are converted).
+static LLVMValueRef load_f(KilnKernel *k, int32_t id, LLVMValueRef base, LLVMValueRef idx) {
+  KilnCg *c = k->cg;
+  if (k->g->nodes[id].dtype == KILN_F32) return kiln_cg_load(c, c->f32, base, idx);
+  return LLVMBuildSIToFP(c->b, kiln_cg_load(c, c->i32, base, idx), c->f32, "");
+}
+
+static void store_f(KilnKernel *k, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+  KilnCg *c = k->cg;
+  if (k->n->dtype == KILN_I32) v = LLVMBuildFPToSI(c->b, v, c->i32, "");
+  kiln_cg_store(c, v, base, idx);
+}
+
+//
+// Scalar semantics, as the op table's sc_* functions define them.
+//
+static LLVMValueRef fsel(KilnCg *c, LLVMRealPredicate p, LLVMValueRef a, LLVMValueRef b,
+                         LLVMValueRef t, LLVMValueRef f) {
+  return LLVMBuildSelect(c->b, LLVMBuildFCmp(c->b, p, a, b, ""), t, f, "");
+}
+
+static LLVMValueRef sigmoid(KilnCg *c, LLVMValueRef x) {
+  LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFNeg(c->b, x, ""));
+  return LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), LLVMBuildFAdd(c->b, kiln_cg_f32(c, 1), e, ""), "");
+}
+
+static LLVMValueRef tanh_f(KilnCg *c, LLVMValueRef x) { return kiln_cg_call1(c, "tanhf", x); }
+
+LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x) {
+  LLVMBuilderRef b = c->b;
+  LLVMValueRef zero = kiln_cg_f32(c, 0), one = kiln_cg_f32(c, 1);
+  switch (n->op) {
+  case KILN_OP_NEG: return LLVMBuildFNeg(b, x[0], "");
+  case KILN_OP_EXP: return kiln_cg_call1(c, "llvm.exp.f32", x[0]);
+  case KILN_OP_LOG: return kiln_cg_call1(c, "llvm.log.f32", x[0]);
+  case KILN_OP_SQRT: return kiln_cg_call1(c, "llvm.sqrt.f32", x[0]);
+  case KILN_OP_RSQRT: return LLVMBuildFDiv(b, one, kiln_cg_call1(c, "llvm.sqrt.f32", x[0]), "");
+  case KILN_OP_POW:
+    if (n->attr.exponent == 2) return LLVMBuildFMul(b, x[0], x[0], "");
+    return kiln_cg_call2(c, "llvm.pow.f32", x[0], kiln_cg_f32(c, n->attr.exponent));
+  case KILN_OP_RELU: return fsel(c, LLVMRealOLT, x[0], zero, zero, x[0]);
+  case KILN_OP_SIGMOID: return sigmoid(c, x[0]);
+  case KILN_OP_TANH: return tanh_f(c, x[0]);
+  case KILN_OP_GELU: {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    LLVMValueRef x3 = LLVMBuildFMul(b, LLVMBuildFMul(b, x[0], x[0], ""), x[0], "");
+    LLVMValueRef in = LLVMBuildFAdd(b, x[0], LLVMBuildFMul(b, kiln_cg_f32(c, 0.044715), x3, ""), "");
+    LLVMValueRef t = tanh_f(c, LLVMBuildFMul(b, kiln_cg_f32(c, 0.7978845608028654), in, ""));
+    return LLVMBuildFMul(b, LLVMBuildFMul(b, kiln_cg_f32(c, 0.5), x[0], ""),
+                         LLVMBuildFAdd(b, one, t, ""), "");
+  }
+  case KILN_OP_SILU: return LLVMBuildFMul(b, x[0], sigmoid(c, x[0]), "");
+  case KILN_OP_CLAMP: {
+    LLVMValueRef lo = kiln_cg_f32(c, n->attr.lo), hi = kiln_cg_f32(c, n->attr.hi);
+    return fsel(c, LLVMRealOLT, x[0], lo, lo, fsel(c, LLVMRealOGT, x[0], hi, hi, x[0]));
+  }
+  case KILN_OP_DROPOUT: return x[0];  // inference: identity
+  case KILN_OP_ADD: return LLVMBuildFAdd(b, x[0], x[1], "");
+  case KILN_OP_SUB: return LLVMBuildFSub(b, x[0], x[1], "");
+  case KILN_OP_MUL: return LLVMBuildFMul(b, x[0], x[1], "");
+  case KILN_OP_DIV: return LLVMBuildFDiv(b, x[0], x[1], "");
+  case KILN_OP_WHERE: return fsel(c, LLVMRealUNE, x[0], zero, x[1], x[2]);
+  case KILN_OP_BROADCAST: return x[0];
+  case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_SUM:
+  case KILN_OP_MEAN: case KILN_OP_MAX: case KILN_OP_SOFTMAX: case KILN_OP_LOG_SOFTMAX:
+  case KILN_OP_LAYERNORM: case KILN_OP_MATMUL: case KILN_OP_RESHAPE: case KILN_OP_TRANSPOSE:
+  case KILN_OP_CONCAT: case KILN_OP_SLICE: case KILN_OP_EMBEDDING: case KILN_OP_LSTM:
+  case KILN_OP_ATTENTION: case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE:
+  case KILN_OP_COUNT:
+    break;
+  }
+  KILN_ASSERT(!"not an elementwise op");
+  return NULL;
+}
+
+//
+// Elementwise and broadcast: parallel over rows (all dims but the last); inside a
+// row each input advances by 1 or, where it is broadcast, by 0.
+//
+typedef struct {
+  int64_t stride[KILN_MAX_RANK];  // per output dim, in the input's elements
+} Bcast;
+
+static void bcast_strides(const KilnNode *out, const KilnNode *in, Bcast *s) {
+  int off = out->rank - in->rank;
+  int64_t st = 1;
+  for (int d = out->rank - 1; d >= 0; d--) {
+    int id = d - off;
+    if (id < 0 || in->shape[id] == 1) {
+      s->stride[d] = 0;
+    } else {
+      s->stride[d] = st;
+      st *= in->shape[id];
+    }
+  }
+}
+
+// Offset of row r's first element in an input with strides s: the row index is
+// split into coordinates of dims [0, rank-1) by constant divisions.
+static LLVMValueRef row_offset(KilnKernel *k, LLVMValueRef r, const Bcast *s) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  LLVMValueRef off = kiln_cg_i64(c, 0);
+  LLVMValueRef rem = r;
+  for (int d = o->rank - 2; d >= 0; d--) {
+    LLVMValueRef dim = kiln_cg_i64(c, o->shape[d]);
+    LLVMValueRef coord = d ? LLVMBuildSRem(c->b, rem, dim, "") : rem;
+    if (s->stride[d]) off = kiln_cg_add(c, off, kiln_cg_mul(c, coord, kiln_cg_i64(c, s->stride[d])));
+    if (d) rem = LLVMBuildSDiv(c->b, rem, dim, "");
+  }
+  return off;
+}
+
+static int64_t emit_elementwise(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t inner = o->rank ? o->shape[o->rank - 1] : 1;
+  int64_t rows = kiln_node_numel(o) / inner;
+  Bcast s[KILN_MAX_INPUTS];
+  LLVMValueRef base[KILN_MAX_INPUTS];
+  for (int i = 0; i < o->nin; i++) {
+    bcast_strides(o, in_node(k, i), &s[i]);
+    base[i] = kiln_cpu_ptr(k, o->in[i]);
+  }
+  LLVMValueRef out = kiln_cpu_ptr(k, k->id);
+  KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
+  LLVMValueRef rbase[KILN_MAX_INPUTS];
+  for (int i = 0; i < o->nin; i++) rbase[i] = row_offset(k, r.index, &s[i]);
+  LLVMValueRef obase = kiln_cg_mul(c, r.index, kiln_cg_i64(c, inner));
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, inner), "col");
+  LLVMValueRef x[KILN_MAX_INPUTS];
+  for (int i = 0; i < o->nin; i++) {
+    int64_t st = o->rank ? s[i].stride[o->rank - 1] : 0;
+    LLVMValueRef idx = st ? kiln_cg_add(c, rbase[i], j.index) : rbase[i];
+    x[i] = load_f(k, o->in[i], base[i], idx);
+  }
+  store_f(k, kiln_cpu_scalar(c, o, x), out, kiln_cg_add(c, obase, j.index));
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &r);
+  return rows;
+}
+
+//
+// Layout ops.
+//
+// A flat copy of [lo, hi) elements (reshape).
+static int64_t emit_copy(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  LLVMValueRef src = kiln_cpu_ptr(k, k->n->in[0]), dst = kiln_cpu_ptr(k, k->id);
+  KilnLoop l = kiln_cg_loop_begin(c, k->lo, k->hi, "i");
+  LLVMTypeRef t = k->n->dtype == KILN_F32 ? c->f32 : c->i32;
+  kiln_cg_store(c, kiln_cg_load(c, t, src, l.index), dst, l.index);
+  kiln_cg_loop_end(c, &l);
+  return kiln_node_numel(k->n);
+}
+
+// Output row r of a transpose reads the input at permuted strides.
+static int64_t emit_transpose(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *x = in_node(k, 0);
+  int64_t in_stride[KILN_MAX_RANK];
+  for (int d = x->rank - 1, st = 1; d >= 0; d--) in_stride[d] = st, st *= (int)x->shape[d];
+  Bcast s;  // per output dim: the input stride of the dim it comes from
+  for (int d = 0; d < o->rank; d++) s.stride[d] = in_stride[o->attr.ints[d]];
+  int64_t inner = o->rank ? o->shape[o->rank - 1] : 1;
+  LLVMTypeRef t = o->dtype == KILN_F32 ? c->f32 : c->i32;
+  LLVMValueRef src = kiln_cpu_ptr(k, o->in[0]), dst = kiln_cpu_ptr(k, k->id);
+  KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
+  LLVMValueRef ib = row_offset(k, r.index, &s);
+  LLVMValueRef ob = kiln_cg_mul(c, r.index, kiln_cg_i64(c, inner));
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, inner), "col");
+  LLVMValueRef ii = kiln_cg_add(c, ib, kiln_cg_mul(c, j.index, kiln_cg_i64(c, o->rank ? s.stride[o->rank - 1] : 0)));
+  kiln_cg_store(c, kiln_cg_load(c, t, src, ii), dst, kiln_cg_add(c, ob, j.index));
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &r);
+  return kiln_node_numel(o) / inner;
+}
+
+// Copies len contiguous elements from src[so] to dst[do_].
+static void copy_run(KilnKernel *k, LLVMTypeRef t, LLVMValueRef src, LLVMValueRef so,
+                     LLVMValueRef dst, LLVMValueRef do_, int64_t len) {
+  KilnCg *c = k->cg;
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
+  LLVMValueRef v = kiln_cg_load(c, t, src, kiln_cg_add(c, so, j.index));
+  kiln_cg_store(c, v, dst, kiln_cg_add(c, do_, j.index));
+  kiln_cg_loop_end(c, &j);
+}
+
+// concat and slice: parallel over the dims before the axis; each step copies runs.
+static int64_t emit_concat_slice(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int axis = (int)kiln_norm_axis(o->attr.axis, o->rank);
+  int64_t outer = prod(o->shape, 0, axis), inner = prod(o->shape, axis + 1, o->rank);
+  LLVMTypeRef t = o->dtype == KILN_F32 ? c->f32 : c->i32;
+  LLVMValueRef dst = kiln_cpu_ptr(k, k->id);
+  KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "outer");
+  LLVMValueRef ob = kiln_cg_mul(c, r.index, kiln_cg_i64(c, o->shape[axis] * inner));
+  if (o->op == KILN_OP_SLICE) {
+    const KilnNode *x = in_node(k, 0);
+    LLVMValueRef ib = kiln_cg_add(c, kiln_cg_mul(c, r.index, kiln_cg_i64(c, x->shape[axis] * inner)),
+                                  kiln_cg_i64(c, o->attr.start * inner));
+    copy_run(k, t, kiln_cpu_ptr(k, o->in[0]), ib, dst, ob, o->shape[axis] * inner);
+  } else {
+    int64_t at = 0;
+    for (int i = 0; i < o->nin; i++) {
+      int64_t len = in_node(k, i)->shape[axis] * inner;
+      LLVMValueRef ib = kiln_cg_mul(c, r.index, kiln_cg_i64(c, len));
+      copy_run(k, t, kiln_cpu_ptr(k, o->in[i]), ib, dst,
+               kiln_cg_add(c, ob, kiln_cg_i64(c, at)), len);
+      at += len;
+    }
+  }
+  kiln_cg_loop_end(c, &r);
+  return outer;
+}
+
+// embedding: out[p, :] = table[ids[p], :]. The runtime checks input ids before a
+// step; ids computed inside the graph are clamped so a bad one cannot read outside
+// the table.
+static int64_t emit_embedding(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *tab = in_node(k, 1);
+  int64_t v = tab->shape[0], d = tab->shape[1];
+  LLVMValueRef ids = kiln_cpu_ptr(k, o->in[0]), src = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef dst = kiln_cpu_ptr(k, k->id);
+  KilnLoop p = kiln_cg_loop_begin(c, k->lo, k->hi, "pos");
+  LLVMValueRef id = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, ids, p.index), c->i64, "");
+  LLVMValueRef lo0 = LLVMBuildICmp(c->b, LLVMIntSLT, id, kiln_cg_i64(c, 0), "");
+  id = LLVMBuildSelect(c->b, lo0, kiln_cg_i64(c, 0), id, "");
+  LLVMValueRef hi0 = LLVMBuildICmp(c->b, LLVMIntSGE, id, kiln_cg_i64(c, v), "");
+  id = LLVMBuildSelect(c->b, hi0, kiln_cg_i64(c, v - 1), id, "");
+  copy_run(k, c->f32, src, kiln_cg_mul(c, id, kiln_cg_i64(c, d)), dst,
+           kiln_cg_mul(c, p.index, kiln_cg_i64(c, d)), d);
+  kiln_cg_loop_end(c, &p);
+  return kiln_node_numel(o) / d;
+}
+
+//
+// Reductions over arbitrary axes: one thread walks the input once, adding each
+// element into its output slot (strides 0 on reduced axes).
+//
+static int64_t emit_reduce(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *x = in_node(k, 0);
+  bool reduced[KILN_MAX_RANK] = {0};
+  if (o->attr.nints == 0)
+    for (int d = 0; d < x->rank; d++) reduced[d] = true;
+  for (int i = 0; i < o->attr.nints; i++) reduced[kiln_norm_axis(o->attr.ints[i], x->rank)] = true;
+  int64_t ostride[KILN_MAX_RANK], st = 1, count = 1;
+  for (int d = x->rank - 1; d >= 0; d--) {
+    ostride[d] = reduced[d] ? 0 : st;
+    if (!reduced[d]) st *= x->shape[d];
+    else count *= x->shape[d];
+  }
+  LLVMValueRef src = kiln_cpu_ptr(k, o->in[0]), dst = kiln_cpu_ptr(k, k->id);
+  int64_t on = kiln_node_numel(o), n = kiln_node_numel(x);
+  bool is_max = o->op == KILN_OP_MAX;
+  KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, on), "init");
+  kiln_cg_store(c, kiln_cg_f32(c, is_max ? -INFINITY : 0), dst, z.index);
+  kiln_cg_loop_end(c, &z);
+  KilnLoop i = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, n), "i");
+  LLVMValueRef rem = i.index, off = kiln_cg_i64(c, 0);
+  for (int d = x->rank - 1; d >= 0; d--) {
+    LLVMValueRef dim = kiln_cg_i64(c, x->shape[d]);
+    LLVMValueRef coord = LLVMBuildSRem(c->b, rem, dim, "");
+    if (ostride[d]) off = kiln_cg_add(c, off, kiln_cg_mul(c, coord, kiln_cg_i64(c, ostride[d])));
+    rem = LLVMBuildSDiv(c->b, rem, dim, "");
+  }
+  LLVMValueRef v = kiln_cg_load(c, c->f32, src, i.index), acc = kiln_cg_load(c, c->f32, dst, off);
+  // max keeps a NaN (the interpreter's comparison does the same).
+  LLVMValueRef r = is_max ? fsel(c, LLVMRealUGT, v, acc, v, acc) : LLVMBuildFAdd(c->b, acc, v, "");
+  kiln_cg_store(c, r, dst, off);
+  kiln_cg_loop_end(c, &i);
+  if (o->op == KILN_OP_MEAN) {
+    KilnLoop m = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, on), "mean");
+    LLVMValueRef s = kiln_cg_load(c, c->f32, dst, m.index);
+    kiln_cg_store(c, LLVMBuildFDiv(c->b, s, kiln_cg_f32(c, (double)count), ""), dst, m.index);
+    kiln_cg_loop_end(c, &m);
+  }
+  return 1;
+}
+
+// A scalar f32 accumulator in a stack slot (mem2reg makes it a register).
+static LLVMValueRef acc_new(KilnCg *c, double init, const char *name) {
+  LLVMValueRef a = kiln_cg_alloca(c, c->f32, name);
+  LLVMBuildStore(c->b, kiln_cg_f32(c, init), a);
+  return a;
+}
+
+static LLVMValueRef acc_get(KilnCg *c, LLVMValueRef a) { return LLVMBuildLoad2(c->b, c->f32, a, ""); }
+
+//
+// softmax / log_softmax along an axis: parallel over lanes (outer x inner); each
+// lane takes the max, the sum of exp(x - max), then writes.
+//
+static int64_t emit_softmax(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int axis = (int)kiln_norm_axis(o->attr.axis, o->rank);
+  int64_t len = o->shape[axis], inner = prod(o->shape, axis + 1, o->rank);
+  int64_t lanes = kiln_node_numel(o) / len;
+  LLVMValueRef src = kiln_cpu_ptr(k, o->in[0]), dst = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef vinner = kiln_cg_i64(c, inner);
+  KilnLoop l = kiln_cg_loop_begin(c, k->lo, k->hi, "lane");
+  LLVMValueRef outer = LLVMBuildSDiv(c->b, l.index, vinner, "");
+  LLVMValueRef base = kiln_cg_add(c, kiln_cg_mul(c, outer, kiln_cg_i64(c, len * inner)),
+                                  LLVMBuildSRem(c->b, l.index, vinner, ""));
+  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
+#define AT(j) kiln_cg_add(c, base, kiln_cg_mul(c, (j), vinner))
+  KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
+  LLVMValueRef v = kiln_cg_load(c, c->f32, src, AT(a.index)), m = acc_get(c, mx);
+  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
+  kiln_cg_loop_end(c, &a);
+  LLVMValueRef mval = acc_get(c, mx);
+  KilnLoop s = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
+  v = kiln_cg_load(c, c->f32, src, AT(s.index));
+  LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFSub(c->b, v, mval, ""));
+  if (o->op == KILN_OP_SOFTMAX) kiln_cg_store(c, e, dst, AT(s.index));
+  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), e, ""), sum);
+  kiln_cg_loop_end(c, &s);
+  LLVMValueRef total = acc_get(c, sum);
+  LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", total), "");
+  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), total, "");
+  KilnLoop w = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
+  if (o->op == KILN_OP_SOFTMAX) {
+    v = kiln_cg_load(c, c->f32, dst, AT(w.index));
+    kiln_cg_store(c, LLVMBuildFMul(c->b, v, inv, ""), dst, AT(w.index));
+  } else {
+    v = kiln_cg_load(c, c->f32, src, AT(w.index));
+    kiln_cg_store(c, LLVMBuildFSub(c->b, v, lse, ""), dst, AT(w.index));
+  }
+  kiln_cg_loop_end(c, &w);
+#undef AT
+  kiln_cg_loop_end(c, &l);
+  return lanes;
+}
+
+// layernorm over the last axis: mean, biased variance (two passes), then
+// (x - mean) / sqrt(var + eps) * gamma + beta. Parallel over rows.
+static int64_t emit_layernorm(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t d = o->shape[o->rank - 1], rows = kiln_node_numel(o) / d;
+  LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), g = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef be = kiln_cpu_ptr(k, o->in[2]), y = kiln_cpu_ptr(k, k->id);
+  KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
+  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d));
+  LLVMValueRef sum = acc_new(c, 0, "sum"), sq = acc_new(c, 0, "sq");
+  KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, d), "j");
+  LLVMValueRef v = kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, a.index));
+  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), v, ""), sum);
+  kiln_cg_loop_end(c, &a);
+  LLVMValueRef mean = LLVMBuildFDiv(c->b, acc_get(c, sum), kiln_cg_f32(c, (double)d), "mean");
+  KilnLoop b = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, d), "j");
+  v = LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, b.index)), mean, "");
+  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sq), LLVMBuildFMul(c->b, v, v, ""), ""), sq);
+  kiln_cg_loop_end(c, &b);
+  LLVMValueRef var = LLVMBuildFDiv(c->b, acc_get(c, sq), kiln_cg_f32(c, (double)d), "var");
+  LLVMValueRef rstd = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1),
+      kiln_cg_call1(c, "llvm.sqrt.f32", LLVMBuildFAdd(c->b, var, kiln_cg_f32(c, o->attr.eps), "")), "");
+  KilnLoop w = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, d), "j");
+  LLVMValueRef at = kiln_cg_add(c, base, w.index);
+  v = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "");
+  v = LLVMBuildFAdd(c->b, LLVMBuildFMul(c->b, v, kiln_cg_load(c, c->f32, g, w.index), ""),
+                    kiln_cg_load(c, c->f32, be, w.index), "");
+  kiln_cg_store(c, v, y, at);
+  kiln_cg_loop_end(c, &w);
+  kiln_cg_loop_end(c, &r);
+  return rows;
+}
+
+//
+// matmul: C[.., M, N] = op(A)[.., M, K] op(B)[.., K, N], batch dims broadcast.
+//
+typedef struct {
+  int64_t m, n, k, batch;
+  Bcast sa, sb;          // batch strides (per output batch dim) in matrices
+  bool fold;             // B is one matrix and A's batch folds into M
+} Mm;
+
+static void mm_shape(KilnKernel *k, Mm *mm) {
+  const KilnNode *o = k->n, *a = in_node(k, 0), *b = in_node(k, 1);
+  mm->m = o->shape[o->rank - 2];
+  mm->n = o->shape[o->rank - 1];
+  mm->k = o->attr.trans_a ? a->shape[a->rank - 2] : a->shape[a->rank - 1];
+  mm->batch = prod(o->shape, 0, o->rank - 2);
+  // Batch strides per output batch dim, counted in whole matrices.
+  for (int pass = 0; pass < 2; pass++) {
+    const KilnNode *x = pass ? b : a;
+    Bcast *s = pass ? &mm->sb : &mm->sa;
+    int off = (o->rank - 2) - (x->rank - 2);
+    int64_t st = 1;
+    for (int d = o->rank - 3; d >= 0; d--) {
+      int xd = d - off;
+      s->stride[d] = (xd < 0 || x->shape[xd] == 1) ? 0 : st;
+      if (xd >= 0) st *= x->shape[xd];
+    }
+  }
+  mm->fold = b->rank == 2 && !o->attr.trans_a && a->rank == o->rank;
+  if (mm->fold) {
+    mm->m *= mm->batch;
+    mm->batch = 1;
+  }
+}
+
+// Matrix index of output batch bi in an input with batch strides s.
+static LLVMValueRef mm_batch_off(KilnKernel *k, LLVMValueRef bi, const Bcast *s, int nb) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  LLVMValueRef off = kiln_cg_i64(c, 0), rem = bi;
+  for (int d = nb - 1; d >= 0; d--) {
+    LLVMValueRef dim = kiln_cg_i64(c, o->shape[d]);
+    LLVMValueRef coord = LLVMBuildSRem(c->b, rem, dim, "");
+    if (s->stride[d]) off = kiln_cg_add(c, off, kiln_cg_mul(c, coord, kiln_cg_i64(c, s->stride[d])));
+    rem = LLVMBuildSDiv(c->b, rem, dim, "");
+  }
+  return off;
+}
+
+// The generated loop: parallel over rows (batch x M). Each row of C is zeroed,
+// then accumulates a[m, kk] * B[kk, :] so the inner loop runs along B's rows.
+static int64_t emit_matmul_loops(KilnKernel *k, const Mm *mm) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->id);
+  int nb = o->rank - 2;
+  KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, r.index, kiln_cg_i64(c, mm->m), "");
+  LLVMValueRef mi = LLVMBuildSRem(c->b, r.index, kiln_cg_i64(c, mm->m), "");
+  LLVMValueRef abase = kiln_cg_i64(c, 0), bbase = kiln_cg_i64(c, 0);
+  if (!mm->fold && nb > 0) {
+    abase = kiln_cg_mul(c, mm_batch_off(k, bi, &mm->sa, nb), kiln_cg_i64(c, mm->m * mm->k));
+    bbase = kiln_cg_mul(c, mm_batch_off(k, bi, &mm->sb, nb), kiln_cg_i64(c, mm->k * mm->n));
+  }
+  LLVMValueRef cbase = kiln_cg_mul(c, r.index, kiln_cg_i64(c, mm->n));
+  KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, mm->n), "z");
+  kiln_cg_store(c, kiln_cg_f32(c, 0), C, kiln_cg_add(c, cbase, z.index));
+  kiln_cg_loop_end(c, &z);
+  KilnLoop kk = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, mm->k), "k");
+  // a[m, kk]: row-major [M, K], or [K, M] when transposed.
+  LLVMValueRef ai = o->attr.trans_a
+      ? kiln_cg_add(c, kiln_cg_mul(c, kk.index, kiln_cg_i64(c, mm->m)), mi)
+      : kiln_cg_add(c, kiln_cg_mul(c, mi, kiln_cg_i64(c, mm->k)), kk.index);
+  LLVMValueRef av = kiln_cg_load(c, c->f32, A, kiln_cg_add(c, abase, ai));
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, mm->n), "n");
+  // b[kk, n]: row-major [K, N], or [N, K] when transposed.
+  LLVMValueRef bidx = o->attr.trans_b
+      ? kiln_cg_add(c, kiln_cg_mul(c, j.index, kiln_cg_i64(c, mm->k)), kk.index)
+      : kiln_cg_add(c, kiln_cg_mul(c, kk.index, kiln_cg_i64(c, mm->n)), j.index);
+  LLVMValueRef bv = kiln_cg_load(c, c->f32, B, kiln_cg_add(c, bbase, bidx));
+  LLVMValueRef ci = kiln_cg_add(c, cbase, j.index);
+  LLVMValueRef cv = kiln_cg_load(c, c->f32, C, ci);
+  kiln_cg_store(c, LLVMBuildFAdd(c->b, cv, LLVMBuildFMul(c->b, av, bv, ""), ""), C, ci);
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &kk);
+  kiln_cg_loop_end(c, &r);
+  return mm->batch * mm->m;
+}
+
+// cblas_sgemm on blocks of BLAS_ROW_BLOCK rows: iteration t is batch t / tiles,
+// rows [(t % tiles) * block, ...). The runtime keeps OpenBLAS single-threaded and
+// spreads these blocks over its own threads.
+static int64_t emit_matmul_blas(KilnKernel *k, const Mm *mm) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  LLVMTypeRef i32 = c->i32;
+  LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
+  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 14, 0);
+  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
+  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
+  int64_t tiles = (mm->m + BLAS_ROW_BLOCK - 1) / BLAS_ROW_BLOCK;
+  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->id);
+  int nb = o->rank - 2;
+  KilnLoop t = kiln_cg_loop_begin(c, k->lo, k->hi, "tile");
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, t.index, kiln_cg_i64(c, tiles), "");
+  LLVMValueRef m0 = kiln_cg_mul(c, LLVMBuildSRem(c->b, t.index, kiln_cg_i64(c, tiles), ""),
+                                kiln_cg_i64(c, BLAS_ROW_BLOCK));
+  LLVMValueRef left = LLVMBuildSub(c->b, kiln_cg_i64(c, mm->m), m0, "");
+  LLVMValueRef big = LLVMBuildICmp(c->b, LLVMIntSGT, left, kiln_cg_i64(c, BLAS_ROW_BLOCK), "");
+  LLVMValueRef rows = LLVMBuildSelect(c->b, big, kiln_cg_i64(c, BLAS_ROW_BLOCK), left, "");
+  LLVMValueRef abase = kiln_cg_i64(c, 0), bbase = kiln_cg_i64(c, 0);
+  if (!mm->fold && nb > 0) {
+    abase = kiln_cg_mul(c, mm_batch_off(k, bi, &mm->sa, nb), kiln_cg_i64(c, mm->m * mm->k));
+    bbase = kiln_cg_mul(c, mm_batch_off(k, bi, &mm->sb, nb), kiln_cg_i64(c, mm->k * mm->n));
+  }
+  // Rows m0.. of op(A): row-major A starts at m0*K; a transposed A at column m0.
+  LLVMValueRef aoff = o->attr.trans_a ? m0 : kiln_cg_mul(c, m0, kiln_cg_i64(c, mm->k));
+  LLVMValueRef cbase = kiln_cg_mul(c, kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, mm->m)), m0),
+                                   kiln_cg_i64(c, mm->n));
+#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
+  LLVMValueRef args[] = {
+      I32(101), I32(o->attr.trans_a ? 112 : 111), I32(o->attr.trans_b ? 112 : 111),
+      LLVMBuildTrunc(c->b, rows, i32, ""), I32(mm->n), I32(mm->k), kiln_cg_f32(c, 1),
+      kiln_cg_gep(c, c->f32, A, kiln_cg_add(c, abase, aoff)), I32(o->attr.trans_a ? mm->m : mm->k),
+      kiln_cg_gep(c, c->f32, B, bbase), I32(o->attr.trans_b ? mm->k : mm->n), kiln_cg_f32(c, 0),
+      kiln_cg_gep(c, c->f32, C, cbase), I32(mm->n)};
+#undef I32
+  LLVMBuildCall2(c->b, ft, f, args, 14, "");
+  kiln_cg_loop_end(c, &t);
+  return mm->batch * tiles;
+}
+
+static int64_t emit_matmul(KilnKernel *k) {
+  Mm mm;
+  mm_shape(k, &mm);
+  if (mm.m * mm.n * mm.k >= BLAS_MIN_WORK) return emit_matmul_blas(k, &mm);
+  return emit_matmul_loops(k, &mm);
+}
+
+//
+// lstm: parallel over batch rows. Scratch per row: h [H], c [H], z [4H].
+//
+static int64_t emit_lstm(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t bsz = o->shape[0], T = o->shape[1], H = o->shape[2], I = in_node(k, 0)->shape[2];
+  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), Wi = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef Wh = kiln_cpu_ptr(k, o->in[2]), Bv = kiln_cpu_ptr(k, o->in[3]);
+  LLVMValueRef Y = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
+  KilnLoop b = kiln_cg_loop_begin(c, k->lo, k->hi, "b");
+  LLVMValueRef sb = kiln_cg_mul(c, b.index, kiln_cg_i64(c, 6 * H));
+  LLVMValueRef hs = sb, cs = kiln_cg_add(c, sb, kiln_cg_i64(c, H)), zs = kiln_cg_add(c, sb, kiln_cg_i64(c, 2 * H));
+  KilnLoop z0 = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, 2 * H), "z0");
+  kiln_cg_store(c, kiln_cg_f32(c, 0), S, kiln_cg_add(c, hs, z0.index));
+  kiln_cg_loop_end(c, &z0);
+  KilnLoop t = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, T), "t");
+  LLVMValueRef row = kiln_cg_add(c, kiln_cg_mul(c, b.index, kiln_cg_i64(c, T)), t.index);
+  // z = bias + x_t W_ih + h W_hh
+  KilnLoop zi = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, 4 * H), "zi");
+  kiln_cg_store(c, kiln_cg_load(c, c->f32, Bv, zi.index), S, kiln_cg_add(c, zs, zi.index));
+  kiln_cg_loop_end(c, &zi);
+  for (int pass = 0; pass < 2; pass++) {
+    int64_t n = pass ? H : I;
+    LLVMValueRef W = pass ? Wh : Wi;
+    KilnLoop i = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, n), "i");
+    LLVMValueRef xv = pass ? kiln_cg_load(c, c->f32, S, kiln_cg_add(c, hs, i.index))
+                           : kiln_cg_load(c, c->f32, X, kiln_cg_add(c, kiln_cg_mul(c, row, kiln_cg_i64(c, I)), i.index));
+    LLVMValueRef wrow = kiln_cg_mul(c, i.index, kiln_cg_i64(c, 4 * H));
+    KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, 4 * H), "j");
+    LLVMValueRef zi2 = kiln_cg_add(c, zs, j.index);
+    LLVMValueRef w = kiln_cg_load(c, c->f32, W, kiln_cg_add(c, wrow, j.index));
+    LLVMValueRef zv = kiln_cg_load(c, c->f32, S, zi2);
+    kiln_cg_store(c, LLVMBuildFAdd(c->b, zv, LLVMBuildFMul(c->b, xv, w, ""), ""), S, zi2);
+    kiln_cg_loop_end(c, &j);
+    kiln_cg_loop_end(c, &i);
+  }
+  // gates i, f, g, o; c = f c + i g; h = o tanh(c)
+  KilnLoop u = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, H), "u");
+  LLVMValueRef g4[4];
+  for (int q = 0; q < 4; q++) {
+    LLVMValueRef zv = kiln_cg_load(c, c->f32, S, kiln_cg_add(c, zs, kiln_cg_add(c, u.index, kiln_cg_i64(c, q * H))));
+    g4[q] = q == 2 ? tanh_f(c, zv) : sigmoid(c, zv);
+  }
+  LLVMValueRef ci = kiln_cg_add(c, cs, u.index);
+  LLVMValueRef cn = LLVMBuildFAdd(c->b, LLVMBuildFMul(c->b, g4[1], kiln_cg_load(c, c->f32, S, ci), ""),
+                                  LLVMBuildFMul(c->b, g4[0], g4[2], ""), "");
+  kiln_cg_store(c, cn, S, ci);
+  LLVMValueRef hn = LLVMBuildFMul(c->b, g4[3], tanh_f(c, cn), "");
+  kiln_cg_store(c, hn, S, kiln_cg_add(c, hs, u.index));
+  kiln_cg_store(c, hn, Y, kiln_cg_add(c, kiln_cg_mul(c, row, kiln_cg_i64(c, H)), u.index));
+  kiln_cg_loop_end(c, &u);
+  kiln_cg_loop_end(c, &t);
+  kiln_cg_loop_end(c, &b);
+  (void)bsz;
+  return o->shape[0];
+}
+
+//
+// attention: parallel over (batch, head). For query i: scores against keys j (j <= i
+// when causal), scaled by 1/sqrt(dh), softmax, weighted sum of values.
+//
+static int64_t emit_attention(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t T = o->shape[1], D = o->shape[2], H = o->attr.heads, dh = D / H;
+  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), Y = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
+  KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh.index, kiln_cg_i64(c, H), "");
+  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh.index, kiln_cg_i64(c, H), ""), kiln_cg_i64(c, dh));
+  LLVMValueRef sbase = kiln_cg_mul(c, bh.index, kiln_cg_i64(c, T));
+  LLVMValueRef bbase = kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, T * D)), col);
+  KilnLoop i = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, T), "i");
+  LLVMValueRef qrow = kiln_cg_add(c, bbase, kiln_cg_mul(c, i.index, kiln_cg_i64(c, D)));
+  LLVMValueRef jend = o->attr.causal ? kiln_cg_add(c, i.index, kiln_cg_i64(c, 1)) : kiln_cg_i64(c, T);
+  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum"), dot = acc_new(c, 0, "dot");
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "j");
+  LLVMValueRef krow = kiln_cg_add(c, bbase, kiln_cg_mul(c, j.index, kiln_cg_i64(c, D)));
+  LLVMBuildStore(c->b, kiln_cg_f32(c, 0), dot);
+  KilnLoop d = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, dh), "d");
+  LLVMValueRef p = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, Q, kiln_cg_add(c, qrow, d.index)),
+                                 kiln_cg_load(c, c->f32, K, kiln_cg_add(c, krow, d.index)), "");
+  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, dot), p, ""), dot);
+  kiln_cg_loop_end(c, &d);
+  LLVMValueRef s = LLVMBuildFMul(c->b, acc_get(c, dot), kiln_cg_f32(c, 1.0 / sqrt((double)dh)), "");
+  kiln_cg_store(c, s, S, kiln_cg_add(c, sbase, j.index));
+  LLVMValueRef m = acc_get(c, mx);
+  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, s, m, s, m), mx);
+  kiln_cg_loop_end(c, &j);
+  LLVMValueRef mval = acc_get(c, mx);
+  KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "e");
+  LLVMValueRef si = kiln_cg_add(c, sbase, e.index);
+  LLVMValueRef ev = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, S, si), mval, ""));
+  kiln_cg_store(c, ev, S, si);
+  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), ev, ""), sum);
+  kiln_cg_loop_end(c, &e);
+  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), acc_get(c, sum), "");
+  KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, dh), "z");
+  kiln_cg_store(c, kiln_cg_f32(c, 0), Y, kiln_cg_add(c, qrow, z.index));
+  kiln_cg_loop_end(c, &z);
+  KilnLoop v = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "v");
+  LLVMValueRef pw = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, S, kiln_cg_add(c, sbase, v.index)), inv, "");
+  LLVMValueRef vrow = kiln_cg_add(c, bbase, kiln_cg_mul(c, v.index, kiln_cg_i64(c, D)));
+  KilnLoop dd = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, dh), "dd");
+  LLVMValueRef yi = kiln_cg_add(c, qrow, dd.index);
+  LLVMValueRef acc = LLVMBuildFAdd(c->b, kiln_cg_load(c, c->f32, Y, yi),
+      LLVMBuildFMul(c->b, pw, kiln_cg_load(c, c->f32, V, kiln_cg_add(c, vrow, dd.index)), ""), "");
+  kiln_cg_store(c, acc, Y, yi);
+  kiln_cg_loop_end(c, &dd);
+  kiln_cg_loop_end(c, &v);
+  kiln_cg_loop_end(c, &i);
+  kiln_cg_loop_end(c, &bh);
+  return o->shape[0] * H;
+}
+
+//
+// Losses: one thread, accumulated in double so the mean of many small terms keeps
+// its precision.
+//
+static int64_t emit_loss(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *x = in_node(k, 0);
+  LLVMTypeRef f64 = LLVMDoubleTypeInContext(c->ctx);
+  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), L = kiln_cpu_ptr(k, o->in[1]), Y = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef tot = kiln_cg_alloca(c, f64, "total");
+  LLVMBuildStore(c->b, LLVMConstReal(f64, 0), tot);
+  int64_t count;
+  if (o->op == KILN_OP_CROSS_ENTROPY) {
+    int64_t C = x->shape[x->rank - 1];
+    count = kiln_node_numel(x) / C;
+    KilnLoop p = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, count), "p");
+    LLVMValueRef base = kiln_cg_mul(c, p.index, kiln_cg_i64(c, C));
+    LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
+    KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, C), "c");
+    LLVMValueRef v = kiln_cg_load(c, c->f32, X, kiln_cg_add(c, base, a.index)), m = acc_get(c, mx);
+    LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
+    kiln_cg_loop_end(c, &a);
+    LLVMValueRef mval = acc_get(c, mx);
+    KilnLoop s = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, C), "c");
+    v = kiln_cg_load(c, c->f32, X, kiln_cg_add(c, base, s.index));
+    LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFSub(c->b, v, mval, ""));
+    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), e, ""), sum);
+    kiln_cg_loop_end(c, &s);
+    LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", acc_get(c, sum)), "");
+    LLVMValueRef lab = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, L, p.index), c->i64, "");
+    LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
+                                   LLVMBuildICmp(c->b, LLVMIntSGE, lab, kiln_cg_i64(c, C), ""), "");
+    lab = LLVMBuildSelect(c->b, bad, kiln_cg_i64(c, 0), lab, "");
+    LLVMValueRef xl = kiln_cg_load(c, c->f32, X, kiln_cg_add(c, base, lab));
+    LLVMValueRef term = LLVMBuildFPExt(c->b, LLVMBuildFSub(c->b, lse, xl, ""), f64, "");
+    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, f64, tot, ""), term, ""), tot);
+    kiln_cg_loop_end(c, &p);
+  } else {
+    count = kiln_node_numel(x);
+    KilnLoop p = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, count), "p");
+    LLVMValueRef a = kiln_cg_load(c, c->f32, X, p.index), y = kiln_cg_load(c, c->f32, L, p.index);
+    LLVMValueRef term;
+    if (o->op == KILN_OP_MSE) {
+      LLVMValueRef d = LLVMBuildFSub(c->b, a, y, "");
+      term = LLVMBuildFMul(c->b, d, d, "");
+    } else {  // max(x, 0) - x y + log1p(exp(-|x|))
+      LLVMValueRef zero = kiln_cg_f32(c, 0);
+      LLVMValueRef relu = fsel(c, LLVMRealOGT, a, zero, a, zero);
+      LLVMValueRef ax = kiln_cg_call1(c, "llvm.fabs.f32", a);
+      LLVMValueRef sp = kiln_cg_call1(c, "log1pf", kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFNeg(c->b, ax, "")));
+      term = LLVMBuildFAdd(c->b, LLVMBuildFSub(c->b, relu, LLVMBuildFMul(c->b, a, y, ""), ""), sp, "");
+    }
+    term = LLVMBuildFPExt(c->b, term, f64, "");
+    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, f64, tot, ""), term, ""), tot);
+    kiln_cg_loop_end(c, &p);
+  }
+  LLVMValueRef mean = LLVMBuildFDiv(c->b, LLVMBuildLoad2(c->b, f64, tot, ""), LLVMConstReal(f64, (double)count), "");
+  kiln_cg_store(c, LLVMBuildFPTrunc(c->b, mean, c->f32, ""), Y, kiln_cg_i64(c, 0));
+  return 1;
+}
+
+static int64_t emit_body(KilnKernel *k) {
+  switch (k->n->op) {
+  case KILN_OP_NEG: case KILN_OP_EXP: case KILN_OP_LOG: case KILN_OP_SQRT: case KILN_OP_RSQRT:
+  case KILN_OP_POW: case KILN_OP_RELU: case KILN_OP_SIGMOID: case KILN_OP_TANH:
+  case KILN_OP_GELU: case KILN_OP_SILU: case KILN_OP_CLAMP: case KILN_OP_DROPOUT:
+  case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV: case KILN_OP_WHERE:
+  case KILN_OP_BROADCAST:
+    return emit_elementwise(k);
+  case KILN_OP_RESHAPE: return emit_copy(k);
+  case KILN_OP_TRANSPOSE: return emit_transpose(k);
+  case KILN_OP_CONCAT: case KILN_OP_SLICE: return emit_concat_slice(k);
+  case KILN_OP_EMBEDDING: return emit_embedding(k);
+  case KILN_OP_SUM: case KILN_OP_MEAN: case KILN_OP_MAX: return emit_reduce(k);
+  case KILN_OP_SOFTMAX: case KILN_OP_LOG_SOFTMAX: return emit_softmax(k);
+  case KILN_OP_LAYERNORM: return emit_layernorm(k);
+  case KILN_OP_MATMUL: return emit_matmul(k);
+  case KILN_OP_LSTM: return emit_lstm(k);
+  case KILN_OP_ATTENTION: return emit_attention(k);
+  case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE: return emit_loss(k);
+  case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_COUNT:
+    break;
+  }
+  KILN_ASSERT(!"no kernel for a source node");
+  return 0;
+}
+
+LLVMValueRef kiln_cpu_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                             int64_t *out_n, int64_t *out_cost) {
+  LLVMTypeRef params[] = {c->ptr, c->ptr, c->i64, c->i64};
+  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 4, 0);
+  char name[64];
+  snprintf(name, sizeof name, "kiln_k%d_%s", id, kiln_op(g->nodes[id].op)->name);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, ft);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  KilnKernel k = {c, g, p, &g->nodes[id], id, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1),
+                  LLVMGetParam(fn, 2), LLVMGetParam(fn, 3)};
+  // Kernels read and write disjoint planned buffers: tell LLVM so it vectorizes.
+  for (unsigned i = 0; i < 2; i++) {
+    unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
+    LLVMAddAttributeAtIndex(fn, i + 1, LLVMCreateEnumAttribute(c->ctx, kind, 0));
+  }
+  *out_n = emit_body(&k);
+  LLVMBuildRetVoid(c->b);
+  int64_t f = kiln_op(g->nodes[id].op)->flops(g, &g->nodes[id]);
+  *out_cost = f > kiln_node_numel(&g->nodes[id]) ? f : kiln_node_numel(&g->nodes[id]);
+  return fn;
+}

@@ -1,0 +1,543 @@
+// The reference interpreter: every op in plain C, in double precision, one small
+// function per op kind. It is the oracle that generated CPU and CUDA kernels (and
+// gradients, by finite differences) are checked against, so each function is
+// written to be obviously right rather than fast, and its head comment is the
+// op's definition that the backends must match.
+//
+// Tensors are row-major arrays of doubles (i32 values stored exactly). Shapes and
+// attributes are trusted: the shape rules in shape.c checked them and normalised
+// transpose's perm and slice's bounds; axes of reductions, softmax and concat may
+// still be negative and are normalised here. The only errors are data-dependent
+// (an embedding id or a label out of range).
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir/ir.h"
+
+typedef struct {
+  const KilnGraph *g;
+  double *const *v;         // values[i]: node i's elements
+  const KilnInterpOpts *o;
+  char msg[256];            // a failing op's message, before the node is named
+} Run;
+
+//
+// Helpers.
+//
+__attribute__((format(printf, 2, 3))) static int fail(Run *r, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->msg, sizeof r->msg, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static const KilnNode *arg(const Run *r, const KilnNode *n, int i) {
+  KILN_ASSERT(i < n->nin);
+  return &r->g->nodes[n->in[i]];
+}
+
+static const double *in(const Run *r, const KilnNode *n, int i) {
+  KILN_ASSERT(i < n->nin);
+  return r->v[n->in[i]];
+}
+
+static int64_t numel(const KilnNode *n) { return kiln_node_numel(n); }
+
+// The row-major multi-index of flat position i in shape.
+static void unravel(int64_t i, const int64_t *shape, int rank, int64_t *out_idx) {
+  for (int d = rank - 1; d >= 0; d--) {
+    out_idx[d] = i % shape[d];
+    i /= shape[d];
+  }
+}
+
+// Flat position, in a tensor of the given shape, of the element that result index
+// idx (rank r) reads under numpy broadcasting: the tensor's axes align with the
+// trailing axes of the result and its size-1 axes repeat.
+static int64_t bcast_at(const int64_t *idx, int r, const int64_t *shape, int rank) {
+  int64_t at = 0;
+  for (int d = 0; d < rank; d++) at = at * shape[d] + (shape[d] == 1 ? 0 : idx[r - rank + d]);
+  return at;
+}
+
+// The flat row-major position of multi-index idx in shape.
+static int64_t ravel(const int64_t *idx, const int64_t *shape, int rank) {
+  int64_t at = 0;
+  for (int d = 0; d < rank; d++) at = at * shape[d] + idx[d];
+  return at;
+}
+
+// Splits x around axis into [outer, len, inner]: element (o, j, k) is at
+// (o * len + j) * inner + k.
+static void split_at(const KilnNode *x, int64_t axis, int64_t *out_outer, int64_t *out_len,
+                     int64_t *out_inner) {
+  *out_outer = *out_inner = 1;
+  for (int d = 0; d < axis; d++) *out_outer *= x->shape[d];
+  for (int d = (int)axis + 1; d < x->rank; d++) *out_inner *= x->shape[d];
+  *out_len = x->shape[axis];
+}
+
+// An axis the shape rule accepted, possibly negative, as 0..rank-1.
+static int norm_axis(int64_t axis, int rank) {
+  int64_t ax = kiln_norm_axis(axis, rank);
+  KILN_ASSERT(ax >= 0);
+  return (int)ax;
+}
+
+// The table's scalar semantics, for ops built from them (lstm's gates).
+static const KilnAttrs no_attrs;
+static double sigmoid(double x) { return kiln_op(KILN_OP_SIGMOID)->scalar(&x, &no_attrs); }
+static double tanh_(double x) { return kiln_op(KILN_OP_TANH)->scalar(&x, &no_attrs); }
+
+//
+// Sources.
+//
+// const: every element (a const is normally a scalar) is attr.value.
+static int run_const(Run *r, const KilnNode *n, double *out) {
+  (void)r;
+  for (int64_t i = 0; i < numel(n); i++) out[i] = n->attr.value;
+  return 0;
+}
+
+//
+// Elementwise.
+//
+// Every op with scalar semantics in the table (unary math, add sub mul div,
+// where): out[i] = scalar(inputs at i), each input read through numpy
+// broadcasting. The scalar functions are the table's, never restated here.
+static int run_scalar(Run *r, const KilnNode *n, double *out) {
+  KilnScalarFn f = kiln_op(n->op)->scalar;
+  KILN_ASSERT(f && n->nin >= 1 && n->nin <= 3);
+  int64_t idx[KILN_MAX_RANK];
+  double x[3];
+  for (int64_t i = 0; i < numel(n); i++) {
+    unravel(i, n->shape, n->rank, idx);
+    for (int k = 0; k < n->nin; k++) {
+      const KilnNode *a = arg(r, n, k);
+      x[k] = in(r, n, k)[bcast_at(idx, n->rank, a->shape, a->rank)];
+    }
+    out[i] = f(x, &n->attr);
+  }
+  return 0;
+}
+
+// SplitMix64 (Steele, Lea and Flood, 2014): the state advances by GAMMA per draw
+// and each draw is mix64 of the new state, so draw i of a stream that starts at
+// state s is mix64(s + (i + 1) * GAMMA) -- computable per element, in any order.
+#define GAMMA UINT64_C(0x9e3779b97f4a7c15)
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+
+// dropout(x, p): the identity outside training. In training, element i (row-major)
+// of node number `id` draws
+//   u_i = (mix64(s + (i + 1) * GAMMA) >> 11) * 2^-53  in [0, 1),  s = seed ^ mix64(id)
+// (draw i of the SplitMix64 stream at state s, as 53 bits), keeps x_i / (1 - p)
+// when u_i >= p (probability 1 - p) and writes 0 otherwise.
+static int run_dropout(Run *r, const KilnNode *n, double *out) {
+  const double *x = in(r, n, 0);
+  double p = n->attr.p;
+  KILN_ASSERT(p >= 0 && p < 1);
+  if (!r->o->training) {
+    memcpy(out, x, (size_t)numel(n) * sizeof *out);
+    return 0;
+  }
+  uint64_t s = r->o->seed ^ mix64((uint64_t)(n - r->g->nodes));
+  for (int64_t i = 0; i < numel(n); i++) {
+    double u = (double)(mix64(s + (uint64_t)(i + 1) * GAMMA) >> 11) * 0x1p-53;
+    out[i] = u >= p ? x[i] / (1 - p) : 0.0;
+  }
+  return 0;
+}
+
+//
+// Reductions.
+//
+// sum, mean, max over the axes in attr.ints (none listed: every axis). keepdims
+// changes only the shape, not the row-major order of the results. max starts at
+// -inf and keeps a NaN once it meets one.
+static int run_reduce(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0);
+  bool red[KILN_MAX_RANK];
+  for (int d = 0; d < x->rank; d++) red[d] = n->attr.nints == 0;
+  for (int k = 0; k < n->attr.nints; k++) red[norm_axis(n->attr.ints[k], x->rank)] = true;
+  bool is_max = n->op == KILN_OP_MAX;
+  for (int64_t o = 0; o < numel(n); o++) out[o] = is_max ? -INFINITY : 0.0;
+  int64_t idx[KILN_MAX_RANK];
+  for (int64_t i = 0; i < numel(x); i++) {
+    unravel(i, x->shape, x->rank, idx);
+    int64_t o = 0;
+    for (int d = 0; d < x->rank; d++)
+      if (!red[d]) o = o * x->shape[d] + idx[d];
+    if (!is_max) out[o] += xv[i];
+    else if (xv[i] > out[o] || isnan(xv[i])) out[o] = isnan(out[o]) ? out[o] : xv[i];
+  }
+  if (n->op == KILN_OP_MEAN) {
+    double count = (double)(numel(x) / numel(n));
+    for (int64_t o = 0; o < numel(n); o++) out[o] /= count;
+  }
+  return 0;
+}
+
+// softmax and log_softmax along attr.axis, stabilised by the row's maximum m:
+//   softmax_j = exp(x_j - m) / sum_k exp(x_k - m)
+//   log_softmax_j = x_j - m - log(sum_k exp(x_k - m))
+static int run_softmax(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0);
+  int64_t outer, len, inner;
+  split_at(x, norm_axis(n->attr.axis, x->rank), &outer, &len, &inner);
+  for (int64_t o = 0; o < outer; o++) {
+    for (int64_t k = 0; k < inner; k++) {
+      const double *row = xv + o * len * inner + k;  // row[j * inner]
+      double *dst = out + o * len * inner + k;
+      double m = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < len; j++) m = fmax(m, row[j * inner]);
+      for (int64_t j = 0; j < len; j++) sum += exp(row[j * inner] - m);
+      for (int64_t j = 0; j < len; j++)
+        dst[j * inner] = n->op == KILN_OP_LOG_SOFTMAX ? row[j * inner] - m - log(sum)
+                                                      : exp(row[j * inner] - m) / sum;
+    }
+  }
+  return 0;
+}
+
+// layernorm(x, gamma [D], beta [D]) over the last axis (D), biased variance:
+//   y = (x - mean) / sqrt(var + eps) * gamma + beta,  var = mean((x - mean)^2).
+static int run_layernorm(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0), *gamma = in(r, n, 1), *beta = in(r, n, 2);
+  int64_t d = x->shape[x->rank - 1], rows = numel(x) / d;
+  for (int64_t i = 0; i < rows; i++) {
+    const double *row = xv + i * d;
+    double mean = 0, var = 0;
+    for (int64_t j = 0; j < d; j++) mean += row[j];
+    mean /= (double)d;
+    for (int64_t j = 0; j < d; j++) var += (row[j] - mean) * (row[j] - mean);
+    var /= (double)d;
+    double inv = 1.0 / sqrt(var + n->attr.eps);
+    for (int64_t j = 0; j < d; j++) out[i * d + j] = (row[j] - mean) * inv * gamma[j] + beta[j];
+  }
+  return 0;
+}
+
+//
+// Matrix product.
+//
+// Element (row, col) of matrix operand x's last two axes after its optional
+// transpose, in the matrix that starts at base.
+static double mat_at(const KilnNode *x, const double *base, bool trans, int64_t row, int64_t col) {
+  int64_t cols = x->shape[x->rank - 1];
+  return trans ? base[col * cols + row] : base[row * cols + col];
+}
+
+// matmul(a [.., M, K], b [.., K, N]) -> [.., M, N]; trans_a / trans_b read an
+// operand's last two axes swapped. The batch axes (all but the last two) broadcast
+// numpy-style: out[batch] = a[batch'] x b[batch''].
+static int run_matmul(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *a = arg(r, n, 0), *b = arg(r, n, 1);
+  int rb = n->rank - 2;  // batch rank of the result
+  int64_t m = n->shape[rb], cols = n->shape[rb + 1];
+  int64_t k = a->shape[a->rank - (n->attr.trans_a ? 2 : 1)];
+  int64_t batches = numel(n) / (m * cols), idx[KILN_MAX_RANK];
+  for (int64_t t = 0; t < batches; t++) {
+    unravel(t, n->shape, rb, idx);
+    const double *ma = in(r, n, 0) + bcast_at(idx, rb, a->shape, a->rank - 2) * m * k;
+    const double *mb = in(r, n, 1) + bcast_at(idx, rb, b->shape, b->rank - 2) * k * cols;
+    for (int64_t i = 0; i < m; i++) {
+      for (int64_t j = 0; j < cols; j++) {
+        double acc = 0;
+        for (int64_t l = 0; l < k; l++)
+          acc += mat_at(a, ma, n->attr.trans_a, i, l) * mat_at(b, mb, n->attr.trans_b, l, j);
+        out[(t * m + i) * cols + j] = acc;
+      }
+    }
+  }
+  return 0;
+}
+
+//
+// Layout.
+//
+// reshape: the same elements in the same row-major order.
+static int run_reshape(Run *r, const KilnNode *n, double *out) {
+  memcpy(out, in(r, n, 0), (size_t)numel(n) * sizeof *out);
+  return 0;
+}
+
+// transpose with the resolved perm in attr.ints: out dim i is input dim perm[i],
+// so out[idx] = x[idx'] with idx'[perm[i]] = idx[i].
+static int run_transpose(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0);
+  KILN_ASSERT(n->attr.nints == x->rank);
+  int64_t idx[KILN_MAX_RANK], src[KILN_MAX_RANK];
+  for (int64_t i = 0; i < numel(n); i++) {
+    unravel(i, n->shape, n->rank, idx);
+    for (int d = 0; d < n->rank; d++) src[n->attr.ints[d]] = idx[d];
+    out[i] = xv[ravel(src, x->shape, x->rank)];
+  }
+  return 0;
+}
+
+// concat along attr.axis: the inputs' slabs one after another on that axis.
+static int run_concat(Run *r, const KilnNode *n, double *out) {
+  int ax = norm_axis(n->attr.axis, n->rank);
+  int64_t outer, len, inner;
+  split_at(n, ax, &outer, &len, &inner);
+  int64_t at = 0;  // start of the current input along the axis
+  for (int k = 0; k < n->nin; k++) {
+    int64_t lk = arg(r, n, k)->shape[ax];
+    const double *xv = in(r, n, k);
+    for (int64_t o = 0; o < outer; o++)
+      for (int64_t j = 0; j < lk; j++)
+        for (int64_t i = 0; i < inner; i++)
+          out[(o * len + at + j) * inner + i] = xv[(o * lk + j) * inner + i];
+    at += lk;
+  }
+  KILN_ASSERT(at == len);
+  return 0;
+}
+
+// slice: indices [start, end) along attr.axis (normalised by the shape rule).
+static int run_slice(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0);
+  int64_t outer, len, inner, xlen = x->shape[n->attr.axis];
+  split_at(n, n->attr.axis, &outer, &len, &inner);
+  KILN_ASSERT(len == n->attr.end - n->attr.start);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t j = 0; j < len; j++)
+      for (int64_t i = 0; i < inner; i++)
+        out[(o * len + j) * inner + i] = xv[(o * xlen + n->attr.start + j) * inner + i];
+  return 0;
+}
+
+// broadcast: x repeated numpy-style to the node's shape.
+static int run_broadcast(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  int64_t idx[KILN_MAX_RANK];
+  for (int64_t i = 0; i < numel(n); i++) {
+    unravel(i, n->shape, n->rank, idx);
+    out[i] = in(r, n, 0)[bcast_at(idx, n->rank, x->shape, x->rank)];
+  }
+  return 0;
+}
+
+// embedding(ids i32 [...], table [V, D]) -> [..., D]: out[p, :] = table[ids[p], :].
+// An id outside [0, V) is an error naming its position and value.
+static int run_embedding(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *ids = arg(r, n, 0), *table = arg(r, n, 1);
+  int64_t v = table->shape[0], d = table->shape[1], idx[KILN_MAX_RANK];
+  for (int64_t p = 0; p < numel(ids); p++) {
+    double id = in(r, n, 0)[p];
+    if (!(id >= 0 && id < (double)v && id == floor(id))) {
+      char where[160];
+      unravel(p, ids->shape, ids->rank, idx);
+      return fail(r, "id %g at position %s is outside [0, %lld)", id,
+                  kiln_dims_str(idx, ids->rank, where, sizeof where), (long long)v);
+    }
+    memcpy(out + p * d, in(r, n, 1) + (int64_t)id * d, (size_t)d * sizeof *out);
+  }
+  return 0;
+}
+
+//
+// Sequence ops.
+//
+// lstm(x [B,T,I], w_ih [I,4H], w_hh [H,4H], b [4H]) -> [B,T,H], gate order i f g o:
+//   h = c = 0;  for t: z = x_t w_ih + h w_hh + b
+//   i = sigmoid(z[0:H]), f = sigmoid(z[H:2H]), g = tanh(z[2H:3H]), o = sigmoid(z[3H:4H])
+//   c = f * c + i * g;  h = o * tanh(c);  out[:, t, :] = h.
+static int run_lstm(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0), *w_ih = in(r, n, 1), *w_hh = in(r, n, 2), *bias = in(r, n, 3);
+  int64_t nb = x->shape[0], nt = x->shape[1], ni = x->shape[2], h = n->shape[2];
+  double *c = calloc((size_t)h, sizeof *c);  // [H]: the cell state of one sequence
+  KILN_ASSERT(c != NULL);
+  for (int64_t b = 0; b < nb; b++) {
+    memset(c, 0, (size_t)h * sizeof *c);
+    for (int64_t t = 0; t < nt; t++) {
+      const double *xt = xv + (b * nt + t) * ni;               // [I]
+      const double *hp = t ? out + (b * nt + t - 1) * h : NULL;  // [H], NULL: h = 0
+      double *ht = out + (b * nt + t) * h;                      // [H]
+      for (int64_t u = 0; u < h; u++) {
+        double z[4];  // i f g o pre-activations of unit u
+        for (int gate = 0; gate < 4; gate++) {
+          int64_t col = gate * h + u;
+          z[gate] = bias[col];
+          for (int64_t k = 0; k < ni; k++) z[gate] += xt[k] * w_ih[k * 4 * h + col];
+          for (int64_t k = 0; hp && k < h; k++) z[gate] += hp[k] * w_hh[k * 4 * h + col];
+        }
+        c[u] = sigmoid(z[1]) * c[u] + sigmoid(z[0]) * tanh_(z[2]);
+        ht[u] = sigmoid(z[3]) * tanh_(c[u]);
+      }
+    }
+  }
+  free(c);
+  return 0;
+}
+
+// Multi-head scaled dot-product attention on q, k, v [B,T,D] with `heads` heads:
+// dh = D / heads; head hd uses columns [hd*dh, (hd+1)*dh) of q, k, v and out.
+//   s_ij = q_i . k_j / sqrt(dh), masked (left out) for j > i when causal;
+//   p_ij = softmax over j of s_ij (stabilised by the row maximum);
+//   out_i = sum_j p_ij v_j.
+static int run_attention(Run *r, const KilnNode *n, double *out) {
+  const double *q = in(r, n, 0), *k = in(r, n, 1), *v = in(r, n, 2);
+  int64_t nb = n->shape[0], nt = n->shape[1], d = n->shape[2], heads = n->attr.heads;
+  int64_t dh = d / heads;
+  double scale = 1.0 / sqrt((double)dh);
+  for (int64_t b = 0; b < nb; b++) {
+    for (int64_t hd = 0; hd < heads; hd++) {
+      for (int64_t i = 0; i < nt; i++) {
+        const double *qi = q + (b * nt + i) * d + hd * dh;
+        double *oi = out + (b * nt + i) * d + hd * dh;
+        int64_t last = n->attr.causal ? i : nt - 1;  // last key attended to
+        double m = -INFINITY, sum = 0;
+        for (int64_t j = 0; j <= last; j++) {
+          const double *kj = k + (b * nt + j) * d + hd * dh;
+          double s = 0;
+          for (int64_t c = 0; c < dh; c++) s += qi[c] * kj[c];
+          m = fmax(m, s * scale);
+        }
+        for (int64_t c = 0; c < dh; c++) oi[c] = 0;
+        for (int64_t j = 0; j <= last; j++) {
+          const double *kj = k + (b * nt + j) * d + hd * dh;
+          const double *vj = v + (b * nt + j) * d + hd * dh;
+          double s = 0;
+          for (int64_t c = 0; c < dh; c++) s += qi[c] * kj[c];
+          double e = exp(s * scale - m);
+          sum += e;
+          for (int64_t c = 0; c < dh; c++) oi[c] += e * vj[c];
+        }
+        for (int64_t c = 0; c < dh; c++) oi[c] /= sum;
+      }
+    }
+  }
+  return 0;
+}
+
+//
+// Losses: scalars.
+//
+// cross_entropy(logits [..., C], labels i32 [...]): the mean over every position
+// p of -log_softmax(logits[p, :])[labels[p]]. A label outside [0, C) is an error.
+static int run_cross_entropy(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *lg = arg(r, n, 0), *lb = arg(r, n, 1);
+  const double *x = in(r, n, 0), *y = in(r, n, 1);
+  int64_t c = lg->shape[lg->rank - 1], rows = numel(lb), idx[KILN_MAX_RANK];
+  double total = 0;
+  for (int64_t p = 0; p < rows; p++) {
+    const double *row = x + p * c;
+    if (!(y[p] >= 0 && y[p] < (double)c && y[p] == floor(y[p]))) {
+      char where[160];
+      unravel(p, lb->shape, lb->rank, idx);
+      return fail(r, "label %g at position %s is outside [0, %lld)", y[p],
+                  kiln_dims_str(idx, lb->rank, where, sizeof where), (long long)c);
+    }
+    double m = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < c; j++) m = fmax(m, row[j]);
+    for (int64_t j = 0; j < c; j++) sum += exp(row[j] - m);
+    total += m + log(sum) - row[(int64_t)y[p]];
+  }
+  out[0] = total / (double)rows;
+  return 0;
+}
+
+// mse(pred, target): mean((pred - target)^2).
+static int run_mse(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *a = arg(r, n, 0);
+  const double *p = in(r, n, 0), *t = in(r, n, 1);
+  double total = 0;
+  for (int64_t i = 0; i < numel(a); i++) total += (p[i] - t[i]) * (p[i] - t[i]);
+  out[0] = total / (double)numel(a);
+  return 0;
+}
+
+// binary_cross_entropy(logits x, labels y in [0, 1]), sigmoid inside, stable form:
+//   mean(max(x, 0) - x * y + log1p(exp(-|x|))).
+static int run_bce(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *a = arg(r, n, 0);
+  const double *x = in(r, n, 0), *y = in(r, n, 1);
+  double total = 0;
+  for (int64_t i = 0; i < numel(a); i++)
+    total += fmax(x[i], 0) - x[i] * y[i] + log1p(exp(-fabs(x[i])));
+  out[0] = total / (double)numel(a);
+  return 0;
+}
+
+//
+// Dispatch.
+//
+static int run_node(Run *r, const KilnNode *n, double *out) {
+  switch (n->op) {
+  case KILN_OP_INPUT:
+  case KILN_OP_PARAM: return 0;  // filled by the caller
+  case KILN_OP_CONST: return run_const(r, n, out);
+  case KILN_OP_NEG:
+  case KILN_OP_EXP:
+  case KILN_OP_LOG:
+  case KILN_OP_SQRT:
+  case KILN_OP_RSQRT:
+  case KILN_OP_POW:
+  case KILN_OP_RELU:
+  case KILN_OP_SIGMOID:
+  case KILN_OP_TANH:
+  case KILN_OP_GELU:
+  case KILN_OP_SILU:
+  case KILN_OP_CLAMP:
+  case KILN_OP_ADD:
+  case KILN_OP_SUB:
+  case KILN_OP_MUL:
+  case KILN_OP_DIV:
+  case KILN_OP_WHERE: return run_scalar(r, n, out);
+  case KILN_OP_DROPOUT: return run_dropout(r, n, out);
+  case KILN_OP_SUM:
+  case KILN_OP_MEAN:
+  case KILN_OP_MAX: return run_reduce(r, n, out);
+  case KILN_OP_SOFTMAX:
+  case KILN_OP_LOG_SOFTMAX: return run_softmax(r, n, out);
+  case KILN_OP_LAYERNORM: return run_layernorm(r, n, out);
+  case KILN_OP_MATMUL: return run_matmul(r, n, out);
+  case KILN_OP_RESHAPE: return run_reshape(r, n, out);
+  case KILN_OP_TRANSPOSE: return run_transpose(r, n, out);
+  case KILN_OP_CONCAT: return run_concat(r, n, out);
+  case KILN_OP_SLICE: return run_slice(r, n, out);
+  case KILN_OP_BROADCAST: return run_broadcast(r, n, out);
+  case KILN_OP_EMBEDDING: return run_embedding(r, n, out);
+  case KILN_OP_LSTM: return run_lstm(r, n, out);
+  case KILN_OP_ATTENTION: return run_attention(r, n, out);
+  case KILN_OP_CROSS_ENTROPY: return run_cross_entropy(r, n, out);
+  case KILN_OP_MSE: return run_mse(r, n, out);
+  case KILN_OP_BCE: return run_bce(r, n, out);
+  case KILN_OP_COUNT: break;
+  }
+  KILN_ASSERT(!"unknown op");
+  return -1;
+}
+
+int kiln_interp_run(const KilnGraph *g, double **values, const KilnInterpOpts *o, char *err,
+                    size_t errlen) {
+  static const KilnInterpOpts inference = {.training = false, .seed = 0};
+  Run r = {.g = g, .v = values, .o = o ? o : &inference};
+  for (int i = 0; i < g->nnodes; i++) {
+    const KilnNode *n = &g->nodes[i];
+    KILN_ASSERT(values[i] != NULL);
+    if (run_node(&r, n, values[i]) == 0) continue;
+    if (n->loc.file)
+      snprintf(err, errlen, "%s:%d:%d: node %%%s (%s): %s", n->loc.file, n->loc.line, n->loc.col,
+               n->name, kiln_op(n->op)->name, r.msg);
+    else
+      snprintf(err, errlen, "node %%%s (%s): %s", n->name, kiln_op(n->op)->name, r.msg);
+    return -1;
+  }
+  return 0;
+}

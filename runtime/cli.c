@@ -1,0 +1,379 @@
+// The standalone program `kiln build` makes: `NAME infer|info|bench`. The model is
+// whatever descriptor the generated object links in as kiln_main_model.
+#include <getopt.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/runtime.h"
+
+extern const KilnModelDesc kiln_main_model;
+
+static const KilnModelDesc *M = &kiln_main_model;
+
+static void shape_str(const KilnTensorDesc *t, char *buf, size_t len) {
+  size_t at = (size_t)snprintf(buf, len, "%s[", t->dtype == KILN_ABI_F32 ? "f32" : "i32");
+  for (int i = 0; i < t->rank && at < len; i++)
+    at += (size_t)snprintf(buf + at, len - at, "%s%lld", i ? "," : "", (long long)t->shape[i]);
+  if (at < len) snprintf(buf + at, len - at, "]");
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: %s <command> [options]\n"
+          "\n"
+          "Model '%s', compiled by kiln %s for %s.\n"
+          "\n"
+          "commands:\n"
+          "  infer   run the model on inputs from CSV or .npy files\n"
+          "  info    parameters, FLOPs, inputs, outputs and planned memory\n"
+          "  bench   forward latency and throughput (median of runs)\n"
+          "\n"
+          "Run '%s <command> --help' for a command's options.\n",
+          M->name, M->name, M->kiln_version, M->target, M->name);
+}
+
+static int fail(const KilnStatus *st) {
+  fprintf(stderr, "%s: error: %s\n", M->name, st->msg);
+  return 1;
+}
+
+//
+// info
+//
+static void human_bytes(int64_t b, char *buf, size_t len) {
+  const char *u[] = {"B", "KiB", "MiB", "GiB"};
+  double v = (double)b;
+  int i = 0;
+  while (v >= 1024 && i < 3) v /= 1024, i++;
+  snprintf(buf, len, i ? "%.2f %s" : "%.0f %s", v, u[i]);
+}
+
+static int cmd_info(void) {
+  int64_t params = 0;
+  for (int i = 0; i < M->nparams; i++) params += M->params[i].bytes / 4;
+  char a[32], b[32], c[32], s[128];
+  printf("model:       %s (kiln %s, target %s)\n", M->name, M->kiln_version, M->target);
+  printf("parameters:  %lld in %d tensors (%s)\n", (long long)params, M->nparams,
+         (human_bytes(M->weights_bytes, a, sizeof a), a));
+  printf("forward:     %.3f MFLOP per call of %lld rows, %d kernels\n", (double)M->flops / 1e6,
+         (long long)M->batch, M->nkernels);
+  human_bytes(M->arena_bytes, b, sizeof b);
+  human_bytes(M->arena_naive_bytes, c, sizeof c);
+  printf("memory:      activations %s planned (every intermediate apart: %s), weights %s\n", b,
+         c, a);
+  for (int i = 0; i < M->ninputs; i++) {
+    shape_str(&M->inputs[i], s, sizeof s);
+    printf("input:       %-12s %s%s\n", M->inputs[i].name, s,
+           M->inputs[i].flags & KILN_ABI_LIVE ? "" : "  (training only)");
+  }
+  for (int i = 0; i < M->noutputs; i++) {
+    shape_str(&M->outputs[i], s, sizeof s);
+    printf("output:      %-12s %s\n", M->outputs[i].name, s);
+  }
+  return 0;
+}
+
+//
+// Reading inputs: a file per live input, as rows of its per-sample shape.
+//
+typedef struct {
+  int input;          // index into M->inputs
+  const char *path;
+  float *f;           // rows x per (f32 inputs, or i32 read as floats and checked)
+  int64_t rows, per;
+} Feed;
+
+static int64_t per_row(const KilnTensorDesc *t) {
+  int64_t p = 1;
+  for (int d = 1; d < t->rank; d++) p *= t->shape[d];
+  return p;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static int read_feed(Feed *f, KilnStatus *st) {
+  const KilnTensorDesc *t = &M->inputs[f->input];
+  f->per = per_row(t);
+  if (ends_with(f->path, ".npy")) {
+    KilnArray a;
+    KILN_TRY(kiln_npy_read(f->path, &a, st));
+    int64_t rows = a.rank ? a.shape[0] : 1;
+    if (a.count != rows * f->per) {
+      kiln_array_free(&a);
+      return kiln_rt_fail(st, "%s: %lld values per row, input '%s' needs %lld", f->path,
+                          (long long)(rows ? a.count / rows : 0), t->name, (long long)f->per);
+    }
+    f->rows = rows;
+    f->f = malloc((size_t)(a.count ? a.count : 1) * sizeof(float));
+    for (int64_t i = 0; i < a.count; i++)
+      f->f[i] = a.dtype == KILN_ABI_F32 ? ((float *)a.data)[i] : (float)((int32_t *)a.data)[i];
+    kiln_array_free(&a);
+    return 0;
+  }
+  KilnCsv c;
+  KILN_TRY(kiln_csv_read(f->path, false, &c, st));
+  if (c.cols != f->per) {
+    kiln_csv_free(&c);
+    return kiln_rt_fail(st, "%s: rows have %lld columns, input '%s' %s needs %lld", f->path,
+                        (long long)c.cols, t->name, "per sample", (long long)f->per);
+  }
+  f->rows = c.rows;
+  f->f = c.v;
+  return 0;
+}
+
+// Copies rows [r0, r0 + n) of a feed into its input, padding to the batch with
+// zeros (index 0 is valid for every bound).
+static int fill_input(KilnCtx *c, const Feed *f, int64_t r0, int64_t n, KilnStatus *st) {
+  const KilnTensorDesc *t = &M->inputs[f->input];
+  void *dst = kiln_ctx_input(c, f->input);
+  memset(dst, 0, (size_t)t->bytes);
+  for (int64_t i = 0; i < n * f->per; i++) {
+    float v = f->f[r0 * f->per + i];
+    if (t->dtype == KILN_ABI_F32) {
+      ((float *)dst)[i] = v;
+    } else {
+      if (v != floorf(v) || fabsf(v) > 2147483520.0f)
+        return kiln_rt_fail(st, "%s: row %lld: input '%s' takes integers, got %g", f->path,
+                            (long long)(r0 + i / f->per + 1), t->name, (double)v);
+      ((int32_t *)dst)[i] = (int32_t)v;
+    }
+  }
+  return 0;
+}
+
+static int find_input(const char *name) {
+  for (int i = 0; i < M->ninputs; i++)
+    if (strcmp(M->inputs[i].name, name) == 0) return i;
+  return -1;
+}
+
+// --input FILE (the only live input) or --input NAME=FILE.
+static int add_feed(Feed *feeds, int *n, const char *arg, KilnStatus *st) {
+  const char *eq = strchr(arg, '=');
+  int idx = -1;
+  if (eq) {
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(eq - arg), arg);
+    idx = find_input(name);
+    if (idx < 0) return kiln_rt_fail(st, "--input %s: the model has no input '%s'", arg, name);
+    arg = eq + 1;
+  } else {
+    for (int i = 0; i < M->ninputs; i++)
+      if (M->inputs[i].flags & KILN_ABI_LIVE) {
+        if (idx >= 0) return kiln_rt_fail(st, "the model reads several inputs: use --input NAME=FILE");
+        idx = i;
+      }
+  }
+  if (*n >= 16) return kiln_rt_fail(st, "too many --input options");
+  feeds[(*n)++] = (Feed){.input = idx, .path = arg};
+  return 0;
+}
+
+static void write_rows(FILE *out, const KilnCtx *c, int64_t rows, bool argmax) {
+  for (int64_t r = 0; r < rows; r++) {
+    for (int o = 0; o < M->noutputs; o++) {
+      const KilnTensorDesc *t = &M->outputs[o];
+      int64_t per = per_row(t);
+      const float *v = (const float *)kiln_ctx_output(c, o) + r * per;
+      if (argmax) {
+        int64_t best = 0;
+        for (int64_t j = 1; j < per; j++)
+          if (v[j] > v[best]) best = j;
+        fprintf(out, "%s%lld", o ? "," : "", (long long)best);
+        continue;
+      }
+      for (int64_t j = 0; j < per; j++) fprintf(out, "%s%.9g", o || j ? "," : "", (double)v[j]);
+    }
+    fputc('\n', out);
+  }
+}
+
+static void infer_usage(FILE *f) {
+  fprintf(f,
+          "usage: %s infer [--weights FILE] --input [NAME=]FILE [options]\n"
+          "\n"
+          "Runs the model on every row of the input file(s) (CSV or .npy), %lld rows per\n"
+          "call (the last call padded), and writes one line of outputs per row.\n"
+          "\n"
+          "options:\n"
+          "  --weights FILE     safetensors weights (default: initialized from the seed)\n"
+          "  --input [NAME=]FILE  input rows; NAME= is needed when the model has several\n"
+          "  --output FILE      write CSV there instead of standard output\n"
+          "  --argmax           print the index of the largest output value per row\n"
+          "  --threads N        threads (default: all CPUs)\n",
+          M->name, (long long)M->batch);
+}
+
+static int cmd_infer(int argc, char **argv) {
+  static const struct option opts[] = {{"weights", required_argument, NULL, 'w'},
+                                       {"input", required_argument, NULL, 'i'},
+                                       {"output", required_argument, NULL, 'o'},
+                                       {"argmax", no_argument, NULL, 'a'},
+                                       {"threads", required_argument, NULL, 't'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {0}};
+  const char *weights = NULL, *output = NULL;
+  bool argmax = false;
+  int threads = 0, nfeeds = 0, opt;
+  Feed feeds[16];
+  KilnStatus st = {0};
+  while ((opt = getopt_long(argc, argv, "w:i:o:t:h", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'w': weights = optarg; break;
+    case 'i': if (add_feed(feeds, &nfeeds, optarg, &st) != 0) return fail(&st); break;
+    case 'o': output = optarg; break;
+    case 'a': argmax = true; break;
+    case 't': threads = atoi(optarg); break;
+    case 'h': infer_usage(stdout); return 0;
+    default: infer_usage(stderr); return 2;
+    }
+  }
+  if (nfeeds == 0) {
+    fprintf(stderr, "%s infer: no --input given\n", M->name);
+    infer_usage(stderr);
+    return 2;
+  }
+  for (int i = 0; i < M->ninputs; i++) {
+    bool fed = false;
+    for (int j = 0; j < nfeeds; j++) fed |= feeds[j].input == i;
+    if (!fed && (M->inputs[i].flags & KILN_ABI_LIVE)) {
+      fprintf(stderr, "%s infer: no --input for '%s'\n", M->name, M->inputs[i].name);
+      return 2;
+    }
+  }
+  int rc = 1;
+  KilnCtx *c = kiln_ctx_create(M, threads, &st);
+  FILE *out = stdout;
+  if (!c || (weights && kiln_ctx_load(c, weights, &st) != 0)) goto done;
+  int64_t rows = -1;
+  for (int i = 0; i < nfeeds; i++) {
+    if (read_feed(&feeds[i], &st) != 0) goto done;
+    if (rows >= 0 && feeds[i].rows != rows) {
+      kiln_rt_fail(&st, "%s has %lld rows, %s has %lld", feeds[0].path, (long long)rows,
+                   feeds[i].path, (long long)feeds[i].rows);
+      goto done;
+    }
+    rows = feeds[i].rows;
+  }
+  if (output && !(out = fopen(output, "w"))) {
+    kiln_rt_fail(&st, "cannot write %s", output);
+    goto done;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += M->batch) {
+    int64_t n = rows - r0 < M->batch ? rows - r0 : M->batch;
+    for (int i = 0; i < nfeeds; i++)
+      if (fill_input(c, &feeds[i], r0, n, &st) != 0) goto done;
+    if (kiln_ctx_check_inputs(c, &st) != 0) goto done;
+    kiln_ctx_forward(c);
+    write_rows(out, c, n, argmax);
+  }
+  rc = 0;
+done:
+  if (out != stdout && out && fclose(out) != 0 && rc == 0) rc = 1, kiln_rt_fail(&st, "cannot write %s", output);
+  for (int i = 0; i < nfeeds; i++) free(feeds[i].f);
+  kiln_ctx_destroy(c);
+  return rc ? fail(&st) : 0;
+}
+
+//
+// bench
+//
+static void random_inputs(KilnCtx *c) {
+  KilnRng r;
+  kiln_rng_seed(&r, 1, "bench");
+  for (int i = 0; i < M->ninputs; i++) {
+    const KilnTensorDesc *t = &M->inputs[i];
+    void *p = kiln_ctx_input(c, i);
+    for (int64_t j = 0; j < t->bytes / 4; j++) {
+      if (t->dtype == KILN_ABI_F32) ((float *)p)[j] = (float)kiln_rng_normal(&r);
+      else ((int32_t *)p)[j] = (int32_t)(kiln_rng_next(&r) % (uint64_t)(t->bound ? t->bound : 2));
+    }
+  }
+}
+
+static int cmd_bench(int argc, char **argv) {
+  static const struct option opts[] = {{"weights", required_argument, NULL, 'w'},
+                                       {"runs", required_argument, NULL, 'r'},
+                                       {"warmup", required_argument, NULL, 'u'},
+                                       {"threads", required_argument, NULL, 't'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {0}};
+  const char *weights = NULL;
+  int runs = 50, warmup = 5, threads = 0, opt;
+  while ((opt = getopt_long(argc, argv, "w:r:t:h", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'w': weights = optarg; break;
+    case 'r': runs = atoi(optarg); break;
+    case 'u': warmup = atoi(optarg); break;
+    case 't': threads = atoi(optarg); break;
+    case 'h':
+      printf("usage: %s bench [--weights FILE] [--runs N] [--warmup N] [--threads N]\n"
+             "\nTimes the forward pass on random inputs: median, min and max of N runs\n"
+             "(each of enough calls to last about a millisecond), after warm-up runs.\n",
+             M->name);
+      return 0;
+    default: return 2;
+    }
+  }
+  if (runs < 1 || warmup < 0) {
+    fprintf(stderr, "%s bench: --runs must be >= 1 and --warmup >= 0\n", M->name);
+    return 2;
+  }
+  KilnStatus st = {0};
+  KilnCtx *c = kiln_ctx_create(M, threads, &st);
+  if (!c) return fail(&st);
+  if (weights && kiln_ctx_load(c, weights, &st) != 0) {
+    kiln_ctx_destroy(c);
+    return fail(&st);
+  }
+  random_inputs(c);
+  for (int i = 0; i < warmup; i++) kiln_ctx_forward(c);
+  // Calls per run: enough that one run lasts ~1 ms, so timer resolution is moot.
+  double t0 = kiln_now();
+  kiln_ctx_forward(c);
+  double one = kiln_now() - t0;
+  int reps = one > 1e-3 ? 1 : (int)(1e-3 / (one > 1e-8 ? one : 1e-8)) + 1;
+  double *t = malloc((size_t)runs * sizeof *t);
+  for (int i = 0; i < runs; i++) {
+    double s = kiln_now();
+    for (int j = 0; j < reps; j++) kiln_ctx_forward(c);
+    t[i] = (kiln_now() - s) / reps;
+  }
+  double med = kiln_median(t, runs);
+  printf("model %s, batch %lld, %d threads, %d runs x %d calls\n", M->name, (long long)M->batch,
+         kiln_pool_threads(c->pool), runs, reps);
+  printf("forward: median %.3f us, min %.3f us, max %.3f us\n", med * 1e6, t[0] * 1e6,
+         t[runs - 1] * 1e6);
+  printf("throughput: %.1f samples/s, %.2f GFLOP/s\n", (double)M->batch / med,
+         (double)M->flops / med / 1e9);
+  free(t);
+  kiln_ctx_destroy(c);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+    printf("%s (model) compiled by kiln %s for %s\n", M->name, M->kiln_version, M->target);
+    return 0;
+  }
+  if (!strcmp(cmd, "info")) return cmd_info();
+  if (!strcmp(cmd, "infer")) return cmd_infer(argc - 1, argv + 1);
+  if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+  fprintf(stderr, "%s: unknown command '%s'\n", M->name, cmd);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,288 @@
+#!/usr/bin/python3
+"""Checks the reference interpreter (ir/interp.c) against NumPy.
+
+Runs tests/interp_cases.c's program into a temporary folder, then recomputes every
+case it wrote with NumPy, written independently of the C code (np.matmul,
+np.logaddexp, explicit loops for lstm and attention), and compares.
+
+    interp_check.py INTERP_CASES_EXE     run the program into a temp dir and check
+    interp_check.py --dir DIR            check a folder the program already wrote
+
+Tolerance: |got - want| <= ATOL + RTOL * |want| elementwise, RTOL = ATOL = 1e-12.
+Both sides compute in double; they differ only in summation order (numpy sums
+pairwise, the interpreter left to right) and in libm versus numpy's own exp,
+log, tanh (a few ulp). With inputs of magnitude <= 40 and at most ~120 terms
+per sum, that is below 1e-13 absolute, so 1e-12 leaves margin and still catches
+any real mistake (a wrong index or formula is off by far more). ATOL covers
+results near zero where a relative bound means nothing (cancelling sums, gelu
+and sigmoid far on the negative side).
+
+Every op of the table (ops.txt, written by the program from kiln_ops) must have
+a case and a reference here; a missing one is a failure. The last line printed
+is 'N passed, N failed'; the exit status is non-zero on any failure.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+except ImportError:
+    print("interp_check: numpy is missing; install Debian's python3-numpy "
+          "(scripts/install-deps.sh) -- this check does not skip", file=sys.stderr)
+    print("0 passed, 1 failed")
+    sys.exit(1)
+
+RTOL = 1e-12
+ATOL = 1e-12
+
+
+def sigmoid(x):
+    # The tanh form: no overflow, and a different formula from the C side's
+    # two-branch one. Absolute error ~1e-16, inside ATOL where x is very negative.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+#
+# SplitMix64, restated from the definition in ir/interp.c's run_dropout comment.
+#
+M64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def dropout(ins, a, case):
+    x = ins[0]
+    if not case["training"]:
+        return x.copy()
+    p = a["p"]
+    s = case["seed"] ^ mix64(case["node"])
+    flat = x.ravel()
+    keep = np.array([(mix64((s + (i + 1) * GAMMA) & M64) >> 11) / 2.0**53 >= p
+                     for i in range(flat.size)], dtype=bool)
+    n = flat.size
+    # The stream must look random: the kept count within 5 sd of n (1 - p).
+    if n >= 50 and abs(keep.sum() - n * (1 - p)) > 5 * np.sqrt(n * p * (1 - p)) + 1:
+        raise AssertionError("kept %d of %d with p=%g" % (keep.sum(), n, p))
+    return np.where(keep, flat / (1 - p), 0.0).reshape(x.shape)
+
+
+def reduce(fn):
+    def run(ins, a, case):
+        axes = tuple(a["ints"]) if a["ints"] else None
+        return np.asarray(fn(ins[0], axis=axes, keepdims=a["keepdims"]), dtype=np.float64)
+    return run
+
+
+def lse(x, axis):
+    return np.logaddexp.reduce(x, axis=axis, keepdims=True)
+
+
+def layernorm(ins, a, case):
+    x, gamma, beta = ins
+    mu = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)  # ddof=0: biased
+    return (x - mu) / np.sqrt(var + a["eps"]) * gamma + beta
+
+
+def matmul(ins, a, case):
+    x, y = ins
+    if a["trans_a"]:
+        x = np.swapaxes(x, -1, -2)
+    if a["trans_b"]:
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+def lstm(ins, a, case):
+    x, w_ih, w_hh, b = ins
+    nb, nt, _ = x.shape
+    H = w_hh.shape[0]
+    h = np.zeros((nb, H))
+    c = np.zeros((nb, H))
+    out = np.zeros((nb, nt, H))
+    for t in range(nt):
+        z = x[:, t, :] @ w_ih + h @ w_hh + b
+        i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
+        g, o = np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        out[:, t, :] = h
+    return out
+
+
+def attention(ins, a, case):
+    q, k, v = ins
+    nb, nt, d = q.shape
+    heads = a["heads"]
+    dh = d // heads
+    out = np.zeros_like(q)
+    for hd in range(heads):
+        cols = slice(hd * dh, (hd + 1) * dh)
+        for b in range(nb):
+            s = q[b, :, cols] @ k[b, :, cols].T / np.sqrt(dh)  # [T, T]
+            if a["causal"]:
+                s = np.where(np.triu(np.ones((nt, nt), dtype=bool), 1), -np.inf, s)
+            p = np.exp(s - lse(s, -1))
+            out[b, :, cols] = p @ v[b, :, cols]
+    return out
+
+
+def cross_entropy(ins, a, case):
+    logits, labels = ins
+    labels = labels.astype(np.int64)
+    assert labels.min(initial=0) >= 0 and labels.max(initial=0) < logits.shape[-1]
+    picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return np.mean(lse(logits, -1)[..., 0] - picked)
+
+
+def bce(ins, a, case):
+    x, y = ins
+    return np.mean(np.logaddexp(0.0, x) - x * y)  # softplus(x) - x y
+
+
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def unary(fn):
+    return lambda ins, a, case: fn(ins[0], a)
+
+
+def binary(fn):
+    return lambda ins, a, case: fn(ins[0].astype(np.float64), ins[1].astype(np.float64))
+
+
+REF = {
+    "input": lambda ins, a, case: ins[0],
+    "param": lambda ins, a, case: ins[0],
+    "const": lambda ins, a, case: np.full(case["out_shape"], a["value"]),
+    "neg": unary(lambda x, a: -x),
+    "exp": unary(lambda x, a: np.exp(x)),
+    "log": unary(lambda x, a: np.log(x)),
+    "sqrt": unary(lambda x, a: np.sqrt(x)),
+    "rsqrt": unary(lambda x, a: 1 / np.sqrt(x)),
+    "pow": unary(lambda x, a: np.power(x, a["exponent"])),
+    "relu": unary(lambda x, a: np.where(x > 0, x, 0.0)),
+    "sigmoid": unary(lambda x, a: sigmoid(x)),
+    "tanh": unary(lambda x, a: np.tanh(x)),
+    "gelu": unary(lambda x, a: gelu(x)),
+    "silu": unary(lambda x, a: x * sigmoid(x)),
+    "clamp": unary(lambda x, a: np.minimum(np.maximum(x, a["lo"]), a["hi"])),
+    "dropout": dropout,
+    "add": binary(np.add),
+    "sub": binary(np.subtract),
+    "mul": binary(np.multiply),
+    "div": binary(np.divide),
+    "where": lambda ins, a, case: np.where(ins[0] != 0, ins[1], ins[2]),
+    "sum": reduce(np.sum),
+    "mean": reduce(np.mean),
+    "max": reduce(np.max),
+    "softmax": lambda ins, a, case: np.exp(ins[0] - lse(ins[0], a["axis"])),
+    "log_softmax": lambda ins, a, case: ins[0] - lse(ins[0], a["axis"]),
+    "layernorm": layernorm,
+    "matmul": matmul,
+    "reshape": lambda ins, a, case: ins[0].reshape(a["ints"]),
+    "transpose": lambda ins, a, case: np.transpose(ins[0], a["ints"]),
+    "concat": lambda ins, a, case: np.concatenate(ins, axis=a["axis"]),
+    "slice": lambda ins, a, case: np.take(ins[0], np.arange(a["start"], a["end"]), axis=a["axis"]),
+    "broadcast": lambda ins, a, case: np.broadcast_to(ins[0], a["ints"]),
+    "embedding": lambda ins, a, case: ins[1][ins[0].astype(np.int64)],
+    "lstm": lstm,
+    "attention": attention,
+    "cross_entropy": cross_entropy,
+    "mse": lambda ins, a, case: np.mean((ins[0] - ins[1]) ** 2),
+    "binary_cross_entropy": bce,
+}
+
+
+def compare(got, want, shape):
+    """None when got matches want, else a description of the worst element."""
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != tuple(shape) or want.shape != tuple(shape):
+        return "shape: got %s, NumPy %s, graph %s" % (got.shape, want.shape, tuple(shape))
+    if got.size == 0:
+        return None
+    if not np.all(np.isfinite(want)):
+        return "NumPy's result is not finite (the case's inputs are out of the op's domain)"
+    err = np.abs(got - want)
+    bound = ATOL + RTOL * np.abs(want)
+    bad = ~(err <= bound)  # NaN in got counts as bad
+    if not bad.any():
+        return None
+    i = np.unravel_index(np.argmax(np.where(bad, err / bound, -1.0)), got.shape)
+    return "%d of %d elements differ; worst at %s: got %.17g, NumPy %.17g" % (
+        bad.sum(), got.size, list(i), got[i], want[i])
+
+
+def check(folder):
+    with open(os.path.join(folder, "ops.txt")) as f:
+        table_ops = [line.strip() for line in f if line.strip()]
+    cases = []
+    with open(os.path.join(folder, "cases.jsonl")) as f:
+        for line in f:
+            cases.append(json.loads(line))
+    passed = failed = 0
+    seen = {}
+    for case in cases:
+        op = case["op"]
+        seen[op] = seen.get(op, 0) + 1
+        try:
+            ins = [np.load(os.path.join(folder, name)) for name in case["inputs"]]
+            got = np.load(os.path.join(folder, case["output"]))
+            if op not in REF:
+                raise AssertionError("no NumPy reference for op '%s'" % op)
+            problem = compare(got, REF[op](ins, case["attrs"], case), case["out_shape"])
+        except Exception as e:  # a broken reference or file is a failure, not a crash
+            problem = "%s: %s" % (type(e).__name__, e)
+        if problem is None:
+            passed += 1
+            continue
+        failed += 1
+        shapes = " ".join(str(list(np.load(os.path.join(folder, n)).shape))
+                          for n in case["inputs"])
+        print("FAIL case %d: %s %s attrs=%s training=%s: %s" % (
+            case["case"], op, shapes, json.dumps(case["attrs"]), case["training"], problem))
+    for op in table_ops:
+        if op not in REF:
+            print("FAIL op '%s' of the table has no NumPy reference in interp_check.py" % op)
+            failed += 1
+        elif op not in seen:
+            print("FAIL op '%s' of the table has no case in interp_cases.c" % op)
+            failed += 1
+    for op in sorted(set(seen) - set(table_ops)):
+        print("FAIL cases name op '%s', which is not in the table" % op)
+        failed += 1
+    print("interp_check: %d cases over %d ops, tolerance %g relative + %g absolute" % (
+        len(cases), len(seen), RTOL, ATOL))
+    return passed, failed
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "--dir":
+        passed, failed = check(argv[2])
+    elif len(argv) == 2:
+        with tempfile.TemporaryDirectory(prefix="kiln-interp-") as folder:
+            run = subprocess.run([argv[1], folder])
+            if run.returncode != 0:
+                print("interp_check: %s exited with status %d" % (argv[1], run.returncode))
+                print("0 passed, 1 failed")
+                return 1
+            passed, failed = check(folder)
+    else:
+        print("usage: interp_check.py INTERP_CASES_EXE | --dir DIR", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 2
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,350 @@
+// Generated CPU code against the reference interpreter: every op on random inputs
+// and several shapes (odd sizes that do not divide the vector width, broadcasts,
+// transposes), then every bundled model's forward pass. Each graph goes the whole
+// way users' models go: LLVM module, -O3 for this CPU, object file, linked (here
+// into a shared object), run by the runtime's context.
+//
+// Tolerance: kernels compute in f32, the interpreter in double. One f32 rounding is
+// 6e-8 relative; a sum of n terms accumulates up to about n of them, and transcend-
+// ental functions (expf, tanhf from libm) are within a few ulp. So an element may
+// differ by 1e-5 * (1 + |want|) * max(1, terms / 16), terms being how many values
+// feed it (the reduction or inner-product length).
+#include <dirent.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "compiler/compiler.h"
+#include "compiler/cpu/cpu.h"
+#include "runtime/runtime.h"
+
+static char tmpdir[] = "/tmp/kiln-cpu-XXXXXX";
+static int serial;
+static bool tested[KILN_OP_COUNT];
+
+// Compiles g (outputs set) into a shared object and returns its descriptor.
+static const KilnModelDesc *compile(const KilnGraph *g, KilnArena *a, void **out_dl) {
+  KilnPlan plan;
+  kiln_plan_build(g, a, false, &plan);
+  char err[1024];
+  KilnTargetOpts to = {"native", 3};
+  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
+  assert_non_null(tm);
+  KilnCg cg = {0};
+  KilnModuleOpts mo = {"test", false, 7, tm};
+  kiln_cpu_module(&cg, g, &plan, &mo);
+  char obj[512], so[512], cmd[1536];
+  snprintf(obj, sizeof obj, "%s/m%d.o", tmpdir, serial);
+  snprintf(so, sizeof so, "%s/m%d.so", tmpdir, serial++);
+  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
+  kiln_cpu_module_free(&cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) fail_msg("%s", err);
+  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lopenblas -lm", so, obj);
+  assert_int_equal(system(cmd), 0);
+  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  if (!dl) fail_msg("%s", dlerror());
+  char sym[256];
+  snprintf(sym, sizeof sym, "kiln_model_%s", g->name);
+  const KilnModelDesc *d = dlsym(dl, sym);
+  assert_non_null(d);
+  *out_dl = dl;
+  return d;
+}
+
+static double uniform(uint64_t *s, double lo, double hi) {
+  *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+  return lo + (hi - lo) * (double)(*s >> 11) / 9007199254740992.0;
+}
+
+// The number of values that feed one output element of n (for the tolerance).
+static int64_t terms(const KilnGraph *g, const KilnNode *n) {
+  const KilnNode *x = &g->nodes[n->in[0]];
+  int64_t numel = kiln_node_numel(n) ? kiln_node_numel(n) : 1;
+  switch (kiln_op(n->op)->fuse) {
+  case KILN_FUSE_REDUCE: return kiln_node_numel(x) / numel * (n->op == KILN_OP_LAYERNORM ? 2 : 1);
+  case KILN_FUSE_OPAQUE:
+    if (n->op == KILN_OP_MATMUL) return n->attr.trans_a ? x->shape[x->rank - 2] : x->shape[x->rank - 1];
+    if (n->op == KILN_OP_LSTM) return (x->shape[2] + n->shape[2]) * n->shape[1];
+    if (n->op == KILN_OP_ATTENTION) return n->shape[1] * n->shape[2];
+    return kiln_node_numel(x);
+  case KILN_FUSE_SOURCE: case KILN_FUSE_ELEMWISE: case KILN_FUSE_BROADCAST:
+  case KILN_FUSE_INJECTIVE:
+    return 1;
+  }
+  return 1;
+}
+
+// Runs graph g both ways on the same random inputs and parameters and compares
+// every output. lo/hi bound the random f32 inputs; i32 inputs draw from [0, bound).
+static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
+  void *dl;
+  const KilnModelDesc *d = compile(g, a, &dl);
+  KilnStatus st = {0};
+  KilnCtx *c = kiln_ctx_create(d, 2, &st);
+  if (!c) fail_msg("%s", st.msg);
+  double **v = calloc((size_t)g->nnodes, sizeof *v);
+  uint64_t seed = 12345;
+  int pi = 0, ii = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    const KilnNode *n = &g->nodes[i];
+    int64_t ne = kiln_node_numel(n);
+    v[i] = calloc((size_t)(ne ? ne : 1), sizeof(double));
+    if (n->op == KILN_OP_PARAM) {  // the runtime initialized it from the seed
+      const float *w = (const float *)(c->weights + d->params[pi++].offset);
+      for (int64_t j = 0; j < ne; j++) v[i][j] = w[j];
+    } else if (n->op == KILN_OP_INPUT) {
+      const KilnTensorDesc *t = &d->inputs[ii];
+      void *dst = kiln_ctx_input(c, ii++);
+      for (int64_t j = 0; j < ne; j++) {
+        if (n->dtype == KILN_F32) {
+          float x = (float)uniform(&seed, lo, hi);
+          ((float *)dst)[j] = x;
+          v[i][j] = x;
+        } else {
+          int32_t x = (int32_t)uniform(&seed, 0, (double)(t->bound ? t->bound : 3));
+          ((int32_t *)dst)[j] = x;
+          v[i][j] = x;
+        }
+      }
+    }
+  }
+  char err[256];
+  KilnInterpOpts io = {0};
+  if (kiln_interp_run(g, v, &io, err, sizeof err) != 0) fail_msg("interpreter: %s", err);
+  kiln_ctx_forward(c);
+  for (int o = 0; o < g->noutputs; o++) {
+    const KilnNode *n = &g->nodes[g->outputs[o]];
+    const void *got = kiln_ctx_output(c, o);
+    double tol_scale = 1e-5 * fmax(1.0, (double)terms(g, n) / 16);
+    for (int64_t j = 0; j < kiln_node_numel(n); j++) {
+      double want = v[g->outputs[o]][j];
+      double have = n->dtype == KILN_F32 ? ((const float *)got)[j] : ((const int32_t *)got)[j];
+      if (!(fabs(have - want) <= tol_scale * (1 + fabs(want))))
+        fail_msg("%s: output %s element %lld: got %.9g, want %.9g (tolerance %.3g)", g->name,
+                 n->name, (long long)j, have, want, tol_scale * (1 + fabs(want)));
+    }
+  }
+  for (int i = 0; i < g->nnodes; i++) free(v[i]);
+  free(v);
+  kiln_ctx_destroy(c);
+  dlclose(dl);
+}
+
+//
+// One op on inputs of given shapes.
+//
+typedef struct {
+  int rank;
+  int64_t shape[KILN_MAX_RANK];
+  KilnDType dt;
+} In;
+
+static int32_t add_input(KilnGraph *g, const char *name, In in) {
+  int32_t id = kiln_graph_add(g, KILN_OP_INPUT, NULL, 0, name, (KilnLoc){0});
+  KilnNode *n = &g->nodes[id];
+  n->dtype = in.dt;
+  n->rank = in.rank;
+  memcpy(n->shape, in.shape, sizeof(int64_t) * (size_t)in.rank);
+  return id;
+}
+
+static void op_case(KilnOp op, KilnAttrs attr, double lo, double hi, int nin, ...) {
+  KilnArena a = {0};
+  KilnGraph g;
+  char name[64];
+  snprintf(name, sizeof name, "c%d", serial);
+  kiln_graph_init(&g, &a, name);
+  int32_t ids[KILN_MAX_INPUTS];
+  va_list ap;
+  va_start(ap, nin);
+  for (int i = 0; i < nin; i++) {
+    char in_name[16];
+    snprintf(in_name, sizeof in_name, "in%d", i);
+    ids[i] = add_input(&g, in_name, va_arg(ap, In));
+  }
+  va_end(ap);
+  int32_t out = kiln_graph_add(&g, op, ids, nin, "out", (KilnLoc){0});
+  g.nodes[out].attr = attr;
+  char err[256];
+  if (kiln_graph_infer(&g, out, err, sizeof err) != 0) fail_msg("%s: %s", kiln_op(op)->name, err);
+  kiln_graph_add_output(&g, out);
+  check_graph(&g, &a, lo, hi);
+  kiln_arena_free(&a);
+  tested[op] = true;
+}
+
+#define F(...) ((In){sizeof((int64_t[]){__VA_ARGS__}) / 8, {__VA_ARGS__}, KILN_F32})
+#define I(...) ((In){sizeof((int64_t[]){__VA_ARGS__}) / 8, {__VA_ARGS__}, KILN_I32})
+#define SCALAR ((In){0, {0}, KILN_F32})
+#define NOATTR ((KilnAttrs){0})
+
+static void unary_ops(void **state) {
+  (void)state;
+  static const KilnOp any[] = {KILN_OP_NEG, KILN_OP_EXP, KILN_OP_RELU, KILN_OP_SIGMOID,
+                               KILN_OP_TANH, KILN_OP_GELU, KILN_OP_SILU, KILN_OP_DROPOUT};
+  for (size_t i = 0; i < sizeof any / sizeof any[0]; i++) {
+    op_case(any[i], (KilnAttrs){.p = 0.5}, -4, 4, 1, F(1));
+    op_case(any[i], (KilnAttrs){.p = 0.5}, -4, 4, 1, F(3, 17));
+    op_case(any[i], (KilnAttrs){.p = 0.5}, -4, 4, 1, F(2, 5, 33));
+  }
+  static const KilnOp positive[] = {KILN_OP_LOG, KILN_OP_SQRT, KILN_OP_RSQRT};
+  for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++) {
+    op_case(positive[i], NOATTR, 0.1, 5, 1, F(7));
+    op_case(positive[i], NOATTR, 0.1, 5, 1, F(4, 19));
+  }
+  op_case(KILN_OP_POW, (KilnAttrs){.exponent = 2}, -3, 3, 1, F(5, 9));
+  op_case(KILN_OP_POW, (KilnAttrs){.exponent = 1.5}, 0.1, 3, 1, F(31));
+  op_case(KILN_OP_POW, (KilnAttrs){.exponent = -1}, 0.5, 3, 1, F(3, 3));
+  op_case(KILN_OP_CLAMP, (KilnAttrs){.lo = -0.5, .hi = 1}, -2, 2, 1, F(6, 11));
+  op_case(KILN_OP_CLAMP, (KilnAttrs){.lo = -INFINITY, .hi = 0.25}, -2, 2, 1, F(13));
+}
+
+static void binary_ops(void **state) {
+  (void)state;
+  static const KilnOp ops[] = {KILN_OP_ADD, KILN_OP_SUB, KILN_OP_MUL, KILN_OP_DIV};
+  for (size_t i = 0; i < 4; i++) {
+    double lo = ops[i] == KILN_OP_DIV ? 0.5 : -3;
+    op_case(ops[i], NOATTR, lo, 3, 2, F(4, 17), F(4, 17));
+    op_case(ops[i], NOATTR, lo, 3, 2, F(4, 17), F(17));        // row broadcast
+    op_case(ops[i], NOATTR, lo, 3, 2, F(5, 1), F(1, 9));       // outer product
+    op_case(ops[i], NOATTR, lo, 3, 2, F(2, 3, 7), SCALAR);     // scalar
+    op_case(ops[i], NOATTR, lo, 3, 2, F(3, 1, 5), F(2, 1));    // both ways
+  }
+  op_case(KILN_OP_WHERE, NOATTR, -1, 1, 3, F(4, 9), F(4, 9), F(9));
+  op_case(KILN_OP_WHERE, NOATTR, -1, 1, 3, F(3, 1), F(1, 5), SCALAR);
+  op_case(KILN_OP_BROADCAST, (KilnAttrs){.nints = 3, .ints = {2, 3, 5}}, -1, 1, 1, F(3, 1));
+  op_case(KILN_OP_BROADCAST, (KilnAttrs){.nints = 2, .ints = {4, 7}}, -1, 1, 1, F(7));
+}
+
+static void reductions(void **state) {
+  (void)state;
+  static const KilnOp ops[] = {KILN_OP_SUM, KILN_OP_MEAN, KILN_OP_MAX};
+  for (size_t i = 0; i < 3; i++) {
+    op_case(ops[i], NOATTR, -2, 2, 1, F(5, 7));                                      // all
+    op_case(ops[i], (KilnAttrs){.nints = 1, .ints = {-1}}, -2, 2, 1, F(3, 4, 9));
+    op_case(ops[i], (KilnAttrs){.nints = 1, .ints = {0}, .keepdims = true}, -2, 2, 1, F(6, 5));
+    op_case(ops[i], (KilnAttrs){.nints = 2, .ints = {0, 2}}, -2, 2, 1, F(3, 4, 5));
+  }
+  static const KilnOp sm[] = {KILN_OP_SOFTMAX, KILN_OP_LOG_SOFTMAX};
+  for (size_t i = 0; i < 2; i++) {
+    op_case(sm[i], (KilnAttrs){.axis = -1}, -5, 5, 1, F(3, 17));
+    op_case(sm[i], (KilnAttrs){.axis = 1}, -5, 5, 1, F(2, 7, 3));
+    op_case(sm[i], (KilnAttrs){.axis = 0}, -5, 5, 1, F(9));
+  }
+  op_case(KILN_OP_LAYERNORM, (KilnAttrs){.eps = 1e-5}, -2, 2, 3, F(5, 19), F(19), F(19));
+  op_case(KILN_OP_LAYERNORM, (KilnAttrs){.eps = 1e-3}, -2, 2, 3, F(2, 3, 8), F(8), F(8));
+}
+
+static void matmuls(void **state) {
+  (void)state;
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(3, 5), F(5, 7));
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(1, 17), F(17, 33));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_b = true}, -1, 1, 2, F(4, 6), F(9, 6));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_a = true}, -1, 1, 2, F(6, 4), F(6, 9));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_a = true, .trans_b = true}, -1, 1, 2, F(5, 3), F(7, 5));
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(2, 3, 5, 4), F(4, 6));                // folded batch
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(3, 4, 5), F(3, 5, 2));                // batched
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(2, 1, 4, 5), F(3, 5, 2));             // broadcast
+  // Large enough for the BLAS path, with a ragged last row block.
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(130, 70), F(70, 65));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_b = true}, -1, 1, 2, F(2, 67, 64), F(2, 50, 64));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_a = true}, -1, 1, 2, F(80, 70), F(80, 60));
+}
+
+static void layout(void **state) {
+  (void)state;
+  op_case(KILN_OP_RESHAPE, (KilnAttrs){.nints = 2, .ints = {5, 6}}, -1, 1, 1, F(2, 15));
+  op_case(KILN_OP_TRANSPOSE, NOATTR, -1, 1, 1, F(3, 7));
+  op_case(KILN_OP_TRANSPOSE, (KilnAttrs){.nints = 3, .ints = {1, 2, 0}}, -1, 1, 1, F(2, 3, 5));
+  op_case(KILN_OP_TRANSPOSE, (KilnAttrs){.nints = 4, .ints = {0, 2, 1, 3}}, -1, 1, 1, F(2, 3, 4, 5));
+  op_case(KILN_OP_CONCAT, (KilnAttrs){.axis = -1}, -1, 1, 2, F(3, 4), F(3, 5));
+  op_case(KILN_OP_CONCAT, (KilnAttrs){.axis = 0}, -1, 1, 3, F(1, 3), F(2, 3), F(4, 3));
+  op_case(KILN_OP_CONCAT, (KilnAttrs){.axis = 1}, -1, 1, 2, F(2, 3, 2), F(2, 1, 2));
+  op_case(KILN_OP_SLICE, (KilnAttrs){.axis = -1, .start = 2, .end = 9}, -1, 1, 1, F(3, 11));
+  op_case(KILN_OP_SLICE, (KilnAttrs){.axis = 0, .start = 1, .end = 3}, -1, 1, 1, F(4, 5));
+  op_case(KILN_OP_SLICE, (KilnAttrs){.axis = 1, .start = 0, .end = 1}, -1, 1, 1, F(2, 3, 4));
+  op_case(KILN_OP_EMBEDDING, NOATTR, -1, 1, 2, I(7), F(5, 3));
+  op_case(KILN_OP_EMBEDDING, NOATTR, -1, 1, 2, I(2, 9), F(11, 17));
+}
+
+static void sequence_ops(void **state) {
+  (void)state;
+  op_case(KILN_OP_LSTM, NOATTR, -1, 1, 4, F(2, 5, 3), F(3, 16), F(4, 16), F(16));
+  op_case(KILN_OP_LSTM, NOATTR, -1, 1, 4, F(3, 4, 7), F(7, 20), F(5, 20), F(20));
+  op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 1}, -1, 1, 3, F(2, 5, 4), F(2, 5, 4), F(2, 5, 4));
+  op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 3, F(2, 7, 6),
+          F(2, 7, 6), F(2, 7, 6));
+  op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 4, .causal = true}, -2, 2, 3, F(1, 9, 16),
+          F(1, 9, 16), F(1, 9, 16));
+}
+
+static void losses(void **state) {
+  (void)state;
+  op_case(KILN_OP_CROSS_ENTROPY, NOATTR, -3, 3, 2, F(6, 5), I(6));
+  op_case(KILN_OP_CROSS_ENTROPY, NOATTR, -3, 3, 2, F(2, 3, 7), I(2, 3));
+  op_case(KILN_OP_MSE, NOATTR, -3, 3, 2, F(4, 9), F(4, 9));
+  op_case(KILN_OP_BCE, NOATTR, -3, 3, 2, F(3, 5), F(3, 5));
+}
+
+// Every op with a kernel has been compared; adding an op without a case fails here.
+static void coverage(void **state) {
+  (void)state;
+  for (int op = 0; op < KILN_OP_COUNT; op++) {
+    if (kiln_ops[op].fuse == KILN_FUSE_SOURCE) continue;
+    if (!tested[op]) fail_msg("op '%s' has no generated-code test", kiln_ops[op].name);
+  }
+}
+
+//
+// Whole bundled models, at reduced dims so the double-precision interpreter is
+// quick; the kernels are the same code at any size.
+//
+static void model_case(const char *file, const KilnDimOverride *ov, int nov) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/models/%s", KILN_SOURCE_DIR, file);
+  KilnDiag d;
+  kiln_diag_init(&d, stderr);
+  KilnModel m;
+  assert_int_equal(kiln_model_load(&m, &d, path, ov, nov), 0);
+  // Token ids and labels draw from [0, bound); features from [-2, 2].
+  check_graph(&m.graph, &m.arena, -2, 2);
+  kiln_model_free(&m);
+}
+
+static void models(void **state) {
+  (void)state;
+  model_case("mlp.yaml", NULL, 0);
+  model_case("digits.yaml", (KilnDimOverride[]){{"batch", 3}}, 1);
+  model_case("lstm.yaml", (KilnDimOverride[]){{"batch", 2}, {"seq", 9}}, 2);
+  model_case("gpt.yaml", (KilnDimOverride[]){{"batch", 2}, {"ctx", 12}}, 2);
+}
+
+static int setup(void **state) {
+  (void)state;
+  return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(unary_ops), cmocka_unit_test(binary_ops), cmocka_unit_test(reductions),
+      cmocka_unit_test(matmuls),   cmocka_unit_test(layout),     cmocka_unit_test(sequence_ops),
+      cmocka_unit_test(losses),    cmocka_unit_test(coverage),   cmocka_unit_test(models),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
