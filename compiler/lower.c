@@ -125,23 +125,42 @@ static int item_named(const KilnYaml *list, const char *name) {
   return -1;
 }
 
-// Does item `from` depend, through `in` references and implicit previous-node
-// inputs, on item `target`? Depth-first with a visited set.
-static bool depends_on(const KilnYaml *list, int from, int target, char *seen) {
-  if (from == target) return true;
-  if (from < 0 || seen[from]) return false;
-  seen[from] = 1;
-  const KilnYaml *it = list->items[from];
+// The item that item i takes its k-th input from (of *out_n), or -1.
+static int input_item(const KilnYaml *list, int i, int k, int *out_n) {
+  const KilnYaml *it = list->items[i];
   const KilnYaml *attrs = it->kind == KILN_YAML_MAP && it->n == 1 ? it->items[0] : NULL;
   const KilnYaml *in = attrs && attrs->kind == KILN_YAML_MAP ? kiln_yaml_get(attrs, "in") : NULL;
-  if (!in) return depends_on(list, from - 1, target, seen);
-  int n = in->kind == KILN_YAML_SEQ ? in->n : 1;
-  for (int i = 0; i < n; i++) {
-    const KilnYaml *v = in->kind == KILN_YAML_SEQ ? in->items[i] : in;
-    if (v->kind == KILN_YAML_SCALAR && depends_on(list, item_named(list, v->str), target, seen))
-      return true;
+  *out_n = !in || in->kind != KILN_YAML_SEQ ? 1 : in->n;
+  if (!in) return i - 1;
+  const KilnYaml *v = in->kind == KILN_YAML_SEQ ? in->items[k] : in;
+  return v->kind == KILN_YAML_SCALAR ? item_named(list, v->str) : -1;
+}
+
+// Does item `from` depend, through `in` references and implicit previous-node
+// inputs, on item `target`? Depth-first with an explicit stack: a chain of
+// implicit inputs is as long as the list, too deep to recurse on.
+static bool depends_on(const KilnYaml *list, int from, int target) {
+  char *seen = calloc((size_t)list->n, 1);
+  int *stack = malloc((size_t)list->n * sizeof *stack);  // each item is pushed once
+  int top = 0;
+  bool found = false;
+  if (seen && stack) {
+    seen[from] = 1;
+    stack[top++] = from;
   }
-  return false;
+  while (top > 0 && !found) {
+    int i = stack[--top], n = 1;
+    found = i == target;
+    for (int k = 0; k < n && !found; k++) {
+      int dep = input_item(list, i, k, &n);
+      if (dep < 0 || seen[dep]) continue;
+      seen[dep] = 1;
+      stack[top++] = dep;
+    }
+  }
+  free(seen);
+  free(stack);
+  return found;
 }
 
 static void report_unknown_value(KilnLower *l, const KilnYaml *v) {
@@ -151,10 +170,7 @@ static void report_unknown_value(KilnLower *l, const KilnYaml *v) {
     return;
   }
   if (later > l->item) {
-    char *seen = calloc((size_t)l->list->n, 1);
-    bool cycle = seen && depends_on(l->list, later, l->item, seen);
-    free(seen);
-    if (cycle)
+    if (depends_on(l->list, later, l->item))
       kiln_error(l->d, v->loc, "cycle: '%s' (line %d) depends on this node, which uses it",
                  v->str, l->list->items[later]->loc.line);
     else

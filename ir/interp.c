@@ -159,6 +159,9 @@ static int run_dropout(Run *r, const KilnNode *n, double *out) {
 //
 // Reductions.
 //
+// The larger of acc and x; a NaN (in either) wins and stays.
+static double max_nan(double acc, double x) { return isnan(acc) || acc >= x ? acc : x; }
+
 // sum, mean, max over the axes in attr.ints (none listed: every axis). keepdims
 // changes only the shape, not the row-major order of the results. max starts at
 // -inf and keeps a NaN once it meets one.
@@ -176,8 +179,7 @@ static int run_reduce(Run *r, const KilnNode *n, double *out) {
     int64_t o = 0;
     for (int d = 0; d < x->rank; d++)
       if (!red[d]) o = o * x->shape[d] + idx[d];
-    if (!is_max) out[o] += xv[i];
-    else if (xv[i] > out[o] || isnan(xv[i])) out[o] = isnan(out[o]) ? out[o] : xv[i];
+    out[o] = is_max ? max_nan(out[o], xv[i]) : out[o] + xv[i];
   }
   if (n->op == KILN_OP_MEAN) {
     double count = (double)(numel(x) / numel(n));
@@ -385,41 +387,41 @@ static int run_lstm(Run *r, const KilnNode *n, double *out) {
   return 0;
 }
 
+static double dot(const double *a, const double *b, int64_t n) {
+  double s = 0;
+  for (int64_t c = 0; c < n; c++) s += a[c] * b[c];
+  return s;
+}
+
+// One query row of one head: keys and values j = 0..last sit `stride` apart, each
+// dh wide. out = sum_j p_j v_j with p = softmax_j(q . k_j * scale), stabilised by
+// the largest score.
+static void attend(const double *q, const double *k, const double *v, int64_t stride,
+                   int64_t last, int64_t dh, double scale, double *out) {
+  double m = -INFINITY, sum = 0;
+  for (int64_t j = 0; j <= last; j++) m = fmax(m, dot(q, k + j * stride, dh) * scale);
+  for (int64_t c = 0; c < dh; c++) out[c] = 0;
+  for (int64_t j = 0; j <= last; j++) {
+    double e = exp(dot(q, k + j * stride, dh) * scale - m);
+    sum += e;
+    for (int64_t c = 0; c < dh; c++) out[c] += e * v[j * stride + c];
+  }
+  for (int64_t c = 0; c < dh; c++) out[c] /= sum;
+}
+
 // Multi-head scaled dot-product attention on q, k, v [B,T,D] with `heads` heads:
 // dh = D / heads; head hd uses columns [hd*dh, (hd+1)*dh) of q, k, v and out.
 //   s_ij = q_i . k_j / sqrt(dh), masked (left out) for j > i when causal;
-//   p_ij = softmax over j of s_ij (stabilised by the row maximum);
-//   out_i = sum_j p_ij v_j.
+//   p_ij = softmax over j of s_ij;  out_i = sum_j p_ij v_j.
 static int run_attention(Run *r, const KilnNode *n, double *out) {
-  const double *q = in(r, n, 0), *k = in(r, n, 1), *v = in(r, n, 2);
   int64_t nb = n->shape[0], nt = n->shape[1], d = n->shape[2], heads = n->attr.heads;
   int64_t dh = d / heads;
-  double scale = 1.0 / sqrt((double)dh);
   for (int64_t b = 0; b < nb; b++) {
     for (int64_t hd = 0; hd < heads; hd++) {
-      for (int64_t i = 0; i < nt; i++) {
-        const double *qi = q + (b * nt + i) * d + hd * dh;
-        double *oi = out + (b * nt + i) * d + hd * dh;
-        int64_t last = n->attr.causal ? i : nt - 1;  // last key attended to
-        double m = -INFINITY, sum = 0;
-        for (int64_t j = 0; j <= last; j++) {
-          const double *kj = k + (b * nt + j) * d + hd * dh;
-          double s = 0;
-          for (int64_t c = 0; c < dh; c++) s += qi[c] * kj[c];
-          m = fmax(m, s * scale);
-        }
-        for (int64_t c = 0; c < dh; c++) oi[c] = 0;
-        for (int64_t j = 0; j <= last; j++) {
-          const double *kj = k + (b * nt + j) * d + hd * dh;
-          const double *vj = v + (b * nt + j) * d + hd * dh;
-          double s = 0;
-          for (int64_t c = 0; c < dh; c++) s += qi[c] * kj[c];
-          double e = exp(s * scale - m);
-          sum += e;
-          for (int64_t c = 0; c < dh; c++) oi[c] += e * vj[c];
-        }
-        for (int64_t c = 0; c < dh; c++) oi[c] /= sum;
-      }
+      int64_t at = b * nt * d + hd * dh;  // row 0 of this sequence and head
+      for (int64_t i = 0; i < nt; i++)
+        attend(in(r, n, 0) + at + i * d, in(r, n, 1) + at, in(r, n, 2) + at, d,
+               n->attr.causal ? i : nt - 1, dh, 1.0 / sqrt((double)dh), out + at + i * d);
     }
   }
   return 0;

@@ -31,14 +31,19 @@ static int slurp(const char *path, char **out, size_t *out_len, KilnStatus *st) 
   int rc = buf ? 0 : kiln_rt_fail(st, "%s: out of memory", path);
   while (rc == 0) {
     if (len + 1 == cap) {
-      char *nb = (int64_t)cap > MAX_FILE ? NULL : realloc(buf, cap * 2);
+      // The last size holds MAX_FILE bytes, a NUL and one byte more to see past it.
+      size_t ncap = cap * 2 < (size_t)MAX_FILE + 2 ? cap * 2 : (size_t)MAX_FILE + 2;
+      if (len > (size_t)MAX_FILE) {
+        rc = kiln_rt_fail(st, "%s: over the %lld-byte limit for CSV", path, (long long)MAX_FILE);
+        break;
+      }
+      char *nb = realloc(buf, ncap);
       if (!nb) {
-        rc = kiln_rt_fail(st, "%s: over the %lld-byte limit for CSV, or out of memory", path,
-                          (long long)MAX_FILE);
+        rc = kiln_rt_fail(st, "%s: out of memory reading %zu bytes", path, ncap);
         break;
       }
       buf = nb;
-      cap *= 2;
+      cap = ncap;
     }
     ssize_t r = read(fd, buf + len, cap - 1 - len);
     if (r < 0 && errno == EINTR) continue;
@@ -176,8 +181,8 @@ static int parse(Parse *p, const char *text, size_t len, bool header) {
 
 int kiln_csv_read(const char *path, bool header, KilnCsv *out, KilnStatus *st) {
   memset(out, 0, sizeof *out);
-  char *text;
-  size_t len;
+  char *text = NULL;
+  size_t len = 0;
   KILN_TRY(slurp(path, &text, &len, st));
   Parse p = {.path = path, .st = st};
   int rc = parse(&p, text, len, header);

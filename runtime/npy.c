@@ -294,7 +294,7 @@ static int read_data(const char *path, int fd, const Header *h, int64_t data_off
 
 static int read_npy(const char *path, int fd, int64_t size, KilnArray *out, KilnStatus *st) {
   Header h = {0};
-  int64_t data_off, count;
+  int64_t data_off = 0, count = 0;
   KILN_TRY(read_header(path, fd, size, &h, &data_off, st));
   KILN_TRY(count_of(path, &h, &count, st));
   int64_t want = count * h.itemsize, have = size - data_off;

@@ -146,7 +146,7 @@ static int parse_entry(const char *path, const char *name, json_t *v, int64_t da
   for (int i = 0; i < 3; i++)
     if (!json_object_get(v, fields[i]))
       return kiln_rt_fail(st, "%s: tensor '%s': missing field '%s'", path, name, fields[i]);
-  int64_t numel;
+  int64_t numel = 0;
   KILN_TRY(parse_dtype(path, name, json_object_get(v, "dtype"), e, st));
   KILN_TRY(parse_shape(path, name, json_object_get(v, "shape"), e, &numel, st));
   return parse_offsets(path, name, json_object_get(v, "data_offsets"), numel, data_len, data_off,

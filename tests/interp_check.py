@@ -285,4 +285,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    try:
+        status = main(sys.argv)
+    except Exception:  # a crash is a failure with the closing line all the same
+        import traceback
+        traceback.print_exc()
+        print("0 passed, 1 failed")
+        status = 1
+    sys.exit(status)

@@ -150,7 +150,10 @@ static void test_reduce(void **state) {
   attr(t, m1)->keepdims = true;
   attr(t, mx)->nints = 1;
   attr(t, mx)->ints[0] = 1;
+  int32_t nan = F32(t, DIMS(3), VALS(1, NAN, 2));
+  int32_t mnan = NODE(t, KILN_OP_MAX, nan);
   assert_int_equal(run(t, NULL), 0);
+  assert_true(isnan(t->values[mnan][0]));  // max propagates NaN, as numpy does
   EXPECT(t, s0, 5, 7, 9);
   EXPECT(t, m1, 2, 5);
   EXPECT(t, mx, 3, 6);

@@ -655,6 +655,14 @@ static void test_csv_rejections(void **state) {
     EXPECT_ERROR(rc, st, csv_bad[i].frag);
     assert_null(c.v);
   }
+  // Too large: refused from its size alone (the file is sparse, nothing is read).
+  KilnStatus st = {0};
+  KilnCsv c;
+  put(P("huge.csv"), "1\n", 2);
+  assert_int_equal(truncate(P("huge.csv"), ((off_t)2 << 30) + 1), 0);
+  EXPECT_ERROR(kiln_csv_read(P("huge.csv"), false, &c, &st), st,
+               "huge.csv: file is 2147483649 bytes, over the 2147483648-byte limit for CSV");
+  unlink(P("huge.csv"));
 }
 
 // %.9g round-trips every f32 exactly.

@@ -8,6 +8,27 @@
 
 #include "compiler/cpu/cpu.h"
 
+// The x86-64 CPUs LLVM 16 compiles 64-bit code for (each checked with llc). LLVM
+// only warns about an unknown name, then aborts while emitting, so names are
+// checked here first.
+static const char *const x86_64_cpus[] = {
+    "alderlake", "amdfam10", "athlon-fx", "athlon64", "athlon64-sse3", "atom", "barcelona",
+    "bdver1", "bdver2", "bdver3", "bdver4", "bonnell", "broadwell", "btver1", "btver2",
+    "cannonlake", "cascadelake", "cooperlake", "core-avx-i", "core-avx2", "core2", "corei7",
+    "corei7-avx", "emeraldrapids", "generic", "goldmont", "goldmont-plus", "grandridge",
+    "graniterapids", "haswell", "icelake-client", "icelake-server", "ivybridge", "k8", "k8-sse3",
+    "knl", "knm", "meteorlake", "nehalem", "nocona", "opteron", "opteron-sse3", "penryn",
+    "raptorlake", "rocketlake", "sandybridge", "sapphirerapids", "sierraforest", "silvermont",
+    "skx", "skylake", "skylake-avx512", "slm", "tigerlake", "tremont", "westmere", "x86-64",
+    "x86-64-v2", "x86-64-v3", "x86-64-v4", "znver1", "znver2", "znver3", "znver4", NULL};
+
+static bool known_cpu(const char *triple, const char *cpu) {
+  if (strncmp(triple, "x86_64", 6) != 0) return true;  // other targets: LLVM decides
+  for (int i = 0; x86_64_cpus[i]; i++)
+    if (strcmp(cpu, x86_64_cpus[i]) == 0) return true;
+  return false;
+}
+
 static void init_llvm(void) {
   static bool done;
   if (done) return;
@@ -27,6 +48,12 @@ LLVMTargetMachineRef kiln_cpu_target(const KilnTargetOpts *t, char *err, size_t 
     return NULL;
   }
   bool native = !t->cpu || strcmp(t->cpu, "native") == 0;
+  if (!native && !known_cpu(triple, t->cpu)) {
+    snprintf(err, errlen, "unknown CPU '%s' for %s; try native, x86-64-v3, x86-64-v4, "
+             "skylake-avx512 or znver4", t->cpu, triple);
+    LLVMDisposeMessage(triple);
+    return NULL;
+  }
   char *cpu = native ? LLVMGetHostCPUName() : NULL;
   char *features = native ? LLVMGetHostCPUFeatures() : NULL;
   LLVMCodeGenOptLevel level = t->opt_level >= 3   ? LLVMCodeGenLevelAggressive
