@@ -144,7 +144,7 @@ static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
   fprintf(f, "#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
   fprintf(f, "typedef struct %s_ctx %s_ctx;\n\n", n, n);
   for (int i = 0; i < m->ninputs; i++)
-    if (p->live[m->inputs[i]]) header_tensor(f, up, &g->nodes[m->inputs[i]]);
+    if (p->live_fwd[m->inputs[i]] || g->grads) header_tensor(f, up, &g->nodes[m->inputs[i]]);
   for (int i = 0; i < g->noutputs; i++) header_tensor(f, up, &g->nodes[g->outputs[i]]);
   fprintf(f, "\n/* A context with parameters initialized from the model's seed; threads <= 0\n"
              " * uses every CPU. NULL on failure (%s_last_error(NULL) says why). */\n", n);
@@ -160,7 +160,7 @@ static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
   char id[256];
   for (int i = 0; i < m->ninputs; i++) {
     const KilnNode *x = &g->nodes[m->inputs[i]];
-    if (!p->live[m->inputs[i]]) continue;
+    if (!p->live_fwd[m->inputs[i]]) continue;
     c_ident(id, sizeof id, x->name);
     fprintf(f, ", const %s *%s", x->dtype == KILN_F32 ? "float" : "int32_t", id);
   }
@@ -168,7 +168,24 @@ static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
     c_ident(id, sizeof id, g->nodes[g->outputs[i]].name);
     fprintf(f, ", float *%s", id);
   }
-  fprintf(f, ");\n\n#ifdef __cplusplus\n}\n#endif\n\n#endif\n");
+  fprintf(f, ");\n");
+  if (g->grads) {
+    fprintf(f, "\n/* Training. train_step runs one optimizer step (forward, loss, backward,\n"
+               " * update) on a batch of every input, labels included, and stores the loss.\n"
+               " * The learning rate follows the model's schedule over the context's steps.\n"
+               " * save_state/load_state write and read weights plus optimizer state and the\n"
+               " * step count (a safetensors checkpoint). */\n");
+    fprintf(f, "int %s_train_step(%s_ctx *ctx", n, n);
+    for (int i = 0; i < m->ninputs; i++) {
+      const KilnNode *x = &g->nodes[m->inputs[i]];
+      c_ident(id, sizeof id, x->name);
+      fprintf(f, ", const %s *%s", x->dtype == KILN_F32 ? "float" : "int32_t", id);
+    }
+    fprintf(f, ", float *loss);\n");
+    fprintf(f, "int %s_save_state(%s_ctx *ctx, const char *path);\n", n, n);
+    fprintf(f, "int %s_load_state(%s_ctx *ctx, const char *path);\n", n, n);
+  }
+  fprintf(f, "\n#ifdef __cplusplus\n}\n#endif\n\n#endif\n");
 }
 
 static int write_text(KilnDiag *d, const char *path,
@@ -236,17 +253,88 @@ static int remove_tree(const char *dir) {
   return waitpid(pid, &status, 0) < 0 ? -1 : 0;
 }
 
+// One data source as the runtime reads it (include/kiln/abi.h): tab-separated.
+static const char *data_line(KilnArena *a, const KilnDataSrc *s) {
+  if (!s->present) return NULL;
+  switch (s->kind) {
+  case KILN_SOURCE_CSV: {
+    char *line = kiln_arena_printf(a, "csv\t%s\t%d", s->path, s->header ? 1 : 0);
+    for (int i = 0; i < s->nbind; i++)
+      line = kiln_arena_printf(a, "%s\t%s:%lld:%lld", line, s->bind[i].input,
+                               (long long)s->bind[i].col_begin, (long long)s->bind[i].col_end);
+    return line;
+  }
+  case KILN_SOURCE_NPY: {
+    char *line = "npy";
+    for (int i = 0; i < s->nbind; i++)
+      line = kiln_arena_printf(a, "%s\t%s=%s", line, s->bind[i].input, s->bind[i].path);
+    return line;
+  }
+  case KILN_SOURCE_TEXT:
+  case KILN_SOURCE_TOKENS:
+    return kiln_arena_printf(a, "%s\t%s\t%s\t%s", s->kind == KILN_SOURCE_TEXT ? "text" : "tokens",
+                             s->path, s->input, s->target);
+  }
+  return NULL;
+}
+
+static int index_of(const int32_t *ids, int n, int32_t id) {
+  for (int i = 0; i < n; i++)
+    if (ids[i] == id) return i;
+  return -1;
+}
+
+// The training set-up the runtime reads: optimizer, schedule, length, data, loss.
+static void train_desc(const KilnModel *m, KilnTrainDesc *t) {
+  const KilnTrainCfg *c = &m->train;
+  const KilnGraph *g = &m->graph;
+  static const int32_t opt[] = {KILN_ABI_SGD, KILN_ABI_ADAM, KILN_ABI_ADAMW};
+  static const int32_t sched[] = {KILN_ABI_SCHED_CONSTANT, KILN_ABI_SCHED_STEP, KILN_ABI_SCHED_COSINE};
+  *t = (KilnTrainDesc){
+      .optimizer = opt[c->opt], .schedule = sched[c->sched], .lr = c->lr, .momentum = c->momentum,
+      .weight_decay = c->weight_decay, .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->eps,
+      .nesterov = c->nesterov, .shuffle = m->data.shuffle, .step_every = c->step_every,
+      .gamma = c->gamma, .warmup = c->warmup, .min_lr = c->min_lr, .epochs = c->epochs,
+      .steps = c->steps, .clip_grad_norm = c->clip_grad_norm, .val_split = m->data.val_split,
+      .data_train = data_line((KilnArena *)&m->arena, &m->data.train),
+      .data_eval = data_line((KilnArena *)&m->arena, &m->data.eval),
+      .loss_kind = KILN_ABI_LOSS_NONE, .loss_pred_output = -1, .loss_target_input = -1};
+  if (g->loss < 0) return;
+  const KilnNode *l = &g->nodes[g->loss];
+  t->loss_kind = l->op == KILN_OP_CROSS_ENTROPY ? KILN_ABI_LOSS_CE
+                 : l->op == KILN_OP_MSE         ? KILN_ABI_LOSS_MSE
+                                                : KILN_ABI_LOSS_BCE;
+  t->loss_pred_output = index_of(g->outputs, g->noutputs, l->in[0]);
+  t->loss_target_input = index_of(m->inputs, m->ninputs, l->in[1]);
+}
+
+// Optimizer tensors per parameter: Adam keeps two moments, SGD with momentum one.
+static int opt_state_count(const KilnTrainCfg *c) {
+  if (c->opt != KILN_OPT_SGD) return 2;
+  return c->momentum > 0 ? 1 : 0;
+}
+
 static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
-  KilnPipelineOpts po = {.print_after = o->print_after, .out = stdout};
+  // A model with a loss is compiled for training too: autodiff runs.
+  bool training = m->graph.loss >= 0;
+  if (training && !m->train.present) {
+    // No train section: the documented defaults (sgd, lr 0.01, one epoch).
+    m->train = (KilnTrainCfg){.present = false, .opt = KILN_OPT_SGD, .lr = 0.01, .beta1 = 0.9,
+                              .beta2 = 0.999, .eps = 1e-8, .gamma = 0.1, .epochs = 1};
+  }
+  KilnPipelineOpts po = {.print_after = o->print_after, .out = stdout, .training = training};
   TRY(kiln_pipeline_run(&m->graph, &po, d->out));
   KilnPlan plan;
-  kiln_plan_build(&m->graph, &m->arena, false, &plan);
+  kiln_plan_build(&m->graph, &m->arena, opt_state_count(&m->train), &plan);
+  KilnTrainDesc td;
+  train_desc(m, &td);
   char err[1024];
   KilnTargetOpts to = {o->cpu, o->opt_level};
   LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
   if (!tm) return build_error(d, "%s", err);
   KilnCg cg = {0};
-  KilnModuleOpts mo = {KILN_VERSION, o->emit == KILN_BUILD_LIB, m->train.seed, tm};
+  KilnModuleOpts mo = {KILN_VERSION, o->emit == KILN_BUILD_LIB, m->train.seed, tm,
+                       training ? &td : NULL};
   kiln_cpu_module(&cg, &m->graph, &plan, &mo);
   char tmpdir[] = "/tmp/kiln-build-XXXXXX", obj[4096];
   if (!mkdtemp(tmpdir)) {

@@ -117,9 +117,17 @@ typedef struct {
   uint64_t seed;
 } KilnTrainCfg;
 
-typedef enum { KILN_DATA_CSV, KILN_DATA_NPY, KILN_DATA_TEXT, KILN_DATA_TOKENS } KilnDataKind;
+typedef enum { KILN_SOURCE_CSV, KILN_SOURCE_NPY, KILN_SOURCE_TEXT, KILN_SOURCE_TOKENS } KilnDataKind;
 
 #define KILN_MAX_BINDINGS 8
+
+// Which model input a part of a data source feeds.
+typedef struct {
+  const char *input;         // model input name
+  const char *path;          // npy: its file
+  int64_t col_begin, col_end;  // csv: columns [begin, end); one column when end = begin + 1
+  bool range;                // csv: written as [begin, end) rather than one column
+} KilnDataBinding;
 
 // One data source: a file (or, for npy, a file per input) and which model input
 // each part feeds.
@@ -128,12 +136,7 @@ typedef struct {
   KilnDataKind kind;
   const char *path;            // csv, text, tokens: resolved against the model's folder
   int nbind;
-  struct {
-    const char *input;         // model input name
-    const char *path;          // npy: its file
-    int64_t col_begin, col_end;  // csv: columns [begin, end); one column when end = begin + 1
-    bool range;                // csv: written as [begin, end) rather than one column
-  } bind[KILN_MAX_BINDINGS];
+  KilnDataBinding bind[KILN_MAX_BINDINGS];
   const char *input, *target;  // text, tokens: window and next-token inputs
   bool header;                 // csv: skip the first line
   KilnLoc loc;

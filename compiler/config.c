@@ -205,6 +205,30 @@ static bool too_many_bindings(KilnDiag *d, const KilnYaml *key, const KilnDataSr
   return true;
 }
 
+// Data rows are samples: the leading axis of an input is the batch, and one row
+// holds the rest of the input (flattened).
+static int64_t per_sample(const KilnModel *m, const char *input) {
+  const KilnNode *n = &m->graph.nodes[find_input(m, input)];
+  return n->rank ? kiln_node_numel(n) / n->shape[0] : 1;
+}
+
+static int csv_width(KilnModel *m, KilnDiag *d, const KilnYaml *v,
+                     const KilnDataBinding *b) {
+  int64_t want = per_sample(m, b->input), got = b->col_end - b->col_begin;
+  if (want == got) return 0;
+  kiln_error(d, v->loc, "input '%s' takes %lld value%s per sample, the columns give %lld",
+             b->input, (long long)want, want == 1 ? "" : "s", (long long)got);
+  return -1;
+}
+
+// text and tokens sources feed token ids: their inputs are i32.
+static int want_ids(KilnModel *m, KilnDiag *d, const KilnYaml *v, const char *input) {
+  if (m->graph.nodes[find_input(m, input)].dtype == KILN_I32) return 0;
+  kiln_error(d, v->loc, "input '%s' is f32; text and token data feed i32 token ids", input);
+  kiln_hint(d, "declare the input with 'dtype: i32'");
+  return -1;
+}
+
 static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc *s) {
   static const char *const kinds[] = {"csv", "npy", "text", "tokens", NULL};
   if (kiln_val_kind(d, y, KILN_YAML_MAP, "a data source") != 0) return -1;
@@ -231,7 +255,7 @@ static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc
     const char *key = y->keys[i]->str;
     const KilnYaml *v = y->items[i];
     if (strcmp(key, kinds[k]) == 0) {
-      if (k == KILN_DATA_NPY) {
+      if (k == KILN_SOURCE_NPY) {
         if (kiln_val_kind(d, v, KILN_YAML_MAP, "'npy'") != 0) return -1;
         for (int j = 0; j < v->n; j++) {
           if (too_many_bindings(d, v->keys[j], s)) {
@@ -246,35 +270,36 @@ static int read_source(KilnModel *m, KilnDiag *d, const KilnYaml *y, KilnDataSrc
       } else {
         bad += !(s->path = resolve_path(m, d, v));
       }
-    } else if (k == KILN_DATA_CSV && strcmp(key, "header") == 0) {
+    } else if (k == KILN_SOURCE_CSV && strcmp(key, "header") == 0) {
       bad += kiln_val_bool(d, v, &s->header) != 0;
-    } else if ((k == KILN_DATA_TEXT || k == KILN_DATA_TOKENS) &&
+    } else if ((k == KILN_SOURCE_TEXT || k == KILN_SOURCE_TOKENS) &&
                (strcmp(key, "input") == 0 || strcmp(key, "target") == 0)) {
       const char *in = input_name(m, d, v);
-      bad += !in;
+      bad += !in || want_ids(m, d, v, in) != 0;
       *(key[0] == 'i' ? &s->input : &s->target) = in;
-    } else if (k == KILN_DATA_CSV) {
+    } else if (k == KILN_SOURCE_CSV) {
       if (too_many_bindings(d, y->keys[i], s)) {
         bad++;
         break;
       }
       s->bind[s->nbind].input = input_name(m, d, y->keys[i]);
-      bad += !s->bind[s->nbind].input || csv_column(m, d, v, s) != 0;
+      bad += !s->bind[s->nbind].input || csv_column(m, d, v, s) != 0 ||
+             csv_width(m, d, v, &s->bind[s->nbind]) != 0;
       s->nbind++;
     } else {
       kiln_error(d, y->keys[i]->loc, "unknown key '%s' of a %s source", key, kinds[k]);
       bad++;
     }
   }
-  if ((k == KILN_DATA_TEXT || k == KILN_DATA_TOKENS) && (!s->input || !s->target) && !bad) {
+  if ((k == KILN_SOURCE_TEXT || k == KILN_SOURCE_TOKENS) && (!s->input || !s->target) && !bad) {
     kiln_error(d, y->loc, "a %s source needs 'input' and 'target'", kinds[k]);
     bad++;
   }
-  if (k == KILN_DATA_CSV && s->nbind == 0 && !bad) {
+  if (k == KILN_SOURCE_CSV && s->nbind == 0 && !bad) {
     kiln_error(d, y->loc, "a csv source needs at least one 'INPUT: column' binding");
     bad++;
   }
-  if (k == KILN_DATA_NPY && s->nbind == 0 && !bad) {
+  if (k == KILN_SOURCE_NPY && s->nbind == 0 && !bad) {
     kiln_error(d, y->loc, "an npy source needs at least one 'INPUT: file' binding");
     bad++;
   }

@@ -144,6 +144,17 @@ static void show_source(KilnDiag *d, KilnLoc loc) {
 // Messages.
 //
 
+// Messages quote what users wrote (names, values); control characters in them are
+// written as \xNN so a model file cannot drive the terminal.
+static void put_message(FILE *f, const char *fmt, va_list ap) {
+  char buf[2048];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  for (const unsigned char *p = (const unsigned char *)buf; *p; p++) {
+    if (*p < 0x20 || *p == 0x7f) fprintf(f, "\\x%02x", *p);
+    else fputc(*p, f);
+  }
+}
+
 static bool cut_off(const KilnDiag *d) { return d->max_errors > 0 && d->nerrors > d->max_errors; }
 
 static void report(KilnDiag *d, KilnLoc loc, const char *kind, const char *color,
@@ -158,7 +169,7 @@ static void report(KilnDiag *d, KilnLoc loc, const char *kind, const char *color
     fprintf(f, "%s: ", loc.file);
   if (d->color) fprintf(f, "%s%s:\033[0m\033[1m ", color, kind);
   else fprintf(f, "%s: ", kind);
-  vfprintf(f, fmt, ap);
+  put_message(f, fmt, ap);
   fputs(d->color ? "\033[0m\n" : "\n", f);
   show_source(d, loc);
 }
@@ -191,7 +202,7 @@ void kiln_hint(KilnDiag *d, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fprintf(d->out, "  %shint:%s ", d->color ? "\033[1;36m" : "", d->color ? "\033[0m" : "");
-  vfprintf(d->out, fmt, ap);
+  put_message(d->out, fmt, ap);
   fputc('\n', d->out);
   va_end(ap);
 }

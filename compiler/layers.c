@@ -254,6 +254,11 @@ static int32_t lower_dropout(KilnLower *l, const KilnYaml *attrs, const int32_t 
     kiln_error(l->d, p->loc, "dropout 'p' must be in [0, 1), got %g", a.p);
     return -1;
   }
+  // The mask's random stream is keyed by the node's full name (FNV-1a), so it stays
+  // the same when passes renumber nodes, and the gradient draws the same mask.
+  a.key = (int64_t)1469598103934665603ull;
+  for (const char *s = l->prefix; *s; s++) a.key = (int64_t)(((uint64_t)a.key ^ (unsigned char)*s) * 1099511628211ull);
+  for (const char *s = name; *s; s++) a.key = (int64_t)(((uint64_t)a.key ^ (unsigned char)*s) * 1099511628211ull);
   return kiln_lower_emit(l, KILN_OP_DROPOUT, in, 1, name, &a, loc);
 }
 

@@ -8,11 +8,22 @@
 
 #include "compiler/compiler.h"
 
+// Names to ints by open addressing, in the arena: a list of a hundred thousand
+// nodes must not make lowering quadratic.
+typedef struct {
+  const char **keys;   // NULL: an empty slot
+  int *vals;
+  int cap, n;          // cap: 0 or a power of two
+} Index;
+
 struct KilnScope {
   int n, cap;
   const char **names;
   int32_t *ids;        // -1: defined, but its node failed; suppresses cascades
   KilnLoc *locs;
+  Index index;         // name -> position in names
+  const KilnYaml *named_list;  // the graph list whose explicit names are in `named`
+  Index named;         // explicit `name:` -> first item of named_list that gives it
   int ncounters;
   const char **counter_ops;  // default names: "<op>_<k>", k counting per op
   int *counters;
@@ -46,13 +57,46 @@ static void *grow(KilnArena *a, void *old, int n, int cap, size_t size) {
   return p;
 }
 
+static uint32_t hash_name(const char *s) {
+  uint32_t h = 2166136261u;  // FNV-1a
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+// Where name is, or the empty slot where it would go.
+static int index_slot(const Index *x, const char *name) {
+  int j = (int)(hash_name(name) & (uint32_t)(x->cap - 1));
+  while (x->keys[j] && strcmp(x->keys[j], name) != 0) j = (j + 1) & (x->cap - 1);
+  return j;
+}
+
+static int index_get(const Index *x, const char *name) {
+  if (x->cap == 0) return -1;
+  int j = index_slot(x, name);
+  return x->keys[j] ? x->vals[j] : -1;
+}
+
+// Adds name -> v; a name already there keeps its first value.
+static void index_put(KilnArena *a, Index *x, const char *name, int v) {
+  if (2 * (x->n + 1) > x->cap) {
+    Index old = *x;
+    x->cap = old.cap ? 2 * old.cap : 64;
+    x->keys = kiln_arena_alloc(a, (size_t)x->cap * sizeof *x->keys);
+    x->vals = kiln_arena_alloc(a, (size_t)x->cap * sizeof *x->vals);
+    x->n = 0;
+    for (int i = 0; i < old.cap; i++)
+      if (old.keys[i]) index_put(a, x, old.keys[i], old.vals[i]);
+  }
+  int j = index_slot(x, name);
+  if (x->keys[j]) return;
+  x->keys[j] = name;
+  x->vals[j] = v;
+  x->n++;
+}
+
 static KilnScope *scope_new(KilnArena *a) { return kiln_arena_alloc(a, sizeof(KilnScope)); }
 
-static int scope_find(const KilnScope *s, const char *name) {
-  for (int i = 0; i < s->n; i++)
-    if (strcmp(s->names[i], name) == 0) return i;
-  return -1;
-}
+static int scope_find(const KilnScope *s, const char *name) { return index_get(&s->index, name); }
 
 static int bind(KilnLower *l, const char *name, int32_t id, KilnLoc loc) {
   KilnScope *s = l->scope;
@@ -76,22 +120,31 @@ static int bind(KilnLower *l, const char *name, int32_t id, KilnLoc loc) {
     s->locs = grow(a, s->locs, s->n, cap, sizeof *s->locs);
     s->cap = cap;
   }
+  index_put(&l->m->arena, &s->index, name, s->n);
   s->names[s->n] = name;
   s->ids[s->n] = id;
   s->locs[s->n++] = loc;
   return 0;
 }
 
-// True if name is written as an explicit `name:` anywhere in the current list, so a
-// generated default never takes a name the user gives later.
-static bool named_in_list(const KilnYaml *list, const char *name) {
-  for (int i = 0; list && i < list->n; i++) {
-    const KilnYaml *it = list->items[i];
-    if (it->kind != KILN_YAML_MAP || it->n != 1 || it->items[0]->kind != KILN_YAML_MAP) continue;
-    const KilnYaml *nm = kiln_yaml_get(it->items[0], "name");
-    if (nm && nm->kind == KILN_YAML_SCALAR && strcmp(nm->str, name) == 0) return true;
+// The first item of the current list written with `name: NAME`, or -1. Default
+// names skip these, so a generated name never takes one the user gives later.
+// The list's names are indexed on first use.
+static int item_named(KilnLower *l, const char *name) {
+  KilnScope *s = l->scope;
+  if (!l->list) return -1;
+  if (s->named_list != l->list) {
+    s->named = (Index){0};
+    s->named_list = l->list;
+    for (int i = 0; i < l->list->n; i++) {
+      const KilnYaml *it = l->list->items[i];
+      if (it->kind != KILN_YAML_MAP || it->n != 1 || it->items[0]->kind != KILN_YAML_MAP)
+        continue;
+      const KilnYaml *nm = kiln_yaml_get(it->items[0], "name");
+      if (nm && nm->kind == KILN_YAML_SCALAR) index_put(&l->m->arena, &s->named, nm->str, i);
+    }
   }
-  return false;
+  return index_get(&s->named, name);
 }
 
 static const char *default_name(KilnLower *l, const char *op) {
@@ -108,40 +161,31 @@ static const char *default_name(KilnLower *l, const char *op) {
   }
   for (;;) {
     const char *name = kiln_arena_printf(&l->m->arena, "%s_%d", op, s->counters[i]++);
-    if (scope_find(s, name) < 0 && !named_in_list(l->list, name)) return name;
+    if (scope_find(s, name) < 0 && item_named(l, name) < 0) return name;
   }
 }
 
 //
 // Use before definition and cycles, for a name that is not (yet) in scope.
 //
-static int item_named(const KilnYaml *list, const char *name) {
-  for (int i = 0; list && i < list->n; i++) {
-    const KilnYaml *it = list->items[i];
-    if (it->kind != KILN_YAML_MAP || it->n != 1 || it->items[0]->kind != KILN_YAML_MAP) continue;
-    const KilnYaml *nm = kiln_yaml_get(it->items[0], "name");
-    if (nm && nm->kind == KILN_YAML_SCALAR && strcmp(nm->str, name) == 0) return i;
-  }
-  return -1;
-}
-
 // The item that item i takes its k-th input from (of *out_n), or -1.
-static int input_item(const KilnYaml *list, int i, int k, int *out_n) {
-  const KilnYaml *it = list->items[i];
+static int input_item(KilnLower *l, int i, int k, int *out_n) {
+  const KilnYaml *it = l->list->items[i];
   const KilnYaml *attrs = it->kind == KILN_YAML_MAP && it->n == 1 ? it->items[0] : NULL;
   const KilnYaml *in = attrs && attrs->kind == KILN_YAML_MAP ? kiln_yaml_get(attrs, "in") : NULL;
   *out_n = !in || in->kind != KILN_YAML_SEQ ? 1 : in->n;
   if (!in) return i - 1;
+  if (in->kind == KILN_YAML_SEQ && in->n == 0) return -1;
   const KilnYaml *v = in->kind == KILN_YAML_SEQ ? in->items[k] : in;
-  return v->kind == KILN_YAML_SCALAR ? item_named(list, v->str) : -1;
+  return v->kind == KILN_YAML_SCALAR ? item_named(l, v->str) : -1;
 }
 
 // Does item `from` depend, through `in` references and implicit previous-node
 // inputs, on item `target`? Depth-first with an explicit stack: a chain of
 // implicit inputs is as long as the list, too deep to recurse on.
-static bool depends_on(const KilnYaml *list, int from, int target) {
-  char *seen = calloc((size_t)list->n, 1);
-  int *stack = malloc((size_t)list->n * sizeof *stack);  // each item is pushed once
+static bool depends_on(KilnLower *l, int from, int target) {
+  char *seen = calloc((size_t)l->list->n, 1);
+  int *stack = malloc((size_t)l->list->n * sizeof *stack);  // each item is pushed once
   int top = 0;
   bool found = false;
   if (seen && stack) {
@@ -152,7 +196,7 @@ static bool depends_on(const KilnYaml *list, int from, int target) {
     int i = stack[--top], n = 1;
     found = i == target;
     for (int k = 0; k < n && !found; k++) {
-      int dep = input_item(list, i, k, &n);
+      int dep = input_item(l, i, k, &n);
       if (dep < 0 || seen[dep]) continue;
       seen[dep] = 1;
       stack[top++] = dep;
@@ -164,13 +208,13 @@ static bool depends_on(const KilnYaml *list, int from, int target) {
 }
 
 static void report_unknown_value(KilnLower *l, const KilnYaml *v) {
-  int later = item_named(l->list, v->str);
+  int later = item_named(l, v->str);
   if (later >= 0 && later == l->item) {
     kiln_error(l->d, v->loc, "'%s' uses its own output as an input", v->str);
     return;
   }
   if (later > l->item) {
-    if (depends_on(l->list, later, l->item))
+    if (depends_on(l, later, l->item))
       kiln_error(l->d, v->loc, "cycle: '%s' (line %d) depends on this node, which uses it",
                  v->str, l->list->items[later]->loc.line);
     else
@@ -548,7 +592,7 @@ static const char **all_op_names(KilnLower *l) {
                                     (size_t)(n + KILN_OP_COUNT + l->blocks->n + 1) * sizeof *c);
   memcpy(c, layers, (size_t)n * sizeof *c);
   for (int i = 0; i < KILN_OP_COUNT; i++)
-    if (kiln_ops[i].fuse != KILN_FUSE_SOURCE && !(kiln_ops[i].flags & KILN_OPF_LOSS))
+    if (kiln_ops[i].fuse != KILN_FUSE_SOURCE && !(kiln_ops[i].flags & (KILN_OPF_LOSS | KILN_OPF_INTERNAL)))
       c[n++] = kiln_ops[i].name;
   for (int i = 0; i < l->block_limit; i++) c[n++] = l->blocks->b[i].name;
   return c;
@@ -633,7 +677,7 @@ static int32_t lower_item(KilnLower *l, const KilnYaml *it, const char **out_nam
   if (bi >= 0 && bi < l->block_limit) return lower_call(l, bi, attrs, name, key->loc);
   KilnOp k;
   if (kiln_op_lookup(op, &k) && kiln_op(k)->fuse != KILN_FUSE_SOURCE &&
-      !(kiln_op(k)->flags & KILN_OPF_LOSS))
+      !(kiln_op(k)->flags & (KILN_OPF_LOSS | KILN_OPF_INTERNAL)))
     return lower_primitive(l, k, attrs, name, key->loc);
   unknown_op(l, op, key->loc);
   return -1;

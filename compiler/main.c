@@ -33,6 +33,7 @@ static void check_usage(FILE *f) {
         "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
         "  --print-ir             print the IR text instead of the summary\n"
         "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
+        "  --train                include the training graph (autodiff) in the IR\n"
         "  --emit=ir|dot|summary  what to write (default: summary)\n"
         "  -o, --output FILE      write it to FILE instead of standard output\n"
         "  -q, --quiet            print nothing for a valid model\n"
@@ -49,7 +50,7 @@ typedef struct {
   int ndims;
   Emit emit;
   const char *output, *print_after;
-  bool quiet;
+  bool quiet, train;
 } CheckOpts;
 
 static int parse_dim(const char *arg, KilnDimOverride *out) {
@@ -68,7 +69,8 @@ static int parse_check(int argc, char **argv, CheckOpts *o) {
       {"dim", required_argument, NULL, 'D'},   {"print-ir", no_argument, NULL, 'P'},
       {"print-ir-after", required_argument, NULL, 'A'}, {"emit", required_argument, NULL, 'E'},
       {"output", required_argument, NULL, 'o'}, {"quiet", no_argument, NULL, 'q'},
-      {"help", no_argument, NULL, 'h'},         {0}};
+      {"help", no_argument, NULL, 'h'},         {"train", no_argument, NULL, 't'},
+      {0}};
   int c;
   while ((c = getopt_long(argc, argv, "o:qh", longs, NULL)) != -1) {
     switch (c) {
@@ -92,6 +94,7 @@ static int parse_check(int argc, char **argv, CheckOpts *o) {
       break;
     case 'o': o->output = optarg; break;
     case 'q': o->quiet = true; break;
+    case 't': o->train = true; break;
     case 'h': check_usage(stdout); exit(0);
     default: check_usage(stderr); return -1;
     }
@@ -123,7 +126,8 @@ static int check_one(const char *path, const CheckOpts *o, FILE *out) {
   KilnModel m;
   int rc = kiln_model_load(&m, &d, path, o->dims, o->ndims);
   if (rc == 0) {
-    KilnPipelineOpts po = {.print_after = o->print_after, .out = out};
+    KilnPipelineOpts po = {.print_after = o->print_after, .out = out,
+                           .training = o->train && m.graph.loss >= 0};
     rc = kiln_pipeline_run(&m.graph, &po, stderr);
   }
   if (rc == 0 && !o->quiet) {

@@ -136,10 +136,14 @@ static uint64_t mix64(uint64_t z) {
 }
 
 // dropout(x, p): the identity outside training. In training, element i (row-major)
-// of node number `id` draws
-//   u_i = (mix64(s + (i + 1) * GAMMA) >> 11) * 2^-53  in [0, 1),  s = seed ^ mix64(id)
+// of a dropout whose attribute `key` is K draws
+//   u_i = (mix64(s + (i + 1) * GAMMA) >> 11) * 2^-53  in [0, 1),  s = seed ^ mix64(K)
 // (draw i of the SplitMix64 stream at state s, as 53 bits), keeps x_i / (1 - p)
-// when u_i >= p (probability 1 - p) and writes 0 otherwise.
+// when u_i >= p (probability 1 - p) and writes 0 otherwise. The key, not the
+// node's index, names the stream: the front end derives it from the node's name,
+// so passes may renumber nodes, and dropout's gradient (the same op with the same
+// key, applied to dy) draws the same mask. Generated code reads seed and training
+// from the step header; KilnInterpOpts plays that role here.
 static int run_dropout(Run *r, const KilnNode *n, double *out) {
   const double *x = in(r, n, 0);
   double p = n->attr.p;
@@ -148,7 +152,7 @@ static int run_dropout(Run *r, const KilnNode *n, double *out) {
     memcpy(out, x, (size_t)numel(n) * sizeof *out);
     return 0;
   }
-  uint64_t s = r->o->seed ^ mix64((uint64_t)(n - r->g->nodes));
+  uint64_t s = r->o->seed ^ mix64((uint64_t)n->attr.key);
   for (int64_t i = 0; i < numel(n); i++) {
     double u = (double)(mix64(s + (uint64_t)(i + 1) * GAMMA) >> 11) * 0x1p-53;
     out[i] = u >= p ? x[i] / (1 - p) : 0.0;
@@ -211,6 +215,19 @@ static int run_softmax(Run *r, const KilnNode *n, double *out) {
   return 0;
 }
 
+// The mean and rstd = 1 / sqrt(var + eps) of one row of d values, biased variance
+// var = mean((x - mean)^2): layernorm's statistics.
+static void row_stats(const double *row, int64_t d, double eps, double *out_mean,
+                      double *out_rstd) {
+  double mean = 0, var = 0;
+  for (int64_t j = 0; j < d; j++) mean += row[j];
+  mean /= (double)d;
+  for (int64_t j = 0; j < d; j++) var += (row[j] - mean) * (row[j] - mean);
+  var /= (double)d;
+  *out_mean = mean;
+  *out_rstd = 1.0 / sqrt(var + eps);
+}
+
 // layernorm(x, gamma [D], beta [D]) over the last axis (D), biased variance:
 //   y = (x - mean) / sqrt(var + eps) * gamma + beta,  var = mean((x - mean)^2).
 static int run_layernorm(Run *r, const KilnNode *n, double *out) {
@@ -219,12 +236,8 @@ static int run_layernorm(Run *r, const KilnNode *n, double *out) {
   int64_t d = x->shape[x->rank - 1], rows = numel(x) / d;
   for (int64_t i = 0; i < rows; i++) {
     const double *row = xv + i * d;
-    double mean = 0, var = 0;
-    for (int64_t j = 0; j < d; j++) mean += row[j];
-    mean /= (double)d;
-    for (int64_t j = 0; j < d; j++) var += (row[j] - mean) * (row[j] - mean);
-    var /= (double)d;
-    double inv = 1.0 / sqrt(var + n->attr.eps);
+    double mean, inv;
+    row_stats(row, d, n->attr.eps, &mean, &inv);
     for (int64_t j = 0; j < d; j++) out[i * d + j] = (row[j] - mean) * inv * gamma[j] + beta[j];
   }
   return 0;
@@ -430,21 +443,26 @@ static int run_attention(Run *r, const KilnNode *n, double *out) {
 //
 // Losses: scalars.
 //
+// Label p of lb (value y) must be an integer in [0, c); else the error names it.
+static int check_label(Run *r, const KilnNode *lb, double y, int64_t p, int64_t c) {
+  if (y >= 0 && y < (double)c && y == floor(y)) return 0;
+  char where[160];
+  int64_t idx[KILN_MAX_RANK];
+  unravel(p, lb->shape, lb->rank, idx);
+  return fail(r, "label %g at position %s is outside [0, %lld)", y,
+              kiln_dims_str(idx, lb->rank, where, sizeof where), (long long)c);
+}
+
 // cross_entropy(logits [..., C], labels i32 [...]): the mean over every position
 // p of -log_softmax(logits[p, :])[labels[p]]. A label outside [0, C) is an error.
 static int run_cross_entropy(Run *r, const KilnNode *n, double *out) {
   const KilnNode *lg = arg(r, n, 0), *lb = arg(r, n, 1);
   const double *x = in(r, n, 0), *y = in(r, n, 1);
-  int64_t c = lg->shape[lg->rank - 1], rows = numel(lb), idx[KILN_MAX_RANK];
+  int64_t c = lg->shape[lg->rank - 1], rows = numel(lb);
   double total = 0;
   for (int64_t p = 0; p < rows; p++) {
     const double *row = x + p * c;
-    if (!(y[p] >= 0 && y[p] < (double)c && y[p] == floor(y[p]))) {
-      char where[160];
-      unravel(p, lb->shape, lb->rank, idx);
-      return fail(r, "label %g at position %s is outside [0, %lld)", y[p],
-                  kiln_dims_str(idx, lb->rank, where, sizeof where), (long long)c);
-    }
+    if (check_label(r, lb, y[p], p, c)) return -1;
     double m = -INFINITY, sum = 0;
     for (int64_t j = 0; j < c; j++) m = fmax(m, row[j]);
     for (int64_t j = 0; j < c; j++) sum += exp(row[j] - m);
@@ -477,6 +495,208 @@ static int run_bce(Run *r, const KilnNode *n, double *out) {
 }
 
 //
+// Gradients: internal ops made by autodiff. Each is the gradient of a forward op
+// above, dy being the gradient flowing back into that op's output; the elementwise
+// ones (gelu_grad, silu_grad, clamp_grad) are the table's scalar functions.
+//
+// layernorm_dx(x [..., D], gamma [D], dy like x), attr eps: the gradient with
+// respect to x of sum(dy * layernorm(x, gamma, beta)). Per row, with
+// xhat = (x - mean) * rstd and g = dy * gamma, means over the row's D elements:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+static int run_layernorm_dx(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0), *gamma = in(r, n, 1), *dy = in(r, n, 2);
+  int64_t d = x->shape[x->rank - 1], rows = numel(x) / d;
+  for (int64_t i = 0; i < rows; i++) {
+    const double *row = xv + i * d, *dyr = dy + i * d;
+    double mean, rstd, mg = 0, mgx = 0;
+    row_stats(row, d, n->attr.eps, &mean, &rstd);
+    for (int64_t j = 0; j < d; j++) {
+      double xhat = (row[j] - mean) * rstd, g = dyr[j] * gamma[j];
+      mg += g;
+      mgx += g * xhat;
+    }
+    mg /= (double)d;
+    mgx /= (double)d;
+    for (int64_t j = 0; j < d; j++) {
+      double xhat = (row[j] - mean) * rstd, g = dyr[j] * gamma[j];
+      out[i * d + j] = rstd * (g - mg - xhat * mgx);
+    }
+  }
+  return 0;
+}
+
+// layernorm_dgamma(x [..., D], dy like x), attr eps -> [D]: the gradient with
+// respect to gamma, the sum over rows of dy * xhat (xhat as in layernorm_dx).
+static int run_layernorm_dgamma(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0), *dy = in(r, n, 1);
+  int64_t d = x->shape[x->rank - 1], rows = numel(x) / d;
+  for (int64_t j = 0; j < d; j++) out[j] = 0;
+  for (int64_t i = 0; i < rows; i++) {
+    double mean, rstd;
+    row_stats(xv + i * d, d, n->attr.eps, &mean, &rstd);
+    for (int64_t j = 0; j < d; j++) out[j] += dy[i * d + j] * (xv[i * d + j] - mean) * rstd;
+  }
+  return 0;
+}
+
+// embedding_grad(ids i32 [...], dy [..., D]), attr size = V -> [V, D]: the
+// gradient with respect to embedding's table. Zeros, then row ids[p] += dy[p, :]
+// for every position p (a repeated id collects every one of its rows). An id
+// outside [0, V) is an error, as in embedding.
+static int run_embedding_grad(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *ids = arg(r, n, 0);
+  int64_t v = n->shape[0], d = n->shape[1], idx[KILN_MAX_RANK];
+  memset(out, 0, (size_t)numel(n) * sizeof *out);
+  for (int64_t p = 0; p < numel(ids); p++) {
+    double id = in(r, n, 0)[p];
+    if (!(id >= 0 && id < (double)v && id == floor(id))) {
+      char where[160];
+      unravel(p, ids->shape, ids->rank, idx);
+      return fail(r, "id %g at position %s is outside [0, %lld)", id,
+                  kiln_dims_str(idx, ids->rank, where, sizeof where), (long long)v);
+    }
+    for (int64_t j = 0; j < d; j++) out[(int64_t)id * d + j] += in(r, n, 1)[p * d + j];
+  }
+  return 0;
+}
+
+// lstm_grad(x [B,T,I], w_ih [I,4H], w_hh [H,4H], b [4H], dy [B,T,H]) -> the flat
+// vector [dx | dw_ih | dw_hh | db], each row-major: the gradients of
+// sum(dy * lstm(x, w_ih, w_hh, b)). Backpropagation through time: run_lstm's
+// forward is recomputed per sequence (h = c = 0 before step 0) keeping each step's
+// gates i f g o and cell state c_t; then for t = T-1 .. 0, with dh and dc carried
+// back from step t + 1 (0 at the last step):
+//   dh += dy_t;  dc += dh o (1 - tanh(c_t)^2)
+//   dz = [dc g i (1 - i), dc c_{t-1} f (1 - f), dc i (1 - g^2), dh tanh(c_t) o (1 - o)]
+//   dx_t = dz w_ih^T;  dw_ih += x_t^T dz;  dw_hh += h_{t-1}^T dz;  db += dz
+//   carried back to step t - 1: dh = dz w_hh^T, dc = dc f.
+static int run_lstm_grad(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0), *w_ih = in(r, n, 1), *w_hh = in(r, n, 2), *bias = in(r, n, 3);
+  const double *dy = in(r, n, 4);
+  int64_t nb = x->shape[0], nt = x->shape[1], ni = x->shape[2], h = arg(r, n, 2)->shape[0];
+  double *dx = out, *dw_ih = dx + nb * nt * ni, *dw_hh = dw_ih + ni * 4 * h;
+  double *db = dw_hh + h * 4 * h;
+  memset(out, 0, (size_t)numel(n) * sizeof *out);
+  // One sequence's forward: gates[t] [4H] (activated), cs[t + 1] and hs[t + 1] [H]
+  // the state after step t (cs[0] = hs[0] = 0); and the backward's dh, dc [H], dz [4H].
+  size_t floats = (size_t)(nt * 4 * h + 2 * (nt + 1) * h + 6 * h);
+  double *gates = calloc(floats, sizeof *gates);
+  KILN_ASSERT(gates != NULL);
+  double *cs = gates + nt * 4 * h, *hs = cs + (nt + 1) * h, *dh = hs + (nt + 1) * h;
+  double *dc = dh + h, *dz = dc + h;
+  for (int64_t b = 0; b < nb; b++) {
+    for (int64_t t = 0; t < nt; t++) {
+      const double *xt = xv + (b * nt + t) * ni, *hp = hs + t * h, *cp = cs + t * h;
+      double *gt = gates + t * 4 * h;
+      for (int64_t col = 0; col < 4 * h; col++) {
+        double z = bias[col];
+        for (int64_t k = 0; k < ni; k++) z += xt[k] * w_ih[k * 4 * h + col];
+        for (int64_t k = 0; k < h; k++) z += hp[k] * w_hh[k * 4 * h + col];
+        gt[col] = col >= 2 * h && col < 3 * h ? tanh_(z) : sigmoid(z);
+      }
+      for (int64_t u = 0; u < h; u++) {
+        cs[(t + 1) * h + u] = gt[h + u] * cp[u] + gt[u] * gt[2 * h + u];
+        hs[(t + 1) * h + u] = gt[3 * h + u] * tanh_(cs[(t + 1) * h + u]);
+      }
+    }
+    memset(dh, 0, (size_t)(2 * h) * sizeof *dh);  // dh and dc
+    for (int64_t t = nt - 1; t >= 0; t--) {
+      const double *gt = gates + t * 4 * h, *xt = xv + (b * nt + t) * ni, *hp = hs + t * h;
+      for (int64_t u = 0; u < h; u++) {
+        double i = gt[u], f = gt[h + u], g = gt[2 * h + u], o = gt[3 * h + u];
+        double tc = tanh_(cs[(t + 1) * h + u]);
+        dh[u] += dy[(b * nt + t) * h + u];
+        dc[u] += dh[u] * o * (1 - tc * tc);
+        dz[u] = dc[u] * g * i * (1 - i);
+        dz[h + u] = dc[u] * cs[t * h + u] * f * (1 - f);
+        dz[2 * h + u] = dc[u] * i * (1 - g * g);
+        dz[3 * h + u] = dh[u] * tc * o * (1 - o);
+        dc[u] *= f;
+      }
+      for (int64_t k = 0; k < ni; k++) {
+        dx[(b * nt + t) * ni + k] = dot(dz, w_ih + k * 4 * h, 4 * h);
+        for (int64_t col = 0; col < 4 * h; col++) dw_ih[k * 4 * h + col] += xt[k] * dz[col];
+      }
+      for (int64_t k = 0; k < h; k++) {
+        dh[k] = dot(dz, w_hh + k * 4 * h, 4 * h);
+        for (int64_t col = 0; col < 4 * h; col++) dw_hh[k * 4 * h + col] += hp[k] * dz[col];
+      }
+      for (int64_t col = 0; col < 4 * h; col++) db[col] += dz[col];
+    }
+  }
+  free(gates);
+  return 0;
+}
+
+// attention_grad(q, k, v, dy, each [B,T,D]), attrs heads, causal -> [3, B, T, D]:
+// dq, dk, dv, the gradients of sum(dy * attention(q, k, v)). Per sequence and
+// head, with p_ij as run_attention computes it (pairs j > i left out when causal)
+// and scale = 1 / sqrt(dh):
+//   dv_j = sum_i p_ij dy_i;  dp_ij = dy_i . v_j;  ds_ij = p_ij (dp_ij - sum_l p_il dp_il)
+//   dq_i = scale sum_j ds_ij k_j;  dk_j = scale sum_i ds_ij q_i.
+static int run_attention_grad(Run *r, const KilnNode *n, double *out) {
+  int64_t nb = n->shape[1], nt = n->shape[2], d = n->shape[3], heads = n->attr.heads;
+  int64_t dh = d / heads;
+  double scale = 1.0 / sqrt((double)dh);
+  const double *qv = in(r, n, 0), *kv = in(r, n, 1), *vv = in(r, n, 2), *dy = in(r, n, 3);
+  double *dq = out, *dk = out + nb * nt * d, *dv = out + 2 * nb * nt * d;
+  double *p = calloc((size_t)(2 * nt), sizeof *p), *dp = p + nt;  // one query's row
+  KILN_ASSERT(p != NULL);
+  memset(out, 0, (size_t)numel(n) * sizeof *out);
+  for (int64_t b = 0; b < nb; b++) {
+    for (int64_t hd = 0; hd < heads; hd++) {
+      int64_t at = b * nt * d + hd * dh;  // row 0 of this sequence and head
+      for (int64_t i = 0; i < nt; i++) {
+        int64_t last = n->attr.causal ? i : nt - 1;
+        const double *qi = qv + at + i * d, *dyi = dy + at + i * d;
+        double m = -INFINITY, sum = 0, pdp = 0;
+        for (int64_t j = 0; j <= last; j++) m = fmax(m, dot(qi, kv + at + j * d, dh) * scale);
+        for (int64_t j = 0; j <= last; j++) sum += p[j] = exp(dot(qi, kv + at + j * d, dh) * scale - m);
+        for (int64_t j = 0; j <= last; j++) {
+          p[j] /= sum;
+          dp[j] = dot(dyi, vv + at + j * d, dh);
+          pdp += p[j] * dp[j];
+        }
+        for (int64_t j = 0; j <= last; j++) {
+          double ds = p[j] * (dp[j] - pdp);
+          for (int64_t c = 0; c < dh; c++) {
+            dq[at + i * d + c] += scale * ds * kv[at + j * d + c];
+            dk[at + j * d + c] += scale * ds * qi[c];
+            dv[at + j * d + c] += p[j] * dyi[c];
+          }
+        }
+      }
+    }
+  }
+  free(p);
+  return 0;
+}
+
+// cross_entropy_grad(logits [..., C], labels i32 [...]) -> like logits: the
+// gradient of cross_entropy, (softmax(logits[p, :]) - onehot(labels[p])) / P for
+// every position p, P being the number of positions (the loss is their mean; its
+// own upstream gradient is 1, the loss being the root). A label outside [0, C) is
+// an error.
+static int run_cross_entropy_grad(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *lg = arg(r, n, 0), *lb = arg(r, n, 1);
+  const double *x = in(r, n, 0), *y = in(r, n, 1);
+  int64_t c = lg->shape[lg->rank - 1], rows = numel(lb);
+  for (int64_t p = 0; p < rows; p++) {
+    const double *row = x + p * c;
+    if (check_label(r, lb, y[p], p, c)) return -1;
+    double m = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < c; j++) m = fmax(m, row[j]);
+    for (int64_t j = 0; j < c; j++) sum += exp(row[j] - m);
+    for (int64_t j = 0; j < c; j++)
+      out[p * c + j] = (exp(row[j] - m) / sum - (j == (int64_t)y[p])) / (double)rows;
+  }
+  return 0;
+}
+
+//
 // Dispatch.
 //
 static int run_node(Run *r, const KilnNode *n, double *out) {
@@ -500,7 +720,10 @@ static int run_node(Run *r, const KilnNode *n, double *out) {
   case KILN_OP_SUB:
   case KILN_OP_MUL:
   case KILN_OP_DIV:
-  case KILN_OP_WHERE: return run_scalar(r, n, out);
+  case KILN_OP_WHERE:
+  case KILN_OP_GELU_GRAD:
+  case KILN_OP_SILU_GRAD:
+  case KILN_OP_CLAMP_GRAD: return run_scalar(r, n, out);
   case KILN_OP_DROPOUT: return run_dropout(r, n, out);
   case KILN_OP_SUM:
   case KILN_OP_MEAN:
@@ -520,6 +743,12 @@ static int run_node(Run *r, const KilnNode *n, double *out) {
   case KILN_OP_CROSS_ENTROPY: return run_cross_entropy(r, n, out);
   case KILN_OP_MSE: return run_mse(r, n, out);
   case KILN_OP_BCE: return run_bce(r, n, out);
+  case KILN_OP_LAYERNORM_DX: return run_layernorm_dx(r, n, out);
+  case KILN_OP_LAYERNORM_DGAMMA: return run_layernorm_dgamma(r, n, out);
+  case KILN_OP_EMBEDDING_GRAD: return run_embedding_grad(r, n, out);
+  case KILN_OP_LSTM_GRAD: return run_lstm_grad(r, n, out);
+  case KILN_OP_ATTENTION_GRAD: return run_attention_grad(r, n, out);
+  case KILN_OP_CROSS_ENTROPY_GRAD: return run_cross_entropy_grad(r, n, out);
   case KILN_OP_COUNT: break;
   }
   KILN_ASSERT(!"unknown op");

@@ -64,7 +64,8 @@ enum {
   KILN_OPF_COMMUTE = 1 << 2,   // binary op with f(a,b) == f(b,a)
   KILN_OPF_LOSS = 1 << 3,      // produces a scalar loss
   KILN_OPF_RANDOM = 1 << 4,    // draws random numbers (dropout)
-  KILN_OPF_TRAIN_ONLY = 1 << 5 // identity outside training (dropout)
+  KILN_OPF_TRAIN_ONLY = 1 << 5, // identity outside training (dropout)
+  KILN_OPF_INTERNAL = 1 << 6,   // made by passes (gradients); not written in models
 };
 
 // Initializers of parameters.
@@ -94,6 +95,8 @@ typedef struct {
   double p;                     // dropout probability
   double eps;                   // layernorm
   double value;                 // const
+  int64_t key;                  // dropout: random stream key, stable across passes
+  int64_t size;                 // embedding_grad: rows of the table
   bool keepdims;                // reductions
   bool causal;                  // attention
   bool trans_a, trans_b;        // matmul
@@ -169,7 +172,17 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(ATTENTION, "attention", 3, 3, OPAQUE, DIFF, shape_attention, NULL, flops_attention, attrs_attention) \
   X(CROSS_ENTROPY, "cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_cross_entropy, NULL, flops_softmax, attrs_none) \
   X(MSE, "mse", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem3, attrs_none) \
-  X(BCE, "binary_cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem8, attrs_none)
+  X(BCE, "binary_cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem8, attrs_none) \
+  /* Gradient ops, made by autodiff. Elementwise ones take (x, dy). */                      \
+  X(GELU_GRAD, "gelu_grad", 2, 2, ELEMWISE, INTERNAL, shape_grad_elem, sc_gelu_grad, flops_elem8, attrs_none) \
+  X(SILU_GRAD, "silu_grad", 2, 2, ELEMWISE, INTERNAL, shape_grad_elem, sc_silu_grad, flops_elem8, attrs_none) \
+  X(CLAMP_GRAD, "clamp_grad", 2, 2, ELEMWISE, INTERNAL, shape_grad_elem, sc_clamp_grad, flops_elem, attrs_clamp) \
+  X(LAYERNORM_DX, "layernorm_dx", 3, 3, REDUCE, INTERNAL, shape_layernorm_dx, NULL, flops_layernorm, attrs_layernorm) \
+  X(LAYERNORM_DGAMMA, "layernorm_dgamma", 2, 2, REDUCE, INTERNAL, shape_layernorm_dgamma, NULL, flops_layernorm, attrs_layernorm) \
+  X(EMBEDDING_GRAD, "embedding_grad", 2, 2, OPAQUE, INTERNAL, shape_embedding_grad, NULL, flops_in, attrs_embedding_grad) \
+  X(LSTM_GRAD, "lstm_grad", 5, 5, OPAQUE, INTERNAL, shape_lstm_grad, NULL, flops_lstm_grad, attrs_none) \
+  X(ATTENTION_GRAD, "attention_grad", 4, 4, OPAQUE, INTERNAL, shape_attention_grad, NULL, flops_attention_grad, attrs_attention) \
+  X(CROSS_ENTROPY_GRAD, "cross_entropy_grad", 2, 2, OPAQUE, INTERNAL, shape_cross_entropy_grad, NULL, flops_softmax, attrs_none)
 
 typedef enum {
 #define X(name, ...) KILN_OP_##name,
@@ -226,6 +239,10 @@ struct KilnGraph {
   int32_t *outputs;   // inference outputs
   int noutputs;
   int32_t loss;       // scalar loss node, or -1
+  // After autodiff: nodes [0, nforward) are the forward pass, the rest its
+  // gradient; grads[i] (i < nforward) is dloss/d(node i) for every param, else -1.
+  int nforward;
+  int32_t *grads;
 };
 
 void kiln_graph_init(KilnGraph *g, KilnArena *a, const char *name);

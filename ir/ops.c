@@ -61,6 +61,28 @@ static double sc_sub(const double *x, const KilnAttrs *a) { (void)a; return x[0]
 static double sc_mul(const double *x, const KilnAttrs *a) { (void)a; return x[0] * x[1]; }
 static double sc_div(const double *x, const KilnAttrs *a) { (void)a; return x[0] / x[1]; }
 
+// Gradient ops: x[0] is the forward input, x[1] the gradient flowing back.
+// d/dx of the tanh-approximated gelu: with u = k (x + c x^3) and t = tanh(u),
+// 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2).
+static double sc_gelu_grad(const double *x, const KilnAttrs *a) {
+  (void)a;
+  const double k = 0.7978845608028654, c = 0.044715;
+  double v = x[0], t = tanh(k * (v + c * v * v * v));
+  return x[1] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * c * v * v));
+}
+
+// d/dx x sigmoid(x) = s (1 + x (1 - s)).
+static double sc_silu_grad(const double *x, const KilnAttrs *a) {
+  (void)a;
+  double s = sigmoid(x[0]);
+  return x[1] * s * (1 + x[0] * (1 - s));
+}
+
+// The gradient passes where min <= x <= max (as PyTorch's clamp), else 0.
+static double sc_clamp_grad(const double *x, const KilnAttrs *a) {
+  return x[0] >= a->lo && x[0] <= a->hi ? x[1] : 0.0;
+}
+
 // The condition is f32; any nonzero value (NaN included) selects a.
 static double sc_where(const double *x, const KilnAttrs *a) {
   (void)a;
@@ -146,6 +168,18 @@ static int64_t flops_attention(const KilnGraph *g, const KilnNode *n) {
   return add(mul(4, mul(square, d)), mul(5, mul(square, n->attr.heads)));
 }
 
+// Backward passes: about twice the forward's work (two products per forward one).
+static int64_t flops_lstm_grad(const KilnGraph *g, const KilnNode *n) {
+  const KilnNode *x = arg(g, n, 0), *whh = arg(g, n, 2);
+  if (x->rank != 3 || whh->rank != 2) return 0;
+  int64_t b = x->shape[0], t = x->shape[1], i = x->shape[2], h = whh->shape[0];
+  return mul(3, mul(mul(b, t), add(mul(2, mul(add(i, h), mul(4, h))), mul(10, h))));
+}
+
+static int64_t flops_attention_grad(const KilnGraph *g, const KilnNode *n) {
+  return mul(3, flops_attention(g, n));
+}
+
 //
 // Attribute schemas: YAML name, type, field, required, default.
 //
@@ -177,6 +211,7 @@ static const KilnAttrSpec attrs_slice[] = {SPEC("axis", INT, axis, false, -1),
                                            SPEC("start", INT, start, false, 0),
                                            SPEC("end", INT, end, false, SLICE_END_DEFAULT),
                                            {NULL}};
+static const KilnAttrSpec attrs_embedding_grad[] = {SPEC("size", INT, size, true, 0), {NULL}};
 static const KilnAttrSpec attrs_attention[] = {
     SPEC("heads", INT, heads, true, 0), SPEC("causal", BOOL, causal, false, 0), {NULL}};
 
@@ -191,6 +226,7 @@ static const KilnAttrSpec attrs_attention[] = {
 #define LOSS KILN_OPF_LOSS
 #define RANDOM KILN_OPF_RANDOM
 #define TRAIN_ONLY KILN_OPF_TRAIN_ONLY
+#define INTERNAL KILN_OPF_INTERNAL
 
 const KilnOpInfo kiln_ops[] = {
 #define X(op, spelling, lo, hi, fuse, flags, shape, scalar, flops, attrs) \

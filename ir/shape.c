@@ -463,3 +463,78 @@ int kiln_shape_mse(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
     return fail(err, errlen, "%s inputs must have one shape: %s vs %s", name(n), str(a), str(b));
   return set(n, KILN_F32, NULL, 0, err, errlen);
 }
+
+//
+// Gradient ops (made by autodiff; their inputs were shaped by forward rules, so
+// these rules check what autodiff promises rather than explain user mistakes).
+//
+// gelu_grad, silu_grad, clamp_grad (x, dy): f32 of one shape -> that shape.
+int kiln_shape_grad_elem(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  const KilnNode *x = arg(g, n, 0), *dy = arg(g, n, 1);
+  if (want_f32(n, x, NULL, err, errlen) || want_f32(n, dy, NULL, err, errlen)) return -1;
+  if (!same_shape(x, dy))
+    return fail(err, errlen, "%s inputs must have one shape: %s vs %s", name(n), str(x), str(dy));
+  return set(n, KILN_F32, x->shape, x->rank, err, errlen);
+}
+
+// layernorm_dx(x [..., D], gamma [D], dy like x) -> like x.
+int kiln_shape_layernorm_dx(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  const KilnNode *x = arg(g, n, 0), *gm = arg(g, n, 1), *dy = arg(g, n, 2);
+  if (x->dtype != KILN_F32 || x->rank < 1 || !same_shape(x, dy) || dy->dtype != KILN_F32 ||
+      !is_f32(gm, 1, x->shape[x->rank - 1], 0))
+    return fail(err, errlen, "layernorm_dx needs x [..., D], gamma [D], dy like x: %s, %s, %s",
+                str(x), str(gm), str(dy));
+  return set(n, KILN_F32, x->shape, x->rank, err, errlen);
+}
+
+// layernorm_dgamma(x [..., D], dy like x) -> [D].
+int kiln_shape_layernorm_dgamma(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  const KilnNode *x = arg(g, n, 0), *dy = arg(g, n, 1);
+  if (x->dtype != KILN_F32 || x->rank < 1 || !same_shape(x, dy) || dy->dtype != KILN_F32)
+    return fail(err, errlen, "layernorm_dgamma needs x [..., D] and dy like x: %s, %s", str(x),
+                str(dy));
+  return set(n, KILN_F32, &x->shape[x->rank - 1], 1, err, errlen);
+}
+
+// embedding_grad(ids i32 [...], dy f32 [..., D]) -> [size, D]: rows scatter-added.
+int kiln_shape_embedding_grad(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  const KilnNode *ids = arg(g, n, 0), *dy = arg(g, n, 1);
+  if (ids->dtype != KILN_I32 || dy->dtype != KILN_F32 || dy->rank != ids->rank + 1 ||
+      memcmp(ids->shape, dy->shape, (size_t)ids->rank * sizeof *ids->shape) != 0 ||
+      n->attr.size < 1)
+    return fail(err, errlen, "embedding_grad needs ids [...] and dy [..., D] and size >= 1: %s, %s",
+                str(ids), str(dy));
+  return set(n, KILN_F32, (int64_t[]){n->attr.size, dy->shape[dy->rank - 1]}, 2, err, errlen);
+}
+
+// lstm_grad(x, w_ih, w_hh, bias, dy [B,T,H]) -> one vector holding dx, dw_ih, dw_hh,
+// dbias in that order (flattened); slices take them apart.
+int kiln_shape_lstm_grad(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  KilnNode fwd = *n;
+  fwd.nin = 4;
+  if (kiln_shape_lstm(g, &fwd, err, errlen) != 0) return -1;
+  const KilnNode *dy = arg(g, n, 4);
+  if (dy->dtype != KILN_F32 || dy->rank != 3 || memcmp(dy->shape, fwd.shape, 3 * sizeof(int64_t)))
+    return fail(err, errlen, "lstm_grad dy must be f32%s, got %s", dims(fwd.shape, 3), str(dy));
+  int64_t total = 0;
+  for (int i = 0; i < 4; i++) total += kiln_node_numel(arg(g, n, i));
+  return set(n, KILN_F32, &total, 1, err, errlen);
+}
+
+// attention_grad(q, k, v, dy), each [B,T,D] -> [3, B, T, D]: dq, dk, dv.
+int kiln_shape_attention_grad(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  KilnNode fwd = *n;
+  fwd.nin = 3;
+  if (kiln_shape_attention(g, &fwd, err, errlen) != 0) return -1;
+  const KilnNode *dy = arg(g, n, 3);
+  if (dy->dtype != KILN_F32 || !same_shape(dy, &fwd))
+    return fail(err, errlen, "attention_grad dy must be f32%s, got %s", dims(fwd.shape, 3), str(dy));
+  return set(n, KILN_F32, (int64_t[]){3, fwd.shape[0], fwd.shape[1], fwd.shape[2]}, 4, err, errlen);
+}
+
+// cross_entropy_grad(logits, labels) -> like logits: (softmax - onehot) / positions.
+int kiln_shape_cross_entropy_grad(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  if (kiln_shape_cross_entropy(g, n, err, errlen) != 0) return -1;
+  const KilnNode *lg = arg(g, n, 0);
+  return set(n, KILN_F32, lg->shape, lg->rank, err, errlen);
+}

@@ -8,10 +8,12 @@
 typedef struct {
   const char *name;
   int (*run)(KilnGraph *g, FILE *err);  // returns the number of problems
+  bool training_only;
 } Pass;
 
 static const Pass passes[] = {
-    {"shapes", kiln_pass_shapes},
+    {"shapes", kiln_pass_shapes, false},
+    {"autodiff", kiln_pass_autodiff, true},
 };
 
 const char *kiln_pipeline_pass_name(int i) {
@@ -24,6 +26,7 @@ int kiln_pipeline_run(KilnGraph *g, const KilnPipelineOpts *o, FILE *err) {
   verify = true;
 #endif
   for (size_t i = 0; i < sizeof passes / sizeof passes[0]; i++) {
+    if (passes[i].training_only && !o->training) continue;
     if (passes[i].run(g, err) != 0) {
       fprintf(err, "kiln: pass '%s' failed\n", passes[i].name);
       return -1;

@@ -1,9 +1,11 @@
-// The standalone program `kiln build` makes: `NAME infer|info|bench`. The model is
-// whatever descriptor the generated object links in as kiln_main_model.
+// The standalone program `kiln build` makes: `NAME train|eval|infer|info|bench`.
+// The model is whatever descriptor the generated object links in as kiln_main_model.
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime/runtime.h"
 
@@ -25,6 +27,8 @@ static void usage(FILE *f) {
           "Model '%s', compiled by kiln %s for %s.\n"
           "\n"
           "commands:\n"
+          "  train   train on the model's data (or --data), saving weights and checkpoints\n"
+          "  eval    loss and accuracy on evaluation data\n"
           "  infer   run the model on inputs from CSV or .npy files\n"
           "  info    parameters, FLOPs, inputs, outputs and planned memory\n"
           "  bench   forward latency and throughput (median of runs)\n"
@@ -70,6 +74,17 @@ static int cmd_info(void) {
   for (int i = 0; i < M->noutputs; i++) {
     shape_str(&M->outputs[i], s, sizeof s);
     printf("output:      %-12s %s\n", M->outputs[i].name, s);
+  }
+  const KilnTrainDesc *t = M->train;
+  if (t && M->train_step) {
+    static const char *optim[] = {"sgd", "adam", "adamw"}, *sched[] = {"constant", "step", "cosine"};
+    human_bytes(M->opt_bytes, b, sizeof b);
+    printf("training:    %s, lr %g, %s schedule, ",
+           (unsigned)t->optimizer < 3 ? optim[t->optimizer] : "?", t->lr,
+           (unsigned)t->schedule < 3 ? sched[t->schedule] : "?");
+    if (t->steps) printf("%lld steps", (long long)t->steps);
+    else printf("%lld epochs", (long long)(t->epochs ? t->epochs : 1));
+    printf(", optimizer state %s\n", b);
   }
   return 0;
 }
@@ -356,6 +371,193 @@ static int cmd_bench(int argc, char **argv) {
   return 0;
 }
 
+//
+// train and eval
+//
+
+// Whole numbers for counts and seeds: all digits, no sign, no overflow.
+static bool parse_count(const char *opt, const char *s, int64_t min, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (!*s || *end || errno || v < min || *s == '+' || *s == ' ') {
+    fprintf(stderr, "%s: --%s takes a whole number >= %lld, got '%s'\n", M->name, opt,
+            (long long)min, s);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+static bool parse_seed(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (!*s || *end || errno || *s == '-' || *s == '+' || *s == ' ') {
+    fprintf(stderr, "%s: --seed takes a whole number from 0 to 2^64-1, got '%s'\n", M->name, s);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+static void train_usage(FILE *f) {
+  fprintf(f,
+          "usage: %s train [options]\n"
+          "\n"
+          "Trains on the model's training data (or --data), %lld samples per step.\n"
+          "See docs/training.md for the data formats and checkpoint guarantees.\n"
+          "\n"
+          "options:\n"
+          "  --epochs N            passes over the training data (default: the model's)\n"
+          "  --steps N             optimizer steps instead; both count from step 0, so a\n"
+          "                        resumed run stops where the uninterrupted one would\n"
+          "  --lr F                base learning rate (overrides the model's; the schedule\n"
+          "                        still applies)\n"
+          "  --seed N              seed of initialization, data order and dropout\n"
+          "  --save FILE           final weights and optimizer state (safetensors); also\n"
+          "                        where checkpoints go\n"
+          "  --checkpoint-every N  write the checkpoint every N steps\n"
+          "  --resume FILE         continue from a checkpoint (saving back to it unless\n"
+          "                        --save names another file)\n"
+          "  --stop-after N        stop after N steps of this run, writing the checkpoint\n"
+          "  --log FILE            CSV, one row per step: step,epoch,loss,lr,grad_norm,\n"
+          "                        samples_per_s[,val_loss,val_acc]\n"
+          "  --eval-every N        evaluate every N steps (and at the end)\n"
+          "  --data FILE           training data instead of the model's (npy: INPUT=FILE,\n"
+          "                        repeated per input)\n"
+          "  --eval-data FILE      evaluation data instead of the model's or the held-out\n"
+          "                        split\n"
+          "  --print-every N       progress lines every N steps when not on a terminal\n"
+          "  --threads N           threads (default: all CPUs)\n"
+          "  --quiet               only the final summary\n",
+          M->name, (long long)M->batch);
+}
+
+static int cmd_train(int argc, char **argv) {
+  enum { EPOCHS = 256, STEPS, LR, SEED, SAVE, CKPT, RESUME, STOP, LOG, EVAL, DATA, EDATA, PRINT,
+         THREADS, QUIET, HELP };
+  static const struct option opts[] = {
+      {"epochs", required_argument, NULL, EPOCHS}, {"steps", required_argument, NULL, STEPS},
+      {"lr", required_argument, NULL, LR}, {"seed", required_argument, NULL, SEED},
+      {"save", required_argument, NULL, SAVE}, {"checkpoint-every", required_argument, NULL, CKPT},
+      {"resume", required_argument, NULL, RESUME}, {"stop-after", required_argument, NULL, STOP},
+      {"log", required_argument, NULL, LOG}, {"eval-every", required_argument, NULL, EVAL},
+      {"data", required_argument, NULL, DATA}, {"eval-data", required_argument, NULL, EDATA},
+      {"print-every", required_argument, NULL, PRINT},
+      {"threads", required_argument, NULL, THREADS}, {"quiet", no_argument, NULL, QUIET},
+      {"help", no_argument, NULL, HELP}, {0}};
+  KilnTrainOpts o = {.bar = isatty(STDOUT_FILENO)};
+  int64_t threads = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    bool ok = true;
+    switch (opt) {
+    case EPOCHS: ok = parse_count("epochs", optarg, 1, &o.epochs); break;
+    case STEPS: ok = parse_count("steps", optarg, 1, &o.steps); break;
+    case LR: {
+      char *end;
+      o.lr = strtod(optarg, &end);
+      if (!*optarg || *end || !(o.lr > 0) || !isfinite(o.lr)) {
+        fprintf(stderr, "%s: --lr takes a positive number, got '%s'\n", M->name, optarg);
+        ok = false;
+      }
+      break;
+    }
+    case SEED:
+      ok = parse_seed(optarg, &o.seed);
+      o.has_seed = true;
+      break;
+    case SAVE: o.save = optarg; break;
+    case CKPT: ok = parse_count("checkpoint-every", optarg, 1, &o.checkpoint_every); break;
+    case RESUME: o.resume = optarg; break;
+    case STOP: ok = parse_count("stop-after", optarg, 1, &o.stop_after); break;
+    case LOG: o.log = optarg; break;
+    case EVAL: ok = parse_count("eval-every", optarg, 1, &o.eval_every); break;
+    case PRINT: ok = parse_count("print-every", optarg, 1, &o.print_every); break;
+    case THREADS: ok = parse_count("threads", optarg, 0, &threads); break;
+    case QUIET: o.quiet = true; break;
+    case DATA:
+    case EDATA: {
+      int *n = opt == DATA ? &o.ndata : &o.neval;
+      if (*n == 16) {
+        fprintf(stderr, "%s: too many --%s options\n", M->name, opt == DATA ? "data" : "eval-data");
+        return 2;
+      }
+      (opt == DATA ? o.data : o.eval_data)[(*n)++] = optarg;
+      break;
+    }
+    case HELP: case 'h': train_usage(stdout); return 0;
+    default: train_usage(stderr); return 2;
+    }
+    if (!ok) return 2;
+  }
+  if (optind < argc) {
+    fprintf(stderr, "%s train: unexpected argument '%s'\n", M->name, argv[optind]);
+    return 2;
+  }
+  if (o.epochs && o.steps) {
+    fprintf(stderr, "%s train: give --epochs or --steps, not both\n", M->name);
+    return 2;
+  }
+  o.threads = (int)(threads > 4096 ? 4096 : threads);
+  KilnStatus st = {0};
+  int rc = kiln_train(M, &o, stdout, &st);
+  if (rc == KILN_TRAIN_INTERRUPTED) {
+    fprintf(stderr, "%s: %s\n", M->name, st.msg);
+    return 130;
+  }
+  return rc ? fail(&st) : 0;
+}
+
+static void eval_usage(FILE *f) {
+  fprintf(f,
+          "usage: %s eval [--weights FILE] [--data FILE] [--threads N]\n"
+          "\n"
+          "Prints the loss (the mean over every full batch of %lld) and, for classifiers,\n"
+          "the accuracy (over every row). The data is --data, else the model's evaluation\n"
+          "data, else the held-out split of its training data.\n"
+          "\n"
+          "options:\n"
+          "  --weights FILE   weights or checkpoint (default: initialized from the seed)\n"
+          "  --data FILE      evaluation data (npy: INPUT=FILE, repeated per input)\n"
+          "  --threads N      threads (default: all CPUs)\n",
+          M->name, (long long)M->batch);
+}
+
+static int cmd_eval(int argc, char **argv) {
+  static const struct option opts[] = {{"weights", required_argument, NULL, 'w'},
+                                       {"data", required_argument, NULL, 'd'},
+                                       {"threads", required_argument, NULL, 't'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {0}};
+  KilnEvalOpts o = {0};
+  int64_t threads = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "w:d:t:h", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'w': o.weights = optarg; break;
+    case 'd':
+      if (o.ndata == 16) {
+        fprintf(stderr, "%s: too many --data options\n", M->name);
+        return 2;
+      }
+      o.data[o.ndata++] = optarg;
+      break;
+    case 't': if (!parse_count("threads", optarg, 0, &threads)) return 2; break;
+    case 'h': eval_usage(stdout); return 0;
+    default: eval_usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "%s eval: unexpected argument '%s'\n", M->name, argv[optind]);
+    return 2;
+  }
+  o.threads = (int)(threads > 4096 ? 4096 : threads);
+  KilnStatus st = {0};
+  return kiln_eval(M, &o, stdout, &st) ? fail(&st) : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
@@ -371,6 +573,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (!strcmp(cmd, "info")) return cmd_info();
+  if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+  if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
   if (!strcmp(cmd, "infer")) return cmd_infer(argc - 1, argv + 1);
   if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
   fprintf(stderr, "%s: unknown command '%s'\n", M->name, cmd);

@@ -1,6 +1,7 @@
 // A compiled model ready to run. Everything a step touches is allocated here,
-// once: the weights block, the planned arena and the thread pool. A step itself
-// allocates nothing.
+// once: the weights block (parameters, then optimizer state), the planned arena
+// and the thread pool. A step itself allocates nothing.
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,6 +23,17 @@ static void *alloc64(int64_t bytes) {
   return p;
 }
 
+// Models planned for the training contract keep the step header at arena offset 0;
+// older plans put tensors there, and writing a header would clobber them.
+static bool header_reserved(const KilnModelDesc *d) {
+  if (d->arena_bytes < KILN_ABI_HEADER_BYTES) return false;
+  for (int i = 0; i < d->ninputs; i++)
+    if (d->inputs[i].offset < KILN_ABI_HEADER_BYTES) return false;
+  for (int i = 0; i < d->noutputs; i++)
+    if (d->outputs[i].offset < KILN_ABI_HEADER_BYTES) return false;
+  return true;
+}
+
 KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st) {
   if (d->abi_version != KILN_ABI_VERSION) {
     kiln_rt_fail(st, "model '%s' was compiled for runtime ABI %u, this runtime is ABI %d",
@@ -31,18 +43,24 @@ KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st) {
   KilnCtx *c = calloc(1, sizeof *c);
   if (!c) return kiln_rt_fail(st, "out of memory"), NULL;
   c->d = d;
-  c->weights = alloc64(d->weights_bytes);
+  c->weights = alloc64(d->weights_bytes + d->opt_bytes);
   c->arena = alloc64(d->arena_bytes);
   if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
   c->pool = kiln_pool_create(threads);
   if (!c->weights || !c->arena || !c->pool) {
     kiln_rt_fail(st, "out of memory allocating %lld bytes of weights and %lld of activations",
-                 (long long)d->weights_bytes, (long long)d->arena_bytes);
+                 (long long)(d->weights_bytes + d->opt_bytes), (long long)d->arena_bytes);
     kiln_ctx_destroy(c);
     return NULL;
   }
   // Kiln spreads BLAS calls over its own pool; OpenBLAS's threads would fight it.
   openblas_set_num_threads(1);
+  c->header = header_reserved(d);
+  c->seed = d->seed;
+  if (d->train) {
+    c->lr = d->train->lr;
+    c->total_steps = d->train->steps;
+  }
   kiln_ctx_init_params(c, d->seed);
   return c;
 }
@@ -60,11 +78,12 @@ void kiln_ctx_init_params(KilnCtx *c, uint64_t seed) {
     const KilnTensorDesc *p = &c->d->params[i];
     kiln_rng_init_param(p, seed, (float *)(c->weights + p->offset));
   }
+  if (c->d->opt_bytes > 0) memset(c->weights + c->d->weights_bytes, 0, (size_t)c->d->opt_bytes);
 }
 
-static const KilnTensorDesc *find_param(const KilnModelDesc *d, const char *name) {
-  for (int i = 0; i < d->nparams; i++)
-    if (strcmp(d->params[i].name, name) == 0) return &d->params[i];
+static const KilnTensorDesc *find_desc(const KilnTensorDesc *t, int n, const char *name) {
+  for (int i = 0; i < n; i++)
+    if (strcmp(t[i].name, name) == 0) return &t[i];
   return NULL;
 }
 
@@ -77,37 +96,57 @@ static void shape_str(const int64_t *s, int rank, char *buf, size_t len) {
 
 // Every mismatch is collected into one message, so a user fixing a weights file
 // sees all of it at once.
-static int check_tensors(const KilnModelDesc *d, const KilnStFile *f, const char *path,
-                         KilnStatus *st) {
-  char msg[sizeof st->msg] = "";
-  size_t at = 0;
-  int bad = 0;
-#define ADD(...) (at += at < sizeof msg ? (size_t)snprintf(msg + at, sizeof msg - at, __VA_ARGS__) : 0)
-  for (int i = 0; i < d->nparams; i++) {
-    const KilnTensorDesc *p = &d->params[i];
+typedef struct {
+  char msg[sizeof ((KilnStatus *)0)->msg];
+  size_t at;
+  int bad;
+} Mismatch;
+
+static void add(Mismatch *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(Mismatch *m, const char *fmt, ...) {
+  if (m->at >= sizeof m->msg) return;
+  va_list ap;
+  va_start(ap, fmt);
+  m->at += (size_t)vsnprintf(m->msg + m->at, sizeof m->msg - m->at, fmt, ap);
+  va_end(ap);
+}
+
+static void check_list(const KilnTensorDesc *t, int n, const KilnStFile *f, Mismatch *m) {
+  for (int i = 0; i < n; i++) {
+    const KilnTensorDesc *p = &t[i];
     const KilnStEntry *e = kiln_st_find(f, p->name);
     char a[96], b[96];
     if (!e) {
-      ADD("%s missing '%s'", bad++ ? ";" : "", p->name);
+      add(m, "%s missing '%s'", m->bad++ ? ";" : "", p->name);
     } else if (e->dtype != p->dtype || e->rank != p->rank ||
                memcmp(e->shape, p->shape, sizeof(int64_t) * (size_t)p->rank) != 0) {
       shape_str(e->shape, e->rank, a, sizeof a);
       shape_str(p->shape, p->rank, b, sizeof b);
-      ADD("%s '%s' is %s%s, the model has f32%s", bad++ ? ";" : "", p->name,
-          e->dtype == KILN_ABI_F32 ? "f32" : "i32", a, b);
+      add(m, "%s '%s' is %s%s, the model has %s%s", m->bad++ ? ";" : "", p->name,
+          e->dtype == KILN_ABI_F32 ? "f32" : "i32", a, p->dtype == KILN_ABI_F32 ? "f32" : "i32",
+          b);
     }
   }
-  for (int i = 0; i < f->n; i++)
-    if (!find_param(d, f->entries[i].name)) ADD("%s unexpected '%s'", bad++ ? ";" : "", f->entries[i].name);
-#undef ADD
-  if (!bad) return 0;
-  return kiln_rt_fail(st, "%s does not fit model '%s':%s", path, d->name, msg);
+}
+
+int kiln_ctx_check_file(const KilnModelDesc *d, const KilnStFile *f, const char *path, bool opt,
+                        KilnStatus *st) {
+  Mismatch m = {.at = 0};
+  check_list(d->params, d->nparams, f, &m);
+  if (opt) check_list(d->opt, d->nopt, f, &m);
+  for (int i = 0; i < f->n; i++) {
+    const char *name = f->entries[i].name;
+    if (!find_desc(d->params, d->nparams, name) && !find_desc(d->opt, d->nopt, name))
+      add(&m, "%s unexpected '%s'", m.bad++ ? ";" : "", name);
+  }
+  if (!m.bad) return 0;
+  return kiln_rt_fail(st, "%s does not fit model '%s':%s", path, d->name, m.msg);
 }
 
 int kiln_ctx_load(KilnCtx *c, const char *path, KilnStatus *st) {
   KilnStFile f;
   KILN_TRY(kiln_st_read(path, &f, st));
-  int rc = check_tensors(c->d, &f, path, st);
+  int rc = kiln_ctx_check_file(c->d, &f, path, false, st);
   for (int i = 0; rc == 0 && i < c->d->nparams; i++) {
     const KilnTensorDesc *p = &c->d->params[i];
     const KilnStEntry *e = kiln_st_find(&f, p->name);
@@ -132,10 +171,10 @@ void *kiln_ctx_input(KilnCtx *c, int i) { return c->arena + c->d->inputs[i].offs
 
 const void *kiln_ctx_output(const KilnCtx *c, int i) { return c->arena + c->d->outputs[i].offset; }
 
-int kiln_ctx_check_inputs(KilnCtx *c, KilnStatus *st) {
+static int check_inputs(KilnCtx *c, bool all, KilnStatus *st) {
   for (int i = 0; i < c->d->ninputs; i++) {
     const KilnTensorDesc *in = &c->d->inputs[i];
-    if (in->dtype != KILN_ABI_I32 || !in->bound || !(in->flags & KILN_ABI_LIVE)) continue;
+    if (in->dtype != KILN_ABI_I32 || !in->bound || !(all || (in->flags & KILN_ABI_LIVE))) continue;
     const int32_t *v = kiln_ctx_input(c, i);
     for (int64_t j = 0; j < in->bytes / 4; j++)
       if (v[j] < 0 || v[j] >= in->bound)
@@ -145,7 +184,20 @@ int kiln_ctx_check_inputs(KilnCtx *c, KilnStatus *st) {
   return 0;
 }
 
-void kiln_ctx_forward(KilnCtx *c) { c->d->forward(c->weights, c->arena, c); }
+int kiln_ctx_check_inputs(KilnCtx *c, KilnStatus *st) { return check_inputs(c, false, st); }
+
+int kiln_ctx_check_all_inputs(KilnCtx *c, KilnStatus *st) { return check_inputs(c, true, st); }
+
+// Inference: the header says "not training", so dropout passes values through.
+void kiln_ctx_forward(KilnCtx *c) {
+  if (c->header) {
+    KilnStepHeader *h = (KilnStepHeader *)c->arena;
+    h->seed = 0;
+    h->training = 0;
+    h->step = (int32_t)c->step;
+  }
+  c->d->forward(c->weights, c->arena, c);
+}
 
 typedef struct {
   KilnKernelFn k;

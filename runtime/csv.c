@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -110,6 +111,8 @@ static int push(Parse *p, float x) {
   return 0;
 }
 
+static const char *special(const char *s, const char *e);
+
 // Reports the field at s (up to the next comma or the line's end) as not a number.
 static int bad_field(Parse *p, const char *s, const char *end) {
   const char *e = s;
@@ -120,8 +123,19 @@ static int bad_field(Parse *p, const char *s, const char *end) {
     return kiln_rt_fail(p->st, "%s:%lld:%lld: expected a number, got an empty field", p->path,
                         (long long)p->lineno, col);
   int n = e - s > 40 ? 40 : (int)(e - s);
-  return kiln_rt_fail(p->st, "%s:%lld:%lld: expected a number, got '%.*s'%s", p->path,
-                      (long long)p->lineno, col, n, s, e - s > 40 ? "..." : "");
+  return kiln_rt_fail(p->st, "%s:%lld:%lld: expected a number, got '%.*s'%s%s", p->path,
+                      (long long)p->lineno, col, n, s, e - s > 40 ? "..." : "",
+                      special(s, e));
+}
+
+// Why strtof's special values are refused, when the field is one.
+static const char *special(const char *s, const char *e) {
+  if (s < e && (*s == '+' || *s == '-')) s++;
+  size_t n = (size_t)(e - s);
+  if (n == 3 && strncasecmp(s, "nan", 3) == 0) return " (NaN is not allowed in data)";
+  if ((n == 3 && strncasecmp(s, "inf", 3) == 0) || (n == 8 && strncasecmp(s, "infinity", 8) == 0))
+    return " (infinities are not allowed in data)";
+  return "";
 }
 
 // One data line [p->line, end): numbers separated by commas.

@@ -2,7 +2,8 @@
 // pthreads, jansson (safetensors headers) and CBLAS only.
 //
 // Sections follow the files of runtime/: status.c, safetensors.c, npy.c, csv.c,
-// rng.c, pool.c, clock.c, context.c, lib.c, cli.c.
+// rng.c, pool.c, clock.c, context.c, data.c, checkpoint.c, train.c, eval.c, lib.c,
+// cli.c.
 #ifndef KILN_RUNTIME_H
 #define KILN_RUNTIME_H
 
@@ -129,31 +130,203 @@ double kiln_now(void);                     // seconds, CLOCK_MONOTONIC
 double kiln_median(double *v, int n);      // sorts v
 
 //
-// context.c: one compiled model, ready to run: its weights and planned arena
-// (allocated once, 64-byte aligned), a thread pool, and the last error.
+// context.c: one compiled model, ready to run: its weights block (parameters, then
+// optimizer state) and planned arena (allocated once, 64-byte aligned), a thread
+// pool, the training position, and the last error.
 //
 typedef struct KilnCtx {
   const KilnModelDesc *d;
-  char *weights;          // d->weights_bytes
-  char *arena;            // d->arena_bytes
+  char *weights;          // d->weights_bytes of parameters, then d->opt_bytes of state
+  char *arena;            // d->arena_bytes; the step header at 0 when `header`
   KilnPool *pool;
+  bool header;            // the plan reserves the step header (nothing else in [0, 64))
+  // Training (train.c): what the next step needs.
+  int64_t step;           // optimizer steps taken
+  uint64_t seed;          // step seeds (dropout) and data order; default d->seed
+  double lr;              // the schedule's base rate; default d->train->lr
+  int64_t total_steps;    // the schedule's length; 0: unknown (cosine holds lr)
   KilnStatus st;          // last error, for the library API
 } KilnCtx;
 
 // threads <= 0: all online CPUs. Parameters are initialized from the model's seed.
 KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st);
 void kiln_ctx_destroy(KilnCtx *c);
+// Initializes every parameter from seed and zeroes the optimizer state.
 void kiln_ctx_init_params(KilnCtx *c, uint64_t seed);
+// Checks a safetensors file against the model: every parameter (and, with opt,
+// every optimizer state tensor) present with its dtype and shape; tensors that are
+// neither are listed as unexpected. All mismatches go into one message.
+int kiln_ctx_check_file(const KilnModelDesc *d, const KilnStFile *f, const char *path, bool opt,
+                        KilnStatus *st);
 // Loads every parameter from a safetensors file: names, dtypes and shapes must
-// match the model exactly; missing and unexpected tensors are listed.
+// match the model exactly; missing and unexpected tensors are listed. Optimizer
+// state in the file (a checkpoint) is allowed and ignored.
 int kiln_ctx_load(KilnCtx *c, const char *path, KilnStatus *st);
 int kiln_ctx_save(KilnCtx *c, const char *path, KilnStatus *st);
 // Pointer to input or output i inside the arena.
 void *kiln_ctx_input(KilnCtx *c, int i);
 const void *kiln_ctx_output(const KilnCtx *c, int i);
-// Checks i32 inputs against their index bounds (token ids, labels).
+// Checks i32 inputs against their index bounds (token ids, labels); all: every
+// input (a training step reads them all), else only those the forward pass reads.
 int kiln_ctx_check_inputs(KilnCtx *c, KilnStatus *st);
+int kiln_ctx_check_all_inputs(KilnCtx *c, KilnStatus *st);
+// Runs the forward pass (header.training = 0) on the inputs in the arena.
 void kiln_ctx_forward(KilnCtx *c);
+
+//
+// data.c: training and evaluation data. A source is one line of KilnTrainDesc's
+// format (csv, npy, text, tokens); it is read whole, checked (ragged rows, NaN and
+// infinities, non-integers for i32 inputs, ids outside an input's bound: each error
+// names the file and line or offset) and served as samples: rows of CSV and .npy,
+// windows of text and tokens. Every input of the model must be fed.
+//
+typedef struct {
+  int n;                    // symbols
+  unsigned char sym[256];   // id -> byte, ascending
+  int16_t id[256];          // byte -> id; -1: not in the vocabulary
+} KilnVocab;
+
+enum { KILN_DATA_CSV, KILN_DATA_NPY, KILN_DATA_TEXT, KILN_DATA_TOKENS };
+
+typedef struct {
+  const KilnModelDesc *d;
+  int kind;                 // KILN_DATA_*
+  char *what;               // the file (or first file) read, for messages
+  int64_t n;                // samples
+  // csv, npy: per model input, n x per[i] values of the input's dtype; NULL: not fed
+  void **col;
+  int64_t *per;             // values per sample of each input (its shape without batch)
+  // text, tokens: sample k is ids[k*window, k*window + window) for `in` and the
+  // same window one id later for `target`
+  int32_t *ids;             // nids
+  int64_t nids, window;
+  int in, target;
+  KilnVocab vocab;          // text: byte <-> id
+} KilnData;
+
+// Reads a source. vocab (text only): the vocabulary to map the text with, every
+// byte of the text must be in it; NULL: the sorted set of the text's bytes.
+int kiln_data_open(const KilnModelDesc *d, const char *source, const KilnVocab *vocab,
+                   KilnData *out, KilnStatus *st);
+void kiln_data_free(KilnData *dt);
+// The source to read (malloc'd; NULL with st clear when there is none): the
+// model's line with its file replaced by args (--data): FILE for csv, text and
+// tokens; INPUT=FILE for npy. Without a model line the kind follows the file name:
+// .csv (inputs in declaration order on consecutive columns), INPUT=FILE.npy, .txt
+// (text), .bin (tokens; both feed the loss's target and the other input).
+char *kiln_data_source(const KilnModelDesc *d, const char *line, const char *const *args,
+                       int nargs, KilnStatus *st);
+// Writes samples idx[0, n) into every input the data feeds, rows n..batch zeroed
+// (0 is a valid id and label for every bound).
+void kiln_data_fill(const KilnData *dt, KilnCtx *c, const int64_t *idx, int64_t n);
+// Holds out round(frac * n) of samples [0, n) for validation, chosen with the
+// stream (seed, "data.val_split"); both lists ascending, malloc'd.
+int kiln_data_split(int64_t n, double frac, uint64_t seed, int64_t **out_train,
+                    int64_t *out_ntrain, int64_t **out_val, int64_t *out_nval, KilnStatus *st);
+// The shuffling stream of an epoch: (seed, "data.shuffle.EPOCH"); its state is what
+// a checkpoint keeps as the data RNG.
+uint64_t kiln_data_epoch_rng(uint64_t seed, int64_t epoch);
+// Fisher-Yates over idx with the generator state rng.
+void kiln_data_shuffle(int64_t *idx, int64_t n, uint64_t rng);
+// The vocabulary as printable text: its bytes in order, '\\' doubled and bytes
+// outside printable ASCII as \xHH. out holds at least 4 * 256 + 1 bytes.
+void kiln_vocab_escape(const KilnVocab *v, char *out);
+int kiln_vocab_parse(const char *s, KilnVocab *out);   // -1: not an escaped vocabulary
+void kiln_vocab_from_bytes(const unsigned char *present, KilnVocab *out);  // present[256]
+
+//
+// checkpoint.c: a checkpoint is one safetensors file: the parameters under their
+// own names (so it also loads as weights), the optimizer state under the names of
+// d->opt, and string metadata for the rest of the training state.
+//
+typedef struct {
+  int64_t step, epoch, pos;   // steps taken; epoch (from 0) and batch within it
+  uint64_t seed;              // the run's seed (data order, step seeds)
+  uint64_t data_rng;          // the current epoch's shuffling stream
+  int64_t samples;            // training samples per epoch, to refuse other data
+  int64_t total_steps;        // the schedule's length
+  double lr;                  // the schedule's base rate
+  bool has_vocab;
+  KilnVocab vocab;            // text models: the training vocabulary
+} KilnCkptState;
+
+// Writes c's parameters and optimizer state with s atomically. Refuses (and keeps
+// the old file) if any value is NaN or infinite.
+int kiln_ckpt_save(KilnCtx *c, const char *path, const KilnCkptState *s, KilnStatus *st);
+// Loads a checkpoint of this model into c (weights, state, c->step/seed/lr/
+// total_steps) and s; a weights file without optimizer state is refused.
+int kiln_ckpt_load(KilnCtx *c, const char *path, KilnCkptState *s, KilnStatus *st);
+// The vocabulary stored in a weights or checkpoint file, if any (*found).
+int kiln_ckpt_vocab(const char *path, KilnVocab *out, bool *found, KilnStatus *st);
+// Takes PATH.lock with flock so that one trainer at a time writes PATH; refused
+// when another holds it. Holding it, removes temporary files a killed writer left
+// (PATH.tmp.PID). The lock file is removed on unlock.
+int kiln_ckpt_lock(const char *path, int *out_fd, KilnStatus *st);
+void kiln_ckpt_unlock(const char *path, int fd);
+
+//
+// train.c: the learning-rate schedule, one training step, and the loop of
+// `NAME train`.
+//
+// The rate for step (from 0) of total: constant; step: lr * gamma^floor(step /
+// every); cosine: lr * (step + 1) / warmup during warmup, then from lr down to
+// min_lr along a half cosine, reached at step total (total 0: lr after warmup).
+double kiln_train_lr(const KilnTrainDesc *t, double lr, int64_t step, int64_t total);
+// The header seed of a step: output number `step` (from 0) of the stream (seed, "step").
+uint64_t kiln_train_step_seed(uint64_t seed, int64_t step);
+// Runs one optimizer step on the inputs in the arena: writes the header from c's
+// step, seed and schedule, runs train_step, counts the step; returns the loss.
+float kiln_ctx_train_step(KilnCtx *c);
+// The loss of the inputs in the arena, without an update (header.training = 0).
+float kiln_ctx_eval_step(KilnCtx *c);
+
+typedef struct {
+  int64_t epochs, steps;        // training length, counted from step 0; 0 and 0: the model's
+  double lr;                    // base rate; 0: the model's (or the checkpoint's)
+  bool has_seed;
+  uint64_t seed;
+  const char *save;             // final weights and state, and the checkpoint
+  const char *resume;           // checkpoint to continue from
+  const char *log;              // CSV, one row per step
+  int64_t checkpoint_every;     // steps; 0: only at the end
+  int64_t eval_every;           // steps; 0: only at the end
+  int64_t stop_after;           // stop (and checkpoint) after this many steps of this run
+  int64_t print_every;          // plain progress lines; 0: about 20 per run
+  const char *data[16], *eval_data[16];  // --data / --eval-data overrides
+  int ndata, neval;
+  int threads;
+  bool quiet;                   // no progress, only the summary
+  bool bar;                     // a progress bar (a terminal), else plain lines
+} KilnTrainOpts;
+
+enum { KILN_TRAIN_INTERRUPTED = -2 };
+
+// Trains d per o, writing progress and the summary to out. Returns 0, -1 with st
+// filled, or KILN_TRAIN_INTERRUPTED (SIGINT; the checkpoint written).
+int kiln_train(const KilnModelDesc *d, const KilnTrainOpts *o, FILE *out, KilnStatus *st);
+
+//
+// eval.c: loss and accuracy over a data set: the loss is the mean of the losses of
+// every full batch; accuracy (cross-entropy models) counts every row, the last
+// batch padded and only its real rows counted.
+//
+typedef struct {
+  double loss;                  // NaN when there is no full batch
+  int64_t batches;              // full batches in the loss
+  int64_t correct, total;       // predictions; total 0: no accuracy
+} KilnEvalResult;
+
+int kiln_eval_data(KilnCtx *c, const KilnData *dt, const int64_t *idx, int64_t n,
+                   KilnEvalResult *out, KilnStatus *st);
+
+typedef struct {
+  const char *weights;
+  const char *data[16];
+  int ndata;
+  int threads;
+} KilnEvalOpts;
+
+int kiln_eval(const KilnModelDesc *d, const KilnEvalOpts *o, FILE *out, KilnStatus *st);
 
 //
 // lib.c: the C API of generated libraries; NAME_create and friends forward here
@@ -166,5 +339,14 @@ int kiln_lib_save(const KilnModelDesc *d, KilnCtx *c, const char *path);
 const char *kiln_lib_last_error(const KilnModelDesc *d, const KilnCtx *c);
 // ins: the live inputs in declaration order; outs: every output.
 int kiln_lib_forward(KilnCtx *c, const void *const *ins, void *const *outs);
+// One optimizer step on a caller's batch. ins: every input (labels too) in
+// declaration order. The context counts steps and takes the rate from the model's
+// schedule (over train.steps; a model given in epochs has no known end, so a cosine
+// schedule holds lr after warmup). A NaN or infinite loss is an error (the update
+// happened). A model without a loss is refused.
+int kiln_lib_train_step(KilnCtx *c, const void *const *ins, float *out_loss);
+// Weights, optimizer state and the step count, in the checkpoint format.
+int kiln_lib_save_state(const KilnModelDesc *d, KilnCtx *c, const char *path);
+int kiln_lib_load_state(const KilnModelDesc *d, KilnCtx *c, const char *path);
 
 #endif

@@ -192,6 +192,7 @@ static void json_attrs(const KilnAttrs *a) {
   for (int i = 0; i < a->nints; i++) fprintf(jsonl, "%s%lld", i ? ", " : "", (long long)a->ints[i]);
   fprintf(jsonl, "], \"axis\": %lld, \"start\": %lld, \"end\": %lld, \"heads\": %lld",
           (long long)a->axis, (long long)a->start, (long long)a->end, (long long)a->heads);
+  fprintf(jsonl, ", \"key\": %lld, \"size\": %lld", (long long)a->key, (long long)a->size);
   const struct {
     const char *name;
     double v;
@@ -313,30 +314,40 @@ static void unary_cases(void) {
   }
 }
 
-// Inference (identity) and training, several p and seeds; the op node's index
-// varies with the sources before it.
+// Inference (identity) and training, several p, seeds and keys (the stream is
+// named by attr.key, never by the node's index: sources before x move the index
+// and must change nothing).
 static void dropout_cases(void) {
   const struct {
     const char *shape;
     double p;
     bool training;
     uint64_t seed;
+    int64_t key;
     int extra;  // sources before x, to move the node index
-  } cases[] = {{"f32[3,17]", 0.1, false, 0, 0}, {"f32[7]", 0.5, false, 9, 1},
-               {"f32[7]", 0.5, true, 1, 0},      {"f32[3,17]", 0.1, true, 42, 2},
-               {"f32[4,5,6]", 0.5, true, 7, 1},  {"f32[2,3,5]", 0, true, 3, 0},
-               {"f32[1]", 0.9, true, 0, 0},      {"f32[17,17]", 0.25, true, UINT64_MAX, 3}};
+  } cases[] = {{"f32[3,17]", 0.1, false, 0, 5, 0},
+               {"f32[7]", 0.5, false, 9, -1, 1},
+               {"f32[7]", 0.5, true, 1, 0, 0},
+               {"f32[3,17]", 0.1, true, 42, 1, 2},
+               {"f32[3,17]", 0.1, true, 42, 1, 0},
+               {"f32[4,5,6]", 0.5, true, 7, -3, 1},
+               {"f32[2,3,5]", 0, true, 3, 77, 0},
+               {"f32[1]", 0.9, true, 0, INT64_MAX, 0},
+               {"f32[17,17]", 0.25, true, UINT64_MAX, INT64_MIN, 3},
+               {"f32[9,11]", 0.5, true, 12345, (int64_t)UINT64_C(0xcbf29ce484222325), 0}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     begin();
     for (int e = 0; e < cases[i].extra; e++) src("f32[1]", F_SIGNED);
-    A(OP(KILN_OP_DROPOUT, src(cases[i].shape, F_SIGNED)))->p = cases[i].p;
+    KilnAttrs *a = A(OP(KILN_OP_DROPOUT, src(cases[i].shape, F_SIGNED)));
+    a->p = cases[i].p;
+    a->key = cases[i].key;
     cur.opts = (KilnInterpOpts){.training = cases[i].training, .seed = cases[i].seed};
     finish();
   }
 }
 
-// add sub mul div (the table's two-input ops with scalar semantics) on pairs of
-// shapes that broadcast, and i32 operands for all but div.
+// add sub mul div (the table's broadcasting two-input ops) on pairs of shapes that
+// broadcast, and i32 operands for all but div.
 static void binary_cases(void) {
   static const char *const pairs[][2] = {
       {"f32[3,17]", "f32[3,17]"}, {"f32[3,17]", "f32[17]"},   {"f32[17]", "f32[3,17]"},
@@ -345,7 +356,7 @@ static void binary_cases(void) {
       {"f32[]", "f32[]"},         {"f32[1,1,1]", "f32[1]"}};
   for (int op = 0; op < KILN_OP_COUNT; op++) {
     const KilnOpInfo *info = kiln_op((KilnOp)op);
-    if (!info->scalar || info->min_in != 2) continue;
+    if (info->fuse != KILN_FUSE_BROADCAST || !info->scalar || info->min_in != 2) continue;
     Fill fb = op == KILN_OP_DIV ? F_AWAY : F_SIGNED;
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
       begin();
@@ -630,6 +641,127 @@ static void loss_cases(void) {
   }
 }
 
+//
+// Gradient ops.
+//
+// The table's elementwise gradients (x, dy) on each shape; x wide as well, and
+// clamp_grad with bounds, on integer-valued x that lands exactly on them.
+static void grad_elem_cases(void) {
+  static const char *const shapes[] = {"f32[]", "f32[1]", "f32[7]", "f32[3,17]", "f32[2,3,5]"};
+  for (int op = 0; op < KILN_OP_COUNT; op++) {
+    const KilnOpInfo *info = kiln_op((KilnOp)op);
+    if (info->fuse != KILN_FUSE_ELEMWISE || !info->scalar || info->min_in != 2) continue;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+      begin();
+      int32_t x = src(shapes[s], F_SIGNED);
+      OP((KilnOp)op, x, src(shapes[s], F_SIGNED));
+      finish();
+    }
+    begin();
+    int32_t x = src("f32[4,9]", F_WIDE);
+    OP((KilnOp)op, x, src("f32[4,9]", F_SIGNED));
+    finish();
+  }
+  const double clamps[][2] = {{-0.5, 1}, {-HUGE_VAL, 0.3}, {0.2, HUGE_VAL}, {1, 1}, {-3, 5}};
+  for (size_t i = 0; i < sizeof clamps / sizeof clamps[0]; i++) {
+    begin();
+    int32_t x = src("f32[3,17]", i < 3 ? F_SIGNED : F_SMALL);
+    int32_t y = OP(KILN_OP_CLAMP_GRAD, x, src("f32[3,17]", F_SIGNED));
+    A(y)->lo = clamps[i][0];
+    A(y)->hi = clamps[i][1];
+    finish();
+  }
+}
+
+static void layernorm_grad_cases(void) {
+  static const struct {
+    const char *x, *d;
+    double eps;
+  } cases[] = {{"f32[7]", "f32[7]", 1e-5},       {"f32[3,17]", "f32[17]", 1e-5},
+               {"f32[2,3,5]", "f32[5]", 0.1},    {"f32[4,1]", "f32[1]", 1e-5},
+               {"f32[1,1,3]", "f32[3]", 0}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    begin();
+    int32_t x = src(cases[i].x, F_WIDE), gamma = src(cases[i].d, F_SIGNED);
+    A(OP(KILN_OP_LAYERNORM_DX, x, gamma, src(cases[i].x, F_SIGNED)))->eps = cases[i].eps;
+    finish();
+    begin();
+    x = src(cases[i].x, F_WIDE);
+    A(OP(KILN_OP_LAYERNORM_DGAMMA, x, src(cases[i].x, F_SIGNED)))->eps = cases[i].eps;
+    finish();
+  }
+}
+
+// Few rows and many positions, so ids repeat and rows collect several terms.
+static void embedding_grad_cases(void) {
+  static const struct {
+    const char *ids, *dy;
+    int64_t v;
+  } cases[] = {{"i32[7]", "f32[7,3]", 5},       {"i32[2,3]", "f32[2,3,4]", 17},
+               {"i32[]", "f32[7]", 3},          {"i32[1,3,5]", "f32[1,3,5,2]", 1},
+               {"i32[17]", "f32[17,1]", 2},     {"i32[4,9]", "f32[4,9,5]", 3}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    begin();
+    int32_t ids = src_k(cases[i].ids, F_INT, cases[i].v);
+    A(OP(KILN_OP_EMBEDDING_GRAD, ids, src(cases[i].dy, F_SIGNED)))->size = cases[i].v;
+    finish();
+  }
+}
+
+static void lstm_grad_cases(void) {
+  static const int64_t cases[][4] = {{1, 1, 1, 1}, {2, 3, 4, 5}, {3, 7, 2, 1}, {1, 5, 3, 2},
+                                     {2, 17, 1, 3}};  // B, T, I, H
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const int64_t *c = cases[i];
+    char x[64], w_ih[64], w_hh[64], b[64], dy[64];
+    snprintf(x, sizeof x, "f32[%lld,%lld,%lld]", (long long)c[0], (long long)c[1], (long long)c[2]);
+    snprintf(w_ih, sizeof w_ih, "f32[%lld,%lld]", (long long)c[2], (long long)(4 * c[3]));
+    snprintf(w_hh, sizeof w_hh, "f32[%lld,%lld]", (long long)c[3], (long long)(4 * c[3]));
+    snprintf(b, sizeof b, "f32[%lld]", (long long)(4 * c[3]));
+    snprintf(dy, sizeof dy, "f32[%lld,%lld,%lld]", (long long)c[0], (long long)c[1], (long long)c[3]);
+    begin();
+    int32_t xs = src(x, F_SIGNED), wi = src(w_ih, F_SIGNED), wh = src(w_hh, F_SIGNED);
+    int32_t bs = src(b, F_SIGNED);
+    OP(KILN_OP_LSTM_GRAD, xs, wi, wh, bs, src(dy, F_SIGNED));
+    finish();
+  }
+}
+
+static void attention_grad_cases(void) {
+  static const struct {
+    int64_t b, t, d, heads;
+    bool causal;
+  } cases[] = {{1, 1, 4, 1, 0}, {2, 3, 6, 2, 0}, {2, 5, 6, 3, 1}, {1, 7, 8, 4, 1},
+               {3, 4, 5, 1, 1}, {1, 17, 3, 1, 0}, {1, 1, 3, 3, 1}, {2, 7, 12, 3, 0}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char s[64];
+    snprintf(s, sizeof s, "f32[%lld,%lld,%lld]", (long long)cases[i].b, (long long)cases[i].t,
+             (long long)cases[i].d);
+    begin();
+    int32_t q = src(s, F_SIGNED), k = src(s, F_SIGNED), v = src(s, F_SIGNED);
+    int32_t y = OP(KILN_OP_ATTENTION_GRAD, q, k, v, src(s, F_SIGNED));
+    A(y)->heads = cases[i].heads;
+    A(y)->causal = cases[i].causal;
+    finish();
+  }
+}
+
+static void cross_entropy_grad_cases(void) {
+  static const struct {
+    const char *logits, *labels;
+    int64_t c;
+    Fill f;
+  } ce[] = {{"f32[7,5]", "i32[7]", 5, F_SIGNED},      {"f32[2,3,4]", "i32[2,3]", 4, F_SIGNED},
+            {"f32[3]", "i32[]", 3, F_SIGNED},         {"f32[1,1]", "i32[1]", 1, F_SIGNED},
+            {"f32[17,7]", "i32[17]", 7, F_WIDE}};
+  for (size_t i = 0; i < sizeof ce / sizeof ce[0]; i++) {
+    begin();
+    int32_t lg = src(ce[i].logits, ce[i].f);
+    OP(KILN_OP_CROSS_ENTROPY_GRAD, lg, src_k(ce[i].labels, F_INT, ce[i].c));
+    finish();
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: interp_cases OUTDIR\n");
@@ -654,6 +786,12 @@ int main(int argc, char **argv) {
   lstm_cases();
   attention_cases();
   loss_cases();
+  grad_elem_cases();
+  layernorm_grad_cases();
+  embedding_grad_cases();
+  lstm_grad_cases();
+  attention_grad_cases();
+  cross_entropy_grad_cases();
   if (fclose(jsonl)) die("cannot write %s", path);
 
   snprintf(path, sizeof path, "%s/ops.txt", outdir);

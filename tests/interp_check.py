@@ -3,7 +3,10 @@
 
 Runs tests/interp_cases.c's program into a temporary folder, then recomputes every
 case it wrote with NumPy, written independently of the C code (np.matmul,
-np.logaddexp, explicit loops for lstm and attention), and compares.
+np.logaddexp, explicit loops for lstm and attention), and compares. The gradient
+ops (layernorm_dx, lstm_grad, attention_grad, ...) are not restated as backward
+formulas: they are differentiated numerically from the NumPy forwards by the
+complex step (see cs_grad), so a wrong backward formula in C cannot be copied here.
 
     interp_check.py INTERP_CASES_EXE     run the program into a temp dir and check
     interp_check.py --dir DIR            check a folder the program already wrote
@@ -16,6 +19,11 @@ per sum, that is below 1e-13 absolute, so 1e-12 leaves margin and still catches
 any real mistake (a wrong index or formula is off by far more). ATOL covers
 results near zero where a relative bound means nothing (cancelling sums, gelu
 and sigmoid far on the negative side).
+
+The complex-step derivatives keep that tolerance: Im f(x + ih) / h with h = 1e-20
+has no subtraction (unlike finite differences, whose truncation and cancellation
+errors would be ~1e-10 at best), and its truncation error is O(h^2) = 1e-40, so
+it is as exact as evaluating f itself in double: a few ulp per operation.
 
 Every op of the table (ops.txt, written by the program from kiln_ops) must have
 a case and a reference here; a missing one is a failure. The last line printed
@@ -63,7 +71,7 @@ def dropout(ins, a, case):
     if not case["training"]:
         return x.copy()
     p = a["p"]
-    s = case["seed"] ^ mix64(case["node"])
+    s = case["seed"] ^ mix64(a["key"] & M64)  # the key is an int64; its 64 bits
     flat = x.ravel()
     keep = np.array([(mix64((s + (i + 1) * GAMMA) & M64) >> 11) / 2.0**53 >= p
                      for i in range(flat.size)], dtype=bool)
@@ -105,9 +113,10 @@ def lstm(ins, a, case):
     x, w_ih, w_hh, b = ins
     nb, nt, _ = x.shape
     H = w_hh.shape[0]
-    h = np.zeros((nb, H))
-    c = np.zeros((nb, H))
-    out = np.zeros((nb, nt, H))
+    dt = np.result_type(*ins)  # complex under cs_grad
+    h = np.zeros((nb, H), dtype=dt)
+    c = np.zeros((nb, H), dtype=dt)
+    out = np.zeros((nb, nt, H), dtype=dt)
     for t in range(nt):
         z = x[:, t, :] @ w_ih + h @ w_hh + b
         i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
@@ -118,20 +127,26 @@ def lstm(ins, a, case):
     return out
 
 
+def softmax_rows(s, mask):
+    """Softmax over the last axis leaving out masked entries (p = 0 there).
+    Shifted by the largest real part, so it also holds for complex s."""
+    m = np.where(mask, -np.inf, s.real).max(axis=-1, keepdims=True)
+    e = np.where(mask, 0.0, np.exp(np.where(mask, 0.0, s - m)))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def attention(ins, a, case):
     q, k, v = ins
     nb, nt, d = q.shape
     heads = a["heads"]
     dh = d // heads
-    out = np.zeros_like(q)
+    out = np.zeros(q.shape, dtype=np.result_type(q, k, v))
+    mask = np.triu(np.ones((nt, nt), dtype=bool), 1) if a["causal"] else np.zeros((nt, nt), bool)
     for hd in range(heads):
         cols = slice(hd * dh, (hd + 1) * dh)
         for b in range(nb):
             s = q[b, :, cols] @ k[b, :, cols].T / np.sqrt(dh)  # [T, T]
-            if a["causal"]:
-                s = np.where(np.triu(np.ones((nt, nt), dtype=bool), 1), -np.inf, s)
-            p = np.exp(s - lse(s, -1))
-            out[b, :, cols] = p @ v[b, :, cols]
+            out[b, :, cols] = softmax_rows(s, mask) @ v[b, :, cols]
     return out
 
 
@@ -158,6 +173,81 @@ def unary(fn):
 
 def binary(fn):
     return lambda ins, a, case: fn(ins[0].astype(np.float64), ins[1].astype(np.float64))
+
+
+#
+# Gradients by the complex step: for f analytic and real on real inputs,
+# df/dx_k = Im f(x + i h e_k) / h up to O(h^2). Every argument is made complex so
+# the forwards above carry the perturbation through.
+#
+CS_H = 1e-20
+
+
+def cs_grad(f, args, which):
+    """The gradient of the real scalar f(*args) with respect to args[which]."""
+    args = [np.array(v, dtype=np.complex128) for v in args]
+    x = args[which]
+    g = np.zeros(x.shape)
+    for k in np.ndindex(*x.shape):
+        x[k] += 1j * CS_H
+        g[k] = f(*args).imag / CS_H
+        x[k] = x[k].real
+    return g
+
+
+def cs_elem(fn, x):
+    """The derivative of an elementwise fn at every element of x at once."""
+    return fn(np.asarray(x, dtype=np.complex128) + 1j * CS_H).imag / CS_H
+
+
+def layernorm_c(x, gamma, eps):
+    # Written out, not x.var(): np.var takes |x - mean|^2, which is not analytic.
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * gamma
+
+
+def layernorm_dx(ins, a, case):
+    x, gamma, dy = ins
+    return cs_grad(lambda x, g: (dy * layernorm_c(x, g, a["eps"])).sum(), [x, gamma], 0)
+
+
+def layernorm_dgamma(ins, a, case):
+    x, dy = ins
+    gamma = np.ones(x.shape[-1])
+    return cs_grad(lambda x, g: (dy * layernorm_c(x, g, a["eps"])).sum(), [x, gamma], 1)
+
+
+def embedding_grad(ins, a, case):
+    ids, dy = ins
+    d = dy.shape[-1]
+    out = np.zeros((a["size"], d))
+    np.add.at(out, ids.astype(np.int64).ravel(), dy.reshape(-1, d))
+    return out
+
+
+def lstm_grad(ins, a, case):
+    dy = ins[4]
+    loss = lambda *p: (dy * lstm(p, a, case)).sum()
+    return np.concatenate([cs_grad(loss, ins[:4], w).ravel() for w in range(4)])
+
+
+def attention_grad(ins, a, case):
+    dy = ins[3]
+    loss = lambda *p: (dy * attention(p, a, case)).sum()
+    return np.stack([cs_grad(loss, ins[:3], w) for w in range(3)])
+
+
+def cross_entropy_grad(ins, a, case):
+    logits, labels = ins
+    labels = labels.astype(np.int64)
+
+    def mean_ce(x):
+        m = x.real.max(axis=-1, keepdims=True)
+        lse_x = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+        return np.mean(lse_x - np.take_along_axis(x, labels[..., None], axis=-1)[..., 0])
+
+    return cs_grad(mean_ce, [logits], 0)
 
 
 REF = {
@@ -200,6 +290,17 @@ REF = {
     "cross_entropy": cross_entropy,
     "mse": lambda ins, a, case: np.mean((ins[0] - ins[1]) ** 2),
     "binary_cross_entropy": bce,
+    "gelu_grad": lambda ins, a, case: cs_elem(gelu, ins[0]) * ins[1],
+    "silu_grad": lambda ins, a, case: cs_elem(lambda x: x * sigmoid(x), ins[0]) * ins[1],
+    # Not differentiable at the bounds: the gradient passes on [lo, hi], bounds included.
+    "clamp_grad": lambda ins, a, case: np.where((ins[0] >= a["lo"]) & (ins[0] <= a["hi"]),
+                                                ins[1], 0.0),
+    "layernorm_dx": layernorm_dx,
+    "layernorm_dgamma": layernorm_dgamma,
+    "embedding_grad": embedding_grad,
+    "lstm_grad": lstm_grad,
+    "attention_grad": attention_grad,
+    "cross_entropy_grad": cross_entropy_grad,
 }
 
 

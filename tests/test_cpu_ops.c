@@ -33,7 +33,7 @@ static bool tested[KILN_OP_COUNT];
 // Compiles g (outputs set) into a shared object and returns its descriptor.
 static const KilnModelDesc *compile(const KilnGraph *g, KilnArena *a, void **out_dl) {
   KilnPlan plan;
-  kiln_plan_build(g, a, false, &plan);
+  kiln_plan_build(g, a, 0, &plan);
   char err[1024];
   KilnTargetOpts to = {"native", 3};
   LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
@@ -69,6 +69,15 @@ static double uniform(uint64_t *s, double lo, double hi) {
 static int64_t terms(const KilnGraph *g, const KilnNode *n) {
   const KilnNode *x = &g->nodes[n->in[0]];
   int64_t numel = kiln_node_numel(n) ? kiln_node_numel(n) : 1;
+  int64_t d = x->rank ? x->shape[x->rank - 1] : 1;
+  // Gradients: their sums (row statistics, inner products, accumulation over rows,
+  // positions or time steps) and, for lstm_grad, a recomputed forward.
+  if (n->op == KILN_OP_LAYERNORM_DX) return 4 * d;
+  if (n->op == KILN_OP_LAYERNORM_DGAMMA) return kiln_node_numel(x) / d + 2 * d;
+  if (n->op == KILN_OP_CROSS_ENTROPY_GRAD) return d;
+  if (n->op == KILN_OP_ATTENTION_GRAD) return x->shape[1] * x->shape[2];  // as attention
+  if (n->op == KILN_OP_LSTM_GRAD)  // a weight sums B * T steps, each fed by I + H inputs
+    return x->shape[0] * x->shape[1] * (x->shape[2] + g->nodes[n->in[2]].shape[0]);
   switch (kiln_op(n->op)->fuse) {
   case KILN_FUSE_REDUCE: return kiln_node_numel(x) / numel * (n->op == KILN_OP_LAYERNORM ? 2 : 1);
   case KILN_FUSE_OPAQUE:
@@ -295,6 +304,178 @@ static void losses(void **state) {
   op_case(KILN_OP_BCE, NOATTR, -3, 3, 2, F(3, 5), F(3, 5));
 }
 
+//
+// Dropout in training. The step functions set the header's training flag
+// themselves (the forward step to 0), so here the dropout kernel is compiled on its
+// own, made external, and called directly on a planned arena whose step header
+// holds a seed and training = 1, in three uneven chunks [lo, hi) as threads would
+// run it. The interpreter, given the same seed, must drop exactly the same
+// elements (inputs are in [1, 2], so zero means dropped); then with training = 0
+// the kernel must copy.
+//
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+
+// Node id's kernel alone, with external linkage, in a shared object.
+static KilnKernelFn compile_kernel(const KilnGraph *g, const KilnPlan *plan, int32_t id,
+                                   void **out_dl, int64_t *out_n) {
+  char err[1024];
+  KilnTargetOpts to = {"native", 3};
+  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
+  assert_non_null(tm);
+  KilnCg cg = {0};
+  cg.ctx = LLVMContextCreate();
+  cg.mod = LLVMModuleCreateWithNameInContext("kernel", cg.ctx);
+  cg.b = LLVMCreateBuilderInContext(cg.ctx);
+  cg.f32 = LLVMFloatTypeInContext(cg.ctx);
+  cg.i32 = LLVMInt32TypeInContext(cg.ctx);
+  cg.i64 = LLVMInt64TypeInContext(cg.ctx);
+  cg.i8 = LLVMInt8TypeInContext(cg.ctx);
+  cg.ptr = LLVMPointerTypeInContext(cg.ctx, 0);
+  cg.v = LLVMVoidTypeInContext(cg.ctx);
+  char *triple = LLVMGetTargetMachineTriple(tm);
+  LLVMSetTarget(cg.mod, triple);
+  LLVMDisposeMessage(triple);
+  LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
+  LLVMSetModuleDataLayout(cg.mod, layout);
+  LLVMDisposeTargetData(layout);
+  int64_t cost;
+  LLVMValueRef fn = kiln_cpu_kernel(&cg, g, plan, id, out_n, &cost);
+  LLVMSetLinkage(fn, LLVMExternalLinkage);
+  char sym[128], obj[512], so[512], cmd[1536];
+  snprintf(sym, sizeof sym, "%s", LLVMGetValueName(fn));
+  snprintf(obj, sizeof obj, "%s/k%d.o", tmpdir, serial);
+  snprintf(so, sizeof so, "%s/k%d.so", tmpdir, serial++);
+  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
+  kiln_cpu_module_free(&cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) fail_msg("%s", err);
+  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lm", so, obj);
+  assert_int_equal(system(cmd), 0);
+  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  if (!dl) fail_msg("%s", dlerror());
+  KilnKernelFn k;
+  *(void **)&k = dlsym(dl, sym);
+  assert_non_null(k);
+  *out_dl = dl;
+  return k;
+}
+
+static void dropout_train_case(double p, int64_t key, uint64_t seed, In shape) {
+  KilnArena a = {0};
+  KilnGraph g;
+  kiln_graph_init(&g, &a, "dropout");
+  int32_t x = add_input(&g, "x", shape);
+  int32_t y = kiln_graph_add(&g, KILN_OP_DROPOUT, &x, 1, "y", (KilnLoc){0});
+  g.nodes[y].attr = (KilnAttrs){.p = p, .key = key};
+  char err[256];
+  if (kiln_graph_infer(&g, y, err, sizeof err) != 0) fail_msg("%s", err);
+  kiln_graph_add_output(&g, y);
+  KilnPlan plan;
+  kiln_plan_build(&g, &a, 0, &plan);
+  assert_true(plan.offset[x] >= KILN_ABI_HEADER_BYTES && plan.offset[y] >= KILN_ABI_HEADER_BYTES);
+  void *dl;
+  int64_t n;
+  KilnKernelFn kernel = compile_kernel(&g, &plan, y, &dl, &n);
+  char *arena = aligned_alloc(64, (size_t)(plan.arena_bytes + 63) / 64 * 64), weights[64];
+  assert_non_null(arena);
+  memset(arena, 0, (size_t)plan.arena_bytes);
+  int64_t ne = kiln_node_numel(&g.nodes[x]);
+  double *v[2] = {calloc((size_t)ne, sizeof(double)), calloc((size_t)ne, sizeof(double))};
+  float *xs = (float *)(arena + plan.offset[x]), *ys = (float *)(arena + plan.offset[y]);
+  uint64_t r = 777;
+  for (int64_t j = 0; j < ne; j++) v[0][j] = xs[j] = (float)uniform(&r, 1, 2);
+  KilnStepHeader *h = (KilnStepHeader *)arena;
+  h->seed = seed;
+  h->training = 1;
+  const int64_t cut[] = {0, n / 3, 2 * n / 3 + 1 < n ? 2 * n / 3 + 1 : n, n};
+  for (int i = 0; i < 3; i++)
+    if (cut[i] < cut[i + 1]) kernel(weights, arena, cut[i], cut[i + 1]);
+  KilnInterpOpts io = {.training = true, .seed = seed};
+  if (kiln_interp_run(&g, v, &io, err, sizeof err) != 0) fail_msg("interpreter: %s", err);
+  int64_t kept = 0;
+  for (int64_t j = 0; j < ne; j++) {
+    double want = v[1][j], have = ys[j];
+    if ((have == 0) != (want == 0))
+      fail_msg("dropout p=%g key=%lld seed=%llu: element %lld: got %.9g, want %.9g (masks differ)",
+               p, (long long)key, (unsigned long long)seed, (long long)j, have, want);
+    if (!(fabs(have - want) <= 1e-6 * fabs(want)))
+      fail_msg("dropout: element %lld: got %.9g, want %.9g", (long long)j, have, want);
+    kept += want != 0;
+  }
+  if (ne >= 1000)  // the mask looks random: within 5 sd of n (1 - p)
+    assert_true(fabs((double)kept - (double)ne * (1 - p)) <= 5 * sqrt((double)ne * p * (1 - p)) + 1);
+  h->training = 0;
+  kernel(weights, arena, 0, n);
+  assert_memory_equal(xs, ys, (size_t)ne * sizeof *xs);
+  free(v[0]);
+  free(v[1]);
+  free(arena);
+  dlclose(dl);
+  kiln_arena_free(&a);
+}
+
+static void dropout_training(void **state) {
+  (void)state;
+  dropout_train_case(0.5, 1, 7, F(1));
+  dropout_train_case(0.5, 1, 8, F(3, 17));
+  dropout_train_case(0.1, -12345, UINT64_MAX, F(2, 5, 33));
+  dropout_train_case(0.9, INT64_MIN, 0, F(7, 9));
+  dropout_train_case(0, 3, 5, F(4, 4));
+  dropout_train_case(0.3, 99, 42, F(300, 201));
+  dropout_train_case(0.5, 1, 7, SCALAR);
+  // p exactly at element 0's draw u (kept: u >= p), then the next double up
+  // (dropped): the comparison must be exact, as it would not be in f32.
+  uint64_t seed = 11;
+  int64_t key = 0x5eed;
+  double u = (double)(mix64((seed ^ mix64((uint64_t)key)) + UINT64_C(0x9e3779b97f4a7c15)) >> 11) * 0x1p-53;
+  dropout_train_case(u, key, seed, F(5));
+  dropout_train_case(nextafter(u, 1), key, seed, F(5));
+  tested[KILN_OP_DROPOUT] = true;
+}
+
+// Gradient ops, made by autodiff.
+static void gradient_ops(void **state) {
+  (void)state;
+  static const KilnOp elem[] = {KILN_OP_GELU_GRAD, KILN_OP_SILU_GRAD};
+  for (size_t i = 0; i < sizeof elem / sizeof elem[0]; i++) {
+    op_case(elem[i], NOATTR, -4, 4, 2, F(1), F(1));
+    op_case(elem[i], NOATTR, -4, 4, 2, F(3, 17), F(3, 17));
+    op_case(elem[i], NOATTR, -4, 4, 2, F(2, 5, 33), F(2, 5, 33));
+  }
+  op_case(KILN_OP_CLAMP_GRAD, (KilnAttrs){.lo = -0.5, .hi = 1}, -2, 2, 2, F(6, 11), F(6, 11));
+  op_case(KILN_OP_CLAMP_GRAD, (KilnAttrs){.lo = -INFINITY, .hi = 0.25}, -2, 2, 2, F(13), F(13));
+  op_case(KILN_OP_LAYERNORM_DX, (KilnAttrs){.eps = 1e-5}, -2, 2, 3, F(5, 19), F(19), F(5, 19));
+  op_case(KILN_OP_LAYERNORM_DX, (KilnAttrs){.eps = 1e-3}, -2, 2, 3, F(2, 3, 8), F(8), F(2, 3, 8));
+  op_case(KILN_OP_LAYERNORM_DX, (KilnAttrs){.eps = 1e-5}, -2, 2, 3, F(1, 67), F(67), F(1, 67));
+  op_case(KILN_OP_LAYERNORM_DGAMMA, (KilnAttrs){.eps = 1e-5}, -2, 2, 2, F(5, 19), F(5, 19));
+  op_case(KILN_OP_LAYERNORM_DGAMMA, (KilnAttrs){.eps = 1e-3}, -2, 2, 2, F(2, 3, 8), F(2, 3, 8));
+  op_case(KILN_OP_LAYERNORM_DGAMMA, (KilnAttrs){.eps = 1e-5}, -2, 2, 2, F(100, 67), F(100, 67));
+  // ids draw from [0, 3): repeated rows collect several positions.
+  op_case(KILN_OP_EMBEDDING_GRAD, (KilnAttrs){.size = 5}, -1, 1, 2, I(7), F(7, 3));
+  op_case(KILN_OP_EMBEDDING_GRAD, (KilnAttrs){.size = 11}, -1, 1, 2, I(2, 9), F(2, 9, 17));
+  op_case(KILN_OP_EMBEDDING_GRAD, (KilnAttrs){.size = 3}, -1, 1, 2, (In){0, {0}, KILN_I32}, F(5));
+  op_case(KILN_OP_EMBEDDING_GRAD, (KilnAttrs){.size = 800}, -1, 1, 2, I(40, 50), F(40, 50, 65));
+  op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(6, 5), I(6));
+  op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(2, 3, 7), I(2, 3));
+  op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(3), (In){0, {0}, KILN_I32});
+  op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(1, 1, 1), F(1, 4), F(1, 4), F(4), F(1, 1, 1));
+  op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(2, 5, 3), F(3, 16), F(4, 16), F(16), F(2, 5, 4));
+  op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(3, 4, 7), F(7, 20), F(5, 20), F(20), F(3, 4, 5));
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 1}, -1, 1, 4, F(2, 5, 4), F(2, 5, 4),
+          F(2, 5, 4), F(2, 5, 4));
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 4, F(2, 7, 6),
+          F(2, 7, 6), F(2, 7, 6), F(2, 7, 6));
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 4, .causal = true}, -2, 2, 4, F(1, 9, 16),
+          F(1, 9, 16), F(1, 9, 16), F(1, 9, 16));
+  // Large enough that the runtime splits (batch, head) pairs over its threads.
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 4}, -1, 1, 4, F(2, 16, 32),
+          F(2, 16, 32), F(2, 16, 32), F(2, 16, 32));
+}
+
 // Every op with a kernel has been compared; adding an op without a case fails here.
 static void coverage(void **state) {
   (void)state;
@@ -344,7 +525,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unary_ops), cmocka_unit_test(binary_ops), cmocka_unit_test(reductions),
       cmocka_unit_test(matmuls),   cmocka_unit_test(layout),     cmocka_unit_test(sequence_ops),
-      cmocka_unit_test(losses),    cmocka_unit_test(coverage),   cmocka_unit_test(models),
+      cmocka_unit_test(losses),    cmocka_unit_test(dropout_training),
+      cmocka_unit_test(gradient_ops), cmocka_unit_test(coverage), cmocka_unit_test(models),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -67,6 +67,15 @@ static void test_error_with_source(void **state) {
   assert_int_equal(c->d.nwarnings, 0);
 }
 
+// A name holding terminal escapes is shown escaped, not sent to the terminal.
+static void test_control_characters_escaped(void **state) {
+  Cap *c = *state;
+  kiln_error(&c->d, (KilnLoc){"m.yaml", 0, 0}, "unknown value '%s'", "a\033[31mb\tc");
+  kiln_hint(&c->d, "did you mean '%s'?", "\007");
+  assert_string_equal(out(c), "m.yaml: error: unknown value 'a\\x1b[31mb\\x09c'\n"
+                              "  hint: did you mean '\\x07'?\n");
+}
+
 static void test_warning(void **state) {
   Cap *c = *state;
   kiln_diag_source(&c->d, "m.yaml", MLP, strlen(MLP));
@@ -288,6 +297,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_error_with_source, setup, teardown),
       cmocka_unit_test_setup_teardown(test_warning, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_control_characters_escaped, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_source_or_no_line, setup, teardown),
       cmocka_unit_test_setup_teardown(test_file_only_and_no_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_caret_under_tabs, setup, teardown),

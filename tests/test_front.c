@@ -241,7 +241,7 @@ static void data_config(void **state) {
   assert_int_equal(m.train.warmup, 10);
   assert_int_equal(m.train.steps, 100);
   assert_int_equal(m.train.epochs, 0);
-  assert_int_equal(m.data.train.kind, KILN_DATA_CSV);
+  assert_int_equal(m.data.train.kind, KILN_SOURCE_CSV);
   assert_true(m.data.train.header);
   assert_int_equal(m.data.train.nbind, 2);
   assert_string_equal(m.data.train.bind[0].input, "x");

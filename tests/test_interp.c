@@ -299,14 +299,16 @@ static void test_dropout(void **state) {
   assert_memory_not_equal(first, t->values[d], sizeof first);
 }
 
-// The first draw of the stream for seed 0 and node 1, from the definition:
-// mix64(mix64(1) + GAMMA), whose top 53 bits decide element 0.
+// The first draw of the stream for seed 0 and key 3, from the definition:
+// mix64(mix64(3) + GAMMA), whose top 53 bits decide element 0. The stream is the
+// key's, not the node index's (here 1).
 static void test_dropout_stream(void **state) {
   T *t = *state;
   int32_t x = F32(t, DIMS(1), VALS(1));
   int32_t d = NODE(t, KILN_OP_DROPOUT, x);
   assert_int_equal(d, 1);
-  uint64_t z = 1;  // mix64(1), by hand from SplitMix64's finaliser
+  attr(t, d)->key = 3;
+  uint64_t z = 3;  // mix64(3), by hand from SplitMix64's finaliser
   z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
   z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
   z ^= z >> 31;
@@ -321,6 +323,51 @@ static void test_dropout_stream(void **state) {
   attr(t, d)->p = nextafter(u, 1);  // just above: dropped
   assert_int_equal(run(t, &(KilnInterpOpts){.training = true, .seed = 0}), 0);
   EXPECT(t, d, 0);
+}
+
+// Two dropouts with one key draw one mask wherever they sit (dropout's gradient is
+// such a twin); another key draws another.
+static void test_dropout_key(void **state) {
+  T *t = *state;
+  double ones[64];
+  for (int i = 0; i < 64; i++) ones[i] = 1;
+  int32_t x = F32(t, DIMS(64), ones);
+  int32_t a = NODE(t, KILN_OP_DROPOUT, x), b = NODE(t, KILN_OP_DROPOUT, x);
+  int32_t c = NODE(t, KILN_OP_DROPOUT, x);
+  attr(t, a)->key = attr(t, b)->key = 7;
+  attr(t, c)->key = 8;
+  attr(t, a)->p = attr(t, b)->p = attr(t, c)->p = 0.5;
+  assert_int_equal(run(t, &(KilnInterpOpts){.training = true, .seed = 5}), 0);
+  assert_memory_equal(t->values[a], t->values[b], 64 * sizeof(double));
+  assert_memory_not_equal(t->values[a], t->values[c], 64 * sizeof(double));
+}
+
+// Gradient ops on cases small enough to do by hand.
+static void test_gradients(void **state) {
+  T *t = *state;
+  // Rows 2, 0, 2 of a 3-row table: row 2 collects two positions, row 1 none.
+  int32_t ids = I32(t, DIMS(3), VALS(2, 0, 2));
+  int32_t dy = F32(t, DIMS(3, 2), VALS(1, 2, 3, 4, 5, 6));
+  int32_t eg = NODE(t, KILN_OP_EMBEDDING_GRAD, ids, dy);
+  attr(t, eg)->size = 3;
+  // softmax of [0, ln 3] is [1/4, 3/4]; minus the one-hot label, over 2 positions.
+  int32_t logits = F32(t, DIMS(2, 2), VALS(0, log(3), 0, log(3)));
+  int32_t labels = I32(t, DIMS(2), VALS(1, 0));
+  int32_t ce = NODE(t, KILN_OP_CROSS_ENTROPY_GRAD, logits, labels);
+  // x = [1, 3]: mean 2, variance 1, so with eps 0 xhat = [-1, 1]: dgamma = dy * xhat.
+  int32_t x = F32(t, DIMS(1, 2), VALS(1, 3)), dln = F32(t, DIMS(1, 2), VALS(2, 5));
+  int32_t dg = NODE(t, KILN_OP_LAYERNORM_DGAMMA, x, dln);
+  attr(t, dg)->eps = 0;
+  // clamp_grad passes dy on [lo, hi], bounds included.
+  int32_t cx = F32(t, DIMS(4), VALS(-1, 0, 1, 2)), cdy = F32(t, DIMS(4), VALS(5, 6, 7, 8));
+  int32_t cg = NODE(t, KILN_OP_CLAMP_GRAD, cx, cdy);
+  attr(t, cg)->lo = 0;
+  attr(t, cg)->hi = 1;
+  assert_int_equal(run(t, NULL), 0);
+  EXPECT(t, eg, 3, 4, 0, 0, 6, 8);
+  EXPECT(t, ce, 0.125, -0.125, -0.375, 0.375);
+  EXPECT(t, dg, -2, 5);
+  EXPECT(t, cg, 0, 6, 7, 0);
 }
 
 //
@@ -359,6 +406,7 @@ int main(void) {
       T_(test_layernorm),      T_(test_lstm_one_unit),   T_(test_attention_causal),
       T_(test_attention_heads), T_(test_losses),         T_(test_layout),
       T_(test_embedding_const_where), T_(test_dropout),  T_(test_dropout_stream),
+      T_(test_dropout_key),    T_(test_gradients),
       T_(test_bad_label),      T_(test_bad_id),
 #undef T_
   };

@@ -140,7 +140,7 @@ static void test_unary(void **state) {
   T *t = *state;
   int32_t x = in(t, "f32[2,3]"), s = in(t, "f32[]"), i = in(t, "i32[4]");
   for (int op = 0; op < KILN_OP_COUNT; op++) {
-    if (kiln_op(op)->fuse != KILN_FUSE_ELEMWISE) continue;
+    if (kiln_op(op)->fuse != KILN_FUSE_ELEMWISE || kiln_op_has(op, KILN_OPF_INTERNAL)) continue;
     int32_t a = NODE(t, op, x), b = NODE(t, op, s), c = NODE(t, op, i);
     if (op == KILN_OP_POW) attr(t, a)->exponent = attr(t, b)->exponent = 2;
     ok(t, a, "f32[2,3]");
@@ -498,6 +498,45 @@ static void test_mse_bce(void **state) {
   bad(t, NODE(t, KILN_OP_BCE, i, a), "binary_cross_entropy expects f32, got i32[4,3]");
 }
 
+// Gradient ops (made by autodiff): each with its forward operands' shapes.
+static void test_grad_ops(void **state) {
+  T *t = *state;
+  int32_t x = in(t, "f32[2,3]"), y = in(t, "f32[3]"), i = in(t, "i32[2,3]");
+  static const KilnOp elem[] = {KILN_OP_GELU_GRAD, KILN_OP_SILU_GRAD, KILN_OP_CLAMP_GRAD};
+  for (int k = 0; k < 3; k++) {
+    ok(t, NODE(t, elem[k], x, x), "f32[2,3]");
+    bad(t, NODE(t, elem[k], x, y), "inputs must have one shape: f32[2,3] vs f32[3]");
+    bad(t, NODE(t, elem[k], i, x), "expects f32, got i32[2,3]");
+  }
+  int32_t g3 = in(t, "f32[3]"), g4 = in(t, "f32[4]");
+  ok(t, NODE(t, KILN_OP_LAYERNORM_DX, x, g3, x), "f32[2,3]");
+  bad(t, NODE(t, KILN_OP_LAYERNORM_DX, x, g4, x), "gamma [D], dy like x: f32[2,3], f32[4], f32[2,3]");
+  ok(t, NODE(t, KILN_OP_LAYERNORM_DGAMMA, x, x), "f32[3]");
+  bad(t, NODE(t, KILN_OP_LAYERNORM_DGAMMA, x, y), "dy like x: f32[2,3], f32[3]");
+  int32_t ids = in(t, "i32[2,5]"), dy = in(t, "f32[2,5,4]");
+  int32_t e = NODE(t, KILN_OP_EMBEDDING_GRAD, ids, dy);
+  attr(t, e)->size = 7;
+  ok(t, e, "f32[7,4]");
+  e = NODE(t, KILN_OP_EMBEDDING_GRAD, ids, x);
+  attr(t, e)->size = 7;
+  bad(t, e, "embedding_grad needs ids [...] and dy [..., D] and size >= 1: i32[2,5], f32[2,3]");
+  int32_t lx = in(t, "f32[2,5,3]"), wih = in(t, "f32[3,16]"), whh = in(t, "f32[4,16]");
+  int32_t b = in(t, "f32[16]"), ldy = in(t, "f32[2,5,4]");
+  // 2*5*3 + 3*16 + 4*16 + 16 = 158
+  ok(t, NODE(t, KILN_OP_LSTM_GRAD, lx, wih, whh, b, ldy), "f32[158]");
+  bad(t, NODE(t, KILN_OP_LSTM_GRAD, lx, wih, whh, b, lx), "lstm_grad dy must be f32[2,5,4], got f32[2,5,3]");
+  int32_t q = in(t, "f32[2,5,8]"), q4 = in(t, "f32[2,4,8]");
+  int32_t a = NODE(t, KILN_OP_ATTENTION_GRAD, q, q, q, q);
+  attr(t, a)->heads = 2;
+  ok(t, a, "f32[3,2,5,8]");
+  a = NODE(t, KILN_OP_ATTENTION_GRAD, q, q, q, q4);
+  attr(t, a)->heads = 2;
+  bad(t, a, "attention_grad dy must be f32[2,5,8], got f32[2,4,8]");
+  int32_t lg = in(t, "f32[4,10]"), lb = in(t, "i32[4]"), lb5 = in(t, "i32[5]");
+  ok(t, NODE(t, KILN_OP_CROSS_ENTROPY_GRAD, lg, lb), "f32[4,10]");
+  bad(t, NODE(t, KILN_OP_CROSS_ENTROPY_GRAD, lg, lb5), "logits f32[4,10], labels i32[5]");
+}
+
 //
 // Scalar semantics against libm.
 //
@@ -527,13 +566,22 @@ static double ref(KilnOp op, const double *x) {
   case KILN_OP_MUL: return x[0] * x[1];
   case KILN_OP_DIV: return x[0] / x[1];
   case KILN_OP_WHERE: return x[0] ? x[1] : x[2];
+  // Gradients: dy times the derivative, the derivative by a central difference of
+  // the reference function (accurate to ~1e-10; checked with a looser bound).
+  case KILN_OP_GELU_GRAD: return x[1] * (ref_gelu(x[0] + 1e-5) - ref_gelu(x[0] - 1e-5)) / 2e-5;
+  case KILN_OP_SILU_GRAD: {
+    double u = x[0] + 1e-5, d = x[0] - 1e-5;
+    return x[1] * (u / (1 + exp(-u)) - d / (1 + exp(-d))) / 2e-5;
+  }
+  case KILN_OP_CLAMP_GRAD: return x[0] >= -1 && x[0] <= 2 ? x[1] : 0;
   default: fail_msg("no reference for %s: add one to ref()", kiln_op(op)->name);
   }
   return NAN;
 }
 
 static void check_close(KilnOp op, const double *x, double got, double want) {
-  double tol = 1e-13 * fmax(1, fabs(want));
+  bool numeric = op == KILN_OP_GELU_GRAD || op == KILN_OP_SILU_GRAD;
+  double tol = (numeric ? 1e-8 : 1e-13) * fmax(1, fabs(want));
   if (!(fabs(got - want) <= tol))
     fail_msg("%s(%g, %g, %g) = %.17g, want %.17g", kiln_op(op)->name, x[0], x[1], x[2], got, want);
 }
@@ -823,7 +871,7 @@ int main(void) {
       FIXTURE(test_reshape),     FIXTURE(test_transpose),     FIXTURE(test_concat),
       FIXTURE(test_slice),       FIXTURE(test_broadcast),     FIXTURE(test_embedding),
       FIXTURE(test_lstm),        FIXTURE(test_attention),     FIXTURE(test_cross_entropy),
-      FIXTURE(test_mse_bce),     FIXTURE(test_flops),
+      FIXTURE(test_mse_bce),     FIXTURE(test_grad_ops),     FIXTURE(test_flops),
       cmocka_unit_test(test_scalar_semantics),
       cmocka_unit_test(test_scalar_edges),
       cmocka_unit_test(test_table),

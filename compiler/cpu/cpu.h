@@ -2,13 +2,14 @@
 // static shapes of the IR, optimized for the target CPU and emitted as an object.
 //
 // Sections follow the files of compiler/cpu/: plan.c, loops.c, kernels.c,
-// module.c, target.c.
+// train.c, module.c, target.c.
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
 
 #include <llvm-c/Core.h>
 #include <llvm-c/TargetMachine.h>
 
+#include "include/kiln/abi.h"
 #include "ir/ir.h"
 
 //
@@ -21,12 +22,18 @@ typedef struct {
   KilnLocKind *where;   // per node
   int64_t *offset;      // per node, bytes into its block
   int64_t *scratch;     // per node, arena offset of its scratch space (lstm, attention), or -1
-  bool *live;           // per node: needed to compute an output
-  int64_t weights_bytes, arena_bytes, arena_naive_bytes;
+  bool *live_fwd;       // per node: needed for the outputs (inference)
+  bool *live_eval;      // per node: needed for the loss
+  bool *live;           // per node: needed for any of it (with gradients when training)
+  int64_t *state;       // per param: weights-block offset of its optimizer state, or -1
+  int nstate;           // optimizer tensors per param (0, 1 or 2), each the param's size
+  int64_t weights_bytes, opt_bytes, arena_bytes, arena_naive_bytes;
 } KilnPlan;
 
-// Plans storage for computing roots (the outputs, plus the loss when with_loss).
-void kiln_plan_build(const KilnGraph *g, KilnArena *a, bool with_loss, KilnPlan *out);
+// Plans storage for everything the graph computes: outputs, the loss, and after
+// autodiff (g->grads set) the gradients, plus nstate optimizer tensors per param.
+// The arena starts with the step header (include/kiln/abi.h).
+void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *out);
 
 //
 // loops.c: small helpers to build loop nests with the LLVM builder.
@@ -85,6 +92,13 @@ LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x);
 LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id);
 
 //
+// train.c: the gradient-norm kernel and the optimizer updates (after autodiff).
+//
+LLVMValueRef kiln_cpu_norm_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, double clip);
+LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                                    const KilnTrainDesc *t);
+
+//
 // module.c: the model's module: kernels, the forward step, the descriptor and
 // (for libraries) the prefixed C API.
 //
@@ -93,6 +107,7 @@ typedef struct {
   bool library;            // emit NAME_create, NAME_forward, ... (else the exe's entry)
   uint64_t seed;
   LLVMTargetMachineRef tm; // its data layout and triple go into the module
+  const KilnTrainDesc *train;  // optimizer and data; NULL: inference only
 } KilnModuleOpts;
 
 // Builds the whole model into c->mod (created here with c->ctx, c->b).

@@ -3,6 +3,7 @@
 // are compile-time constants, so every bound and stride below is a literal in the
 // generated code. Semantics match the reference interpreter (ir/interp.c).
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "compiler/cpu/cpu.h"
@@ -42,6 +43,42 @@ static void store_f(KilnKernel *k, LLVMValueRef v, LLVMValueRef base, LLVMValueR
   KilnCg *c = k->cg;
   if (k->n->dtype == KILN_I32) v = LLVMBuildFPToSI(c->b, v, c->i32, "");
   kiln_cg_store(c, v, base, idx);
+}
+
+//
+// Small builders shared by the kernels.
+//
+// A scalar f32 accumulator in a stack slot (mem2reg makes it a register).
+static LLVMValueRef acc_new(KilnCg *c, double init, const char *name) {
+  LLVMValueRef a = kiln_cg_alloca(c, c->f32, name);
+  LLVMBuildStore(c->b, kiln_cg_f32(c, init), a);
+  return a;
+}
+
+static LLVMValueRef acc_get(KilnCg *c, LLVMValueRef a) { return LLVMBuildLoad2(c->b, c->f32, a, ""); }
+
+// base[idx] += v, acc += v, and a loop over [0, n).
+static void add_to(KilnCg *c, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v) {
+  kiln_cg_store(c, LLVMBuildFAdd(c->b, kiln_cg_load(c, c->f32, base, idx), v, ""), base, idx);
+}
+
+static void acc_add(KilnCg *c, LLVMValueRef acc, LLVMValueRef v) {
+  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, acc), v, ""), acc);
+}
+
+static KilnLoop upto(KilnCg *c, int64_t n, const char *name) {
+  return kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, n), name);
+}
+
+// f32 arithmetic, a load, and the index a * stride + b, for the long kernels.
+static LLVMValueRef fadd(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFAdd(c->b, a, b, ""); }
+static LLVMValueRef fsub(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFSub(c->b, a, b, ""); }
+static LLVMValueRef fmul(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFMul(c->b, a, b, ""); }
+static LLVMValueRef ld(KilnCg *c, LLVMValueRef base, LLVMValueRef idx) {
+  return kiln_cg_load(c, c->f32, base, idx);
+}
+static LLVMValueRef ix(KilnCg *c, LLVMValueRef a, int64_t stride, LLVMValueRef b) {
+  return kiln_cg_add(c, kiln_cg_mul(c, a, kiln_cg_i64(c, stride)), b);
 }
 
 //
@@ -87,18 +124,41 @@ LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x) {
     LLVMValueRef lo = kiln_cg_f32(c, n->attr.lo), hi = kiln_cg_f32(c, n->attr.hi);
     return fsel(c, LLVMRealOLT, x[0], lo, lo, fsel(c, LLVMRealOGT, x[0], hi, hi, x[0]));
   }
-  case KILN_OP_DROPOUT: return x[0];  // inference: identity
   case KILN_OP_ADD: return LLVMBuildFAdd(b, x[0], x[1], "");
   case KILN_OP_SUB: return LLVMBuildFSub(b, x[0], x[1], "");
   case KILN_OP_MUL: return LLVMBuildFMul(b, x[0], x[1], "");
   case KILN_OP_DIV: return LLVMBuildFDiv(b, x[0], x[1], "");
   case KILN_OP_WHERE: return fsel(c, LLVMRealUNE, x[0], zero, x[1], x[2]);
   case KILN_OP_BROADCAST: return x[0];
+  case KILN_OP_GELU_GRAD: {
+    // dy (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)),  t = tanh(k (x + c x^3))
+    LLVMValueRef k = kiln_cg_f32(c, 0.7978845608028654), cc = kiln_cg_f32(c, 0.044715);
+    LLVMValueRef half = kiln_cg_f32(c, 0.5), x2 = LLVMBuildFMul(b, x[0], x[0], "");
+    LLVMValueRef in = LLVMBuildFAdd(b, x[0], LLVMBuildFMul(b, cc, LLVMBuildFMul(b, x2, x[0], ""), ""), "");
+    LLVMValueRef t = tanh_f(c, LLVMBuildFMul(b, k, in, ""));
+    LLVMValueRef d1 = LLVMBuildFMul(b, half, LLVMBuildFAdd(b, one, t, ""), "");
+    LLVMValueRef sech2 = LLVMBuildFSub(b, one, LLVMBuildFMul(b, t, t, ""), "");
+    LLVMValueRef du = LLVMBuildFMul(b, k, LLVMBuildFAdd(b, one, LLVMBuildFMul(b, kiln_cg_f32(c, 3 * 0.044715), x2, ""), ""), "");
+    LLVMValueRef d2 = LLVMBuildFMul(b, LLVMBuildFMul(b, LLVMBuildFMul(b, half, x[0], ""), sech2, ""), du, "");
+    return LLVMBuildFMul(b, x[1], LLVMBuildFAdd(b, d1, d2, ""), "");
+  }
+  case KILN_OP_SILU_GRAD: {  // dy s (1 + x (1 - s)),  s = sigmoid(x)
+    LLVMValueRef sg = sigmoid(c, x[0]);
+    LLVMValueRef in = LLVMBuildFAdd(b, one, LLVMBuildFMul(b, x[0], LLVMBuildFSub(b, one, sg, ""), ""), "");
+    return LLVMBuildFMul(b, x[1], LLVMBuildFMul(b, sg, in, ""), "");
+  }
+  case KILN_OP_CLAMP_GRAD: {  // dy where lo <= x <= hi, else 0 (a NaN x too)
+    LLVMValueRef lo = kiln_cg_f32(c, n->attr.lo), hi = kiln_cg_f32(c, n->attr.hi);
+    return fsel(c, LLVMRealOGE, x[0], lo, fsel(c, LLVMRealOLE, x[0], hi, x[1], zero), zero);
+  }
+  case KILN_OP_DROPOUT:  // random: its own kernel reads the step header
   case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_SUM:
   case KILN_OP_MEAN: case KILN_OP_MAX: case KILN_OP_SOFTMAX: case KILN_OP_LOG_SOFTMAX:
   case KILN_OP_LAYERNORM: case KILN_OP_MATMUL: case KILN_OP_RESHAPE: case KILN_OP_TRANSPOSE:
   case KILN_OP_CONCAT: case KILN_OP_SLICE: case KILN_OP_EMBEDDING: case KILN_OP_LSTM:
   case KILN_OP_ATTENTION: case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE:
+  case KILN_OP_LAYERNORM_DX: case KILN_OP_LAYERNORM_DGAMMA: case KILN_OP_EMBEDDING_GRAD:
+  case KILN_OP_LSTM_GRAD: case KILN_OP_ATTENTION_GRAD: case KILN_OP_CROSS_ENTROPY_GRAD:
   case KILN_OP_COUNT:
     break;
   }
@@ -170,6 +230,75 @@ static int64_t emit_elementwise(KilnKernel *k) {
   store_f(k, kiln_cpu_scalar(c, o, x), out, kiln_cg_add(c, obase, j.index));
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
+  return rows;
+}
+
+// SplitMix64's finaliser (ir/interp.c), on i64 values that wrap.
+static const uint64_t MIX_M1 = UINT64_C(0xbf58476d1ce4e5b9), MIX_M2 = UINT64_C(0x94d049bb133111eb);
+#define MIX_GAMMA UINT64_C(0x9e3779b97f4a7c15)
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * MIX_M1;
+  z = (z ^ (z >> 27)) * MIX_M2;
+  return z ^ (z >> 31);
+}
+
+static LLVMValueRef mix64_ir(KilnCg *c, LLVMValueRef z) {
+  const struct {
+    unsigned shift;
+    uint64_t mul;
+  } steps[] = {{30, MIX_M1}, {27, MIX_M2}, {31, 0}};
+  for (int i = 0; i < 3; i++) {
+    z = LLVMBuildXor(c->b, z, LLVMBuildLShr(c->b, z, LLVMConstInt(c->i64, steps[i].shift, 0), ""), "");
+    if (steps[i].mul) z = LLVMBuildMul(c->b, z, LLVMConstInt(c->i64, steps[i].mul, 0), "");
+  }
+  return z;
+}
+
+// dropout, as ir/interp.c's run_dropout defines it. The step header at arena
+// offset 0 holds the seed and the training flag; outside training a copy. In
+// training element i draws m_i = mix64(s + (i + 1) GAMMA) >> 11 with
+// s = seed ^ mix64(attr.key) (the second half known here) and is kept as x / (1 - p)
+// when u_i = m_i 2^-53 >= p. That test is done exactly, in integers: m_i is an
+// integer and p 2^53 is exact, so u_i >= p <=> m_i >= ceil(p 2^53). Parallel over
+// rows, as the elementwise kernels.
+static int64_t emit_dropout(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t inner = o->rank ? o->shape[o->rank - 1] : 1, rows = kiln_node_numel(o) / inner;
+  KILN_ASSERT(o->attr.p >= 0 && o->attr.p < 1);
+  uint64_t thresh = (uint64_t)ceil(o->attr.p * 0x1p53);
+  LLVMValueRef hseed = kiln_cg_gep(c, c->i8, k->a, kiln_cg_i64(c, offsetof(KilnStepHeader, seed)));
+  LLVMValueRef htrain = kiln_cg_gep(c, c->i8, k->a, kiln_cg_i64(c, offsetof(KilnStepHeader, training)));
+  LLVMValueRef seed = LLVMBuildLoad2(c->b, c->i64, hseed, "seed");
+  LLVMValueRef on = LLVMBuildICmp(c->b, LLVMIntNE, LLVMBuildLoad2(c->b, c->i32, htrain, "training"),
+                                  LLVMConstInt(c->i32, 0, 0), "");
+  LLVMValueRef s = LLVMBuildXor(c->b, seed, LLVMConstInt(c->i64, mix64((uint64_t)o->attr.key), 0), "");
+  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), Y = kiln_cpu_ptr(k, k->id);
+  LLVMBasicBlockRef train = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "train");
+  LLVMBasicBlockRef copy = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "copy");
+  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "done");
+  LLVMBuildCondBr(c->b, on, train, copy);
+  for (int training = 1; training >= 0; training--) {
+    LLVMPositionBuilderAtEnd(c->b, training ? train : copy);
+    KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
+    KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, inner), "col");
+    LLVMValueRef i = kiln_cg_add(c, kiln_cg_mul(c, r.index, kiln_cg_i64(c, inner)), j.index);
+    LLVMValueRef x = kiln_cg_load(c, c->f32, X, i);
+    if (training) {
+      LLVMValueRef step = LLVMBuildAdd(c->b, i, kiln_cg_i64(c, 1), "");
+      LLVMValueRef z = LLVMBuildAdd(c->b, s, LLVMBuildMul(c->b, step, LLVMConstInt(c->i64, MIX_GAMMA, 0), ""), "");
+      LLVMValueRef m = LLVMBuildLShr(c->b, mix64_ir(c, z), LLVMConstInt(c->i64, 11, 0), "");
+      LLVMValueRef keep = LLVMBuildICmp(c->b, LLVMIntUGE, m, LLVMConstInt(c->i64, thresh, 0), "keep");
+      LLVMValueRef kept = LLVMBuildFDiv(c->b, x, kiln_cg_f32(c, 1 - o->attr.p), "");
+      x = LLVMBuildSelect(c->b, keep, kept, kiln_cg_f32(c, 0), "");
+    }
+    kiln_cg_store(c, x, Y, i);
+    kiln_cg_loop_end(c, &j);
+    kiln_cg_loop_end(c, &r);
+    LLVMBuildBr(c->b, done);
+  }
+  LLVMPositionBuilderAtEnd(c->b, done);
   return rows;
 }
 
@@ -248,6 +377,16 @@ static int64_t emit_concat_slice(KilnKernel *k) {
   return outer;
 }
 
+// ids[p] as i64, clamped to [0, v).
+static LLVMValueRef load_id(KilnKernel *k, LLVMValueRef ids, LLVMValueRef p, int64_t v) {
+  KilnCg *c = k->cg;
+  LLVMValueRef id = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, ids, p), c->i64, "");
+  LLVMValueRef lo0 = LLVMBuildICmp(c->b, LLVMIntSLT, id, kiln_cg_i64(c, 0), "");
+  id = LLVMBuildSelect(c->b, lo0, kiln_cg_i64(c, 0), id, "");
+  LLVMValueRef hi0 = LLVMBuildICmp(c->b, LLVMIntSGE, id, kiln_cg_i64(c, v), "");
+  return LLVMBuildSelect(c->b, hi0, kiln_cg_i64(c, v - 1), id, "");
+}
+
 // embedding: out[p, :] = table[ids[p], :]. The runtime checks input ids before a
 // step; ids computed inside the graph are clamped so a bad one cannot read outside
 // the table.
@@ -258,15 +397,37 @@ static int64_t emit_embedding(KilnKernel *k) {
   LLVMValueRef ids = kiln_cpu_ptr(k, o->in[0]), src = kiln_cpu_ptr(k, o->in[1]);
   LLVMValueRef dst = kiln_cpu_ptr(k, k->id);
   KilnLoop p = kiln_cg_loop_begin(c, k->lo, k->hi, "pos");
-  LLVMValueRef id = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, ids, p.index), c->i64, "");
-  LLVMValueRef lo0 = LLVMBuildICmp(c->b, LLVMIntSLT, id, kiln_cg_i64(c, 0), "");
-  id = LLVMBuildSelect(c->b, lo0, kiln_cg_i64(c, 0), id, "");
-  LLVMValueRef hi0 = LLVMBuildICmp(c->b, LLVMIntSGE, id, kiln_cg_i64(c, v), "");
-  id = LLVMBuildSelect(c->b, hi0, kiln_cg_i64(c, v - 1), id, "");
+  LLVMValueRef id = load_id(k, ids, p.index, v);
   copy_run(k, c->f32, src, kiln_cg_mul(c, id, kiln_cg_i64(c, d)), dst,
            kiln_cg_mul(c, p.index, kiln_cg_i64(c, d)), d);
   kiln_cg_loop_end(c, &p);
   return kiln_node_numel(o) / d;
+}
+
+// embedding_grad: zeros, then out[ids[p], :] += dy[p, :] (ids clamped as in
+// embedding, so the gradient goes to the row the forward read). Parallel over
+// columns: chunk [lo, hi) walks every position and adds into its own columns only,
+// so no two chunks write one element, and each element sums in position order
+// whatever the split.
+static int64_t emit_embedding_grad(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *ids = in_node(k, 0);
+  int64_t v = o->shape[0], d = o->shape[1];
+  LLVMValueRef I = kiln_cpu_ptr(k, o->in[0]), dy = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef out = kiln_cpu_ptr(k, k->id);
+  KilnLoop r = upto(c, v, "row");
+  KilnLoop z = kiln_cg_loop_begin(c, k->lo, k->hi, "col");
+  kiln_cg_store(c, kiln_cg_f32(c, 0), out, kiln_cg_add(c, kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), z.index));
+  kiln_cg_loop_end(c, &z);
+  kiln_cg_loop_end(c, &r);
+  KilnLoop p = upto(c, kiln_node_numel(ids), "pos");
+  LLVMValueRef orow = kiln_cg_mul(c, load_id(k, I, p.index, v), kiln_cg_i64(c, d));
+  LLVMValueRef irow = kiln_cg_mul(c, p.index, kiln_cg_i64(c, d));
+  KilnLoop j = kiln_cg_loop_begin(c, k->lo, k->hi, "col");
+  add_to(c, out, kiln_cg_add(c, orow, j.index), kiln_cg_load(c, c->f32, dy, kiln_cg_add(c, irow, j.index)));
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &p);
+  return d;
 }
 
 //
@@ -314,15 +475,6 @@ static int64_t emit_reduce(KilnKernel *k) {
   return 1;
 }
 
-// A scalar f32 accumulator in a stack slot (mem2reg makes it a register).
-static LLVMValueRef acc_new(KilnCg *c, double init, const char *name) {
-  LLVMValueRef a = kiln_cg_alloca(c, c->f32, name);
-  LLVMBuildStore(c->b, kiln_cg_f32(c, init), a);
-  return a;
-}
-
-static LLVMValueRef acc_get(KilnCg *c, LLVMValueRef a) { return LLVMBuildLoad2(c->b, c->f32, a, ""); }
-
 //
 // softmax / log_softmax along an axis: parallel over lanes (outer x inner); each
 // lane takes the max, the sum of exp(x - max), then writes.
@@ -369,8 +521,27 @@ static int64_t emit_softmax(KilnKernel *k) {
   return lanes;
 }
 
-// layernorm over the last axis: mean, biased variance (two passes), then
-// (x - mean) / sqrt(var + eps) * gamma + beta. Parallel over rows.
+// The mean and rstd = 1 / sqrt(var + eps) of the d values at x[base ..]: biased
+// variance, two passes (mean, then squared deviations), as the interpreter.
+static void row_stats(KilnKernel *k, LLVMValueRef x, LLVMValueRef base, int64_t d,
+                      LLVMValueRef *out_mean, LLVMValueRef *out_rstd) {
+  KilnCg *c = k->cg;
+  LLVMValueRef sum = acc_new(c, 0, "sum"), sq = acc_new(c, 0, "sq");
+  KilnLoop a = upto(c, d, "j");
+  acc_add(c, sum, kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, a.index)));
+  kiln_cg_loop_end(c, &a);
+  LLVMValueRef mean = LLVMBuildFDiv(c->b, acc_get(c, sum), kiln_cg_f32(c, (double)d), "mean");
+  KilnLoop b = upto(c, d, "j");
+  LLVMValueRef v = LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, b.index)), mean, "");
+  acc_add(c, sq, LLVMBuildFMul(c->b, v, v, ""));
+  kiln_cg_loop_end(c, &b);
+  LLVMValueRef var = LLVMBuildFDiv(c->b, acc_get(c, sq), kiln_cg_f32(c, (double)d), "var");
+  *out_mean = mean;
+  *out_rstd = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1),
+      kiln_cg_call1(c, "llvm.sqrt.f32", LLVMBuildFAdd(c->b, var, kiln_cg_f32(c, k->n->attr.eps), "")), "rstd");
+}
+
+// layernorm over the last axis: (x - mean) * rstd * gamma + beta. Parallel over rows.
 static int64_t emit_layernorm(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
@@ -378,29 +549,74 @@ static int64_t emit_layernorm(KilnKernel *k) {
   LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), g = kiln_cpu_ptr(k, o->in[1]);
   LLVMValueRef be = kiln_cpu_ptr(k, o->in[2]), y = kiln_cpu_ptr(k, k->id);
   KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
-  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d));
-  LLVMValueRef sum = acc_new(c, 0, "sum"), sq = acc_new(c, 0, "sq");
-  KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, d), "j");
-  LLVMValueRef v = kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, a.index));
-  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), v, ""), sum);
-  kiln_cg_loop_end(c, &a);
-  LLVMValueRef mean = LLVMBuildFDiv(c->b, acc_get(c, sum), kiln_cg_f32(c, (double)d), "mean");
-  KilnLoop b = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, d), "j");
-  v = LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, b.index)), mean, "");
-  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sq), LLVMBuildFMul(c->b, v, v, ""), ""), sq);
-  kiln_cg_loop_end(c, &b);
-  LLVMValueRef var = LLVMBuildFDiv(c->b, acc_get(c, sq), kiln_cg_f32(c, (double)d), "var");
-  LLVMValueRef rstd = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1),
-      kiln_cg_call1(c, "llvm.sqrt.f32", LLVMBuildFAdd(c->b, var, kiln_cg_f32(c, o->attr.eps), "")), "");
-  KilnLoop w = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, d), "j");
+  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
+  row_stats(k, x, base, d, &mean, &rstd);
+  KilnLoop w = upto(c, d, "j");
   LLVMValueRef at = kiln_cg_add(c, base, w.index);
-  v = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "");
+  LLVMValueRef v = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "");
   v = LLVMBuildFAdd(c->b, LLVMBuildFMul(c->b, v, kiln_cg_load(c, c->f32, g, w.index), ""),
                     kiln_cg_load(c, c->f32, be, w.index), "");
   kiln_cg_store(c, v, y, at);
   kiln_cg_loop_end(c, &w);
   kiln_cg_loop_end(c, &r);
   return rows;
+}
+
+// layernorm_dx (ir/interp.c): per row, xhat = (x - mean) rstd, g = dy gamma,
+// dx = rstd (g - mean(g) - xhat mean(g xhat)). Parallel over rows.
+static int64_t emit_layernorm_dx(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t d = o->shape[o->rank - 1], rows = kiln_node_numel(o) / d;
+  LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), gm = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef dy = kiln_cpu_ptr(k, o->in[2]), dx = kiln_cpu_ptr(k, k->id);
+  KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
+  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
+  row_stats(k, x, base, d, &mean, &rstd);
+  LLVMValueRef sg = acc_new(c, 0, "sg"), sgx = acc_new(c, 0, "sgx");
+  for (int pass = 0; pass < 2; pass++) {  // the sums, then dx
+    KilnLoop j = upto(c, d, "j");
+    LLVMValueRef at = kiln_cg_add(c, base, j.index), xhat, g;
+    xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "xhat");
+    g = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, dy, at), kiln_cg_load(c, c->f32, gm, j.index), "g");
+    if (pass == 0) {
+      acc_add(c, sg, g);
+      acc_add(c, sgx, LLVMBuildFMul(c->b, g, xhat, ""));
+    } else {
+      LLVMValueRef inv_d = kiln_cg_f32(c, 1.0 / (double)d);
+      LLVMValueRef mg = LLVMBuildFMul(c->b, acc_get(c, sg), inv_d, "");
+      LLVMValueRef mgx = LLVMBuildFMul(c->b, acc_get(c, sgx), inv_d, "");
+      LLVMValueRef v = LLVMBuildFSub(c->b, LLVMBuildFSub(c->b, g, mg, ""), LLVMBuildFMul(c->b, xhat, mgx, ""), "");
+      kiln_cg_store(c, LLVMBuildFMul(c->b, rstd, v, ""), dx, at);
+    }
+    kiln_cg_loop_end(c, &j);
+  }
+  kiln_cg_loop_end(c, &r);
+  return rows;
+}
+
+// layernorm_dgamma: out[j] = sum over rows of dy xhat. Parallel over columns, so
+// no two chunks write one element: a chunk [lo, hi) walks every row (computing its
+// statistics: once per chunk, not per column) and adds into its own columns.
+static int64_t emit_layernorm_dgamma(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *xn = in_node(k, 0);
+  int64_t d = o->shape[0], rows = kiln_node_numel(xn) / d;
+  LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), dy = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef out = kiln_cpu_ptr(k, k->id);
+  KilnLoop z = kiln_cg_loop_begin(c, k->lo, k->hi, "zero");
+  kiln_cg_store(c, kiln_cg_f32(c, 0), out, z.index);
+  kiln_cg_loop_end(c, &z);
+  KilnLoop r = upto(c, rows, "row");
+  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
+  row_stats(k, x, base, d, &mean, &rstd);
+  KilnLoop j = kiln_cg_loop_begin(c, k->lo, k->hi, "col");
+  LLVMValueRef at = kiln_cg_add(c, base, j.index);
+  LLVMValueRef xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "");
+  add_to(c, out, j.index, LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, dy, at), xhat, ""));
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &r);
+  return d;
 }
 
 //
@@ -657,6 +873,234 @@ static int64_t emit_attention(KilnKernel *k) {
   return o->shape[0] * H;
 }
 
+// attention_grad (ir/interp.c): dq, dk, dv into the [3, B, T, D] output, parallel
+// over (batch, head), which own disjoint columns of all three. Query row i
+// recomputes its probabilities p_j as the forward does, then with dp_j = dy_i . v_j
+// and ds_j = p_j (dp_j - sum_l p_l dp_l) scale: dq_i = sum_j ds_j k_j,
+// dk_j += ds_j q_i, dv_j += p_j dy_i. Scratch per (batch, head): p and dp [T].
+static int64_t emit_attention_grad(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t B = o->shape[1], T = o->shape[2], D = o->shape[3], H = o->attr.heads, dh = D / H;
+  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), DY = kiln_cpu_ptr(k, o->in[3]);
+  LLVMValueRef DQ = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
+  LLVMValueRef DK = kiln_cg_gep(c, c->f32, DQ, kiln_cg_i64(c, B * T * D));
+  LLVMValueRef DV = kiln_cg_gep(c, c->f32, DQ, kiln_cg_i64(c, 2 * B * T * D));
+  LLVMValueRef scale = kiln_cg_f32(c, 1.0 / sqrt((double)dh));
+  KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh.index, kiln_cg_i64(c, H), "");
+  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh.index, kiln_cg_i64(c, H), ""), kiln_cg_i64(c, dh));
+  LLVMValueRef bbase = ix(c, bi, T * D, col);                  // row 0 of this sequence and head
+  LLVMValueRef pb = kiln_cg_mul(c, bh.index, kiln_cg_i64(c, 2 * T)), dpb = kiln_cg_add(c, pb, kiln_cg_i64(c, T));
+  KilnLoop zt = upto(c, T, "zt");
+  KilnLoop zc = upto(c, dh, "zc");
+  LLVMValueRef zat = ix(c, zt.index, D, kiln_cg_add(c, bbase, zc.index));
+  kiln_cg_store(c, kiln_cg_f32(c, 0), DK, zat);
+  kiln_cg_store(c, kiln_cg_f32(c, 0), DV, zat);
+  kiln_cg_loop_end(c, &zc);
+  kiln_cg_loop_end(c, &zt);
+  KilnLoop i = upto(c, T, "i");
+  LLVMValueRef qrow = ix(c, i.index, D, bbase);
+  LLVMValueRef jend = o->attr.causal ? kiln_cg_add(c, i.index, kiln_cg_i64(c, 1)) : kiln_cg_i64(c, T);
+  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum"), pdp = acc_new(c, 0, "pdp");
+  // scores q_i . k_j * scale, and their maximum
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "j");
+  LLVMValueRef krow = ix(c, j.index, D, bbase), dot = acc_new(c, 0, "dot");
+  KilnLoop d = upto(c, dh, "d");
+  acc_add(c, dot, fmul(c, ld(c, Q, kiln_cg_add(c, qrow, d.index)), ld(c, K, kiln_cg_add(c, krow, d.index))));
+  kiln_cg_loop_end(c, &d);
+  LLVMValueRef sv = fmul(c, acc_get(c, dot), scale), m = acc_get(c, mx);
+  kiln_cg_store(c, sv, S, kiln_cg_add(c, pb, j.index));
+  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, sv, m, sv, m), mx);
+  kiln_cg_loop_end(c, &j);
+  // exp(s - max) and their sum
+  LLVMValueRef mval = acc_get(c, mx);
+  KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "e");
+  LLVMValueRef ei = kiln_cg_add(c, pb, e.index);
+  LLVMValueRef ev = kiln_cg_call1(c, "llvm.exp.f32", fsub(c, ld(c, S, ei), mval));
+  kiln_cg_store(c, ev, S, ei);
+  acc_add(c, sum, ev);
+  kiln_cg_loop_end(c, &e);
+  // p_j, dp_j = dy_i . v_j, and sum_j p_j dp_j
+  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), acc_get(c, sum), "");
+  KilnLoop pj = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "p");
+  LLVMValueRef pv = fmul(c, ld(c, S, kiln_cg_add(c, pb, pj.index)), inv);
+  kiln_cg_store(c, pv, S, kiln_cg_add(c, pb, pj.index));
+  LLVMValueRef vrow = ix(c, pj.index, D, bbase), dpa = acc_new(c, 0, "dp");
+  KilnLoop dd = upto(c, dh, "d");
+  acc_add(c, dpa, fmul(c, ld(c, DY, kiln_cg_add(c, qrow, dd.index)), ld(c, V, kiln_cg_add(c, vrow, dd.index))));
+  kiln_cg_loop_end(c, &dd);
+  kiln_cg_store(c, acc_get(c, dpa), S, kiln_cg_add(c, dpb, pj.index));
+  acc_add(c, pdp, fmul(c, pv, acc_get(c, dpa)));
+  kiln_cg_loop_end(c, &pj);
+  // dq_i = sum_j ds_j k_j; dk_j += ds_j q_i; dv_j += p_j dy_i
+  KilnLoop zq = upto(c, dh, "zq");
+  kiln_cg_store(c, kiln_cg_f32(c, 0), DQ, kiln_cg_add(c, qrow, zq.index));
+  kiln_cg_loop_end(c, &zq);
+  LLVMValueRef pdpv = acc_get(c, pdp);
+  KilnLoop g = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "g");
+  LLVMValueRef p = ld(c, S, kiln_cg_add(c, pb, g.index)), row = ix(c, g.index, D, bbase);
+  LLVMValueRef ds = fmul(c, fmul(c, p, fsub(c, ld(c, S, kiln_cg_add(c, dpb, g.index)), pdpv)), scale);
+  KilnLoop cc = upto(c, dh, "c");
+  LLVMValueRef qi = kiln_cg_add(c, qrow, cc.index), kj = kiln_cg_add(c, row, cc.index);
+  add_to(c, DQ, qi, fmul(c, ds, ld(c, K, kj)));
+  add_to(c, DK, kj, fmul(c, ds, ld(c, Q, qi)));
+  add_to(c, DV, kj, fmul(c, p, ld(c, DY, qi)));
+  kiln_cg_loop_end(c, &cc);
+  kiln_cg_loop_end(c, &g);
+  kiln_cg_loop_end(c, &i);
+  kiln_cg_loop_end(c, &bh);
+  return B * H;
+}
+
+// lstm_grad (ir/interp.c): backpropagation through time into the flat output
+// [dx | dw_ih | dw_hh | db]. The weight gradients sum over every sequence and
+// step, so the kernel is one iteration (n = 1): no two threads add into them.
+// Scratch, for one sequence at a time: step slots 0..T of [gates 4H | c H | h H]
+// (slot 0 the zero state before step 0, slot t + 1 the state after step t), then
+// the backward's dh [H], dc [H] (carried from step t + 1) and dz [4H].
+static int64_t emit_lstm_grad(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n, *xn = in_node(k, 0);
+  int64_t B = xn->shape[0], T = xn->shape[1], I = xn->shape[2], H = in_node(k, 2)->shape[0];
+  int64_t G = 4 * H, SL = 6 * H;  // gate columns; floats per step slot
+  int64_t dwi = B * T * I, dwh = dwi + I * G, db = dwh + H * G;  // offsets in the output
+  int64_t dh_at = (T + 1) * SL, dc_at = dh_at + H, dz_at = dh_at + 2 * H;  // in scratch
+  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), Wi = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef Wh = kiln_cpu_ptr(k, o->in[2]), Bv = kiln_cpu_ptr(k, o->in[3]);
+  LLVMValueRef DY = kiln_cpu_ptr(k, o->in[4]), OUT = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
+  LLVMValueRef DWI = kiln_cg_gep(c, c->f32, OUT, kiln_cg_i64(c, dwi));
+  LLVMValueRef DWH = kiln_cg_gep(c, c->f32, OUT, kiln_cg_i64(c, dwh));
+  LLVMValueRef DB = kiln_cg_gep(c, c->f32, OUT, kiln_cg_i64(c, db));
+  LLVMValueRef DH = kiln_cg_gep(c, c->f32, S, kiln_cg_i64(c, dh_at));
+  LLVMValueRef DC = kiln_cg_gep(c, c->f32, S, kiln_cg_i64(c, dc_at));
+  LLVMValueRef DZ = kiln_cg_gep(c, c->f32, S, kiln_cg_i64(c, dz_at));
+  LLVMValueRef one = kiln_cg_f32(c, 1), zero = kiln_cg_f32(c, 0);
+  KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, dwi), kiln_cg_i64(c, kiln_node_numel(o)), "zw");
+  kiln_cg_store(c, zero, OUT, z.index);
+  kiln_cg_loop_end(c, &z);
+  KilnLoop z0 = upto(c, 2 * H, "z0");  // slot 0's c and h
+  kiln_cg_store(c, zero, S, kiln_cg_add(c, z0.index, kiln_cg_i64(c, G)));
+  kiln_cg_loop_end(c, &z0);
+  KilnLoop b = upto(c, B, "b");
+
+  // Forward, keeping every step: z = bias + x_t W_ih + h W_hh, then gates, c, h.
+  KilnLoop t = upto(c, T, "t");
+  LLVMValueRef cur = ix(c, t.index, SL, kiln_cg_i64(c, SL)), prev = kiln_cg_mul(c, t.index, kiln_cg_i64(c, SL));
+  LLVMValueRef xrow = kiln_cg_mul(c, ix(c, b.index, T, t.index), kiln_cg_i64(c, I));
+  KilnLoop zb = upto(c, G, "zb");
+  kiln_cg_store(c, ld(c, Bv, zb.index), S, kiln_cg_add(c, cur, zb.index));
+  kiln_cg_loop_end(c, &zb);
+  for (int pass = 0; pass < 2; pass++) {
+    KilnLoop kk = upto(c, pass ? H : I, "k");
+    LLVMValueRef in = pass ? ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, kk.index, kiln_cg_i64(c, 5 * H))))
+                           : ld(c, X, kiln_cg_add(c, xrow, kk.index));
+    KilnLoop j = upto(c, G, "j");
+    LLVMValueRef w = ld(c, pass ? Wh : Wi, ix(c, kk.index, G, j.index));
+    add_to(c, S, kiln_cg_add(c, cur, j.index), fmul(c, in, w));
+    kiln_cg_loop_end(c, &j);
+    kiln_cg_loop_end(c, &kk);
+  }
+  KilnLoop u = upto(c, H, "u");
+  LLVMValueRef gate[4];
+  for (int q = 0; q < 4; q++) {
+    LLVMValueRef at = kiln_cg_add(c, cur, kiln_cg_add(c, u.index, kiln_cg_i64(c, q * H)));
+    gate[q] = q == 2 ? tanh_f(c, ld(c, S, at)) : sigmoid(c, ld(c, S, at));
+    kiln_cg_store(c, gate[q], S, at);
+  }
+  LLVMValueRef cprev = ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, u.index, kiln_cg_i64(c, G))));
+  LLVMValueRef cn = fadd(c, fmul(c, gate[1], cprev), fmul(c, gate[0], gate[2]));
+  kiln_cg_store(c, cn, S, kiln_cg_add(c, cur, kiln_cg_add(c, u.index, kiln_cg_i64(c, G))));
+  kiln_cg_store(c, fmul(c, gate[3], tanh_f(c, cn)), S, kiln_cg_add(c, cur, kiln_cg_add(c, u.index, kiln_cg_i64(c, 5 * H))));
+  kiln_cg_loop_end(c, &u);
+  kiln_cg_loop_end(c, &t);
+
+  // Backward, t = T-1 .. 0, dh and dc starting at 0.
+  KilnLoop zd = upto(c, 2 * H, "zd");
+  kiln_cg_store(c, zero, DH, zd.index);
+  kiln_cg_loop_end(c, &zd);
+  KilnLoop r = upto(c, T, "r");
+  LLVMValueRef tt = LLVMBuildSub(c->b, kiln_cg_i64(c, T - 1), r.index, "t");
+  cur = ix(c, tt, SL, kiln_cg_i64(c, SL));
+  prev = kiln_cg_mul(c, tt, kiln_cg_i64(c, SL));
+  LLVMValueRef bt = ix(c, b.index, T, tt);  // (b, t): row of x and dy
+  KilnLoop v = upto(c, H, "u");
+  for (int q = 0; q < 4; q++)
+    gate[q] = ld(c, S, kiln_cg_add(c, cur, kiln_cg_add(c, v.index, kiln_cg_i64(c, q * H))));
+  LLVMValueRef gi = gate[0], gf = gate[1], gg = gate[2], go = gate[3];
+  LLVMValueRef tc = tanh_f(c, ld(c, S, kiln_cg_add(c, cur, kiln_cg_add(c, v.index, kiln_cg_i64(c, G)))));
+  LLVMValueRef cp = ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, v.index, kiln_cg_i64(c, G))));
+  LLVMValueRef dh = fadd(c, ld(c, DH, v.index), ld(c, DY, ix(c, bt, H, v.index)));
+  LLVMValueRef dc = fadd(c, ld(c, DC, v.index), fmul(c, fmul(c, dh, go), fsub(c, one, fmul(c, tc, tc))));
+  LLVMValueRef dz[4] = {
+      fmul(c, fmul(c, dc, gg), fmul(c, gi, fsub(c, one, gi))),
+      fmul(c, fmul(c, dc, cp), fmul(c, gf, fsub(c, one, gf))),
+      fmul(c, fmul(c, dc, gi), fsub(c, one, fmul(c, gg, gg))),
+      fmul(c, fmul(c, dh, tc), fmul(c, go, fsub(c, one, go))),
+  };
+  for (int q = 0; q < 4; q++) kiln_cg_store(c, dz[q], DZ, kiln_cg_add(c, v.index, kiln_cg_i64(c, q * H)));
+  kiln_cg_store(c, fmul(c, dc, gf), DC, v.index);
+  kiln_cg_loop_end(c, &v);
+  // dx_t = dz W_ih^T, dW_ih += x_t^T dz; then dh = dz W_hh^T, dW_hh += h_{t-1}^T dz.
+  for (int pass = 0; pass < 2; pass++) {
+    KilnLoop kk = upto(c, pass ? H : I, "k");
+    LLVMValueRef in = pass ? ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, kk.index, kiln_cg_i64(c, 5 * H))))
+                           : ld(c, X, ix(c, bt, I, kk.index));
+    LLVMValueRef acc = acc_new(c, 0, "acc");
+    KilnLoop j = upto(c, G, "j");
+    LLVMValueRef dzj = ld(c, DZ, j.index), wat = ix(c, kk.index, G, j.index);
+    acc_add(c, acc, fmul(c, dzj, ld(c, pass ? Wh : Wi, wat)));
+    add_to(c, pass ? DWH : DWI, wat, fmul(c, in, dzj));
+    kiln_cg_loop_end(c, &j);
+    if (pass) kiln_cg_store(c, acc_get(c, acc), DH, kk.index);
+    else kiln_cg_store(c, acc_get(c, acc), OUT, ix(c, bt, I, kk.index));
+    kiln_cg_loop_end(c, &kk);
+  }
+  KilnLoop gb = upto(c, G, "db");
+  add_to(c, DB, gb.index, ld(c, DZ, gb.index));
+  kiln_cg_loop_end(c, &gb);
+  kiln_cg_loop_end(c, &r);
+  kiln_cg_loop_end(c, &b);
+  return 1;
+}
+
+// cross_entropy_grad: (softmax(logits[p]) - onehot(labels[p])) / P per position;
+// a label outside [0, C) reads as 0, as in the loss kernel. Parallel over positions.
+static int64_t emit_cross_entropy_grad(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t C = o->shape[o->rank - 1], P = kiln_node_numel(o) / C;
+  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), L = kiln_cpu_ptr(k, o->in[1]), Y = kiln_cpu_ptr(k, k->id);
+  KilnLoop p = kiln_cg_loop_begin(c, k->lo, k->hi, "p");
+  LLVMValueRef base = kiln_cg_mul(c, p.index, kiln_cg_i64(c, C));
+  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
+  KilnLoop a = upto(c, C, "c");
+  LLVMValueRef v = ld(c, X, kiln_cg_add(c, base, a.index)), m = acc_get(c, mx);
+  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
+  kiln_cg_loop_end(c, &a);
+  LLVMValueRef mval = acc_get(c, mx);
+  KilnLoop s = upto(c, C, "c");
+  LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", fsub(c, ld(c, X, kiln_cg_add(c, base, s.index)), mval));
+  kiln_cg_store(c, e, Y, kiln_cg_add(c, base, s.index));
+  acc_add(c, sum, e);
+  kiln_cg_loop_end(c, &s);
+  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), acc_get(c, sum), "");
+  LLVMValueRef lab = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, L, p.index), c->i64, "");
+  LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
+                                 LLVMBuildICmp(c->b, LLVMIntSGE, lab, kiln_cg_i64(c, C), ""), "");
+  lab = LLVMBuildSelect(c->b, bad, kiln_cg_i64(c, 0), lab, "");
+  KilnLoop w = upto(c, C, "c");
+  LLVMValueRef at = kiln_cg_add(c, base, w.index);
+  LLVMValueRef hot = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, w.index, lab, ""),
+                                     kiln_cg_f32(c, 1), kiln_cg_f32(c, 0), "");
+  LLVMValueRef g = fsub(c, fmul(c, ld(c, Y, at), inv), hot);
+  kiln_cg_store(c, fmul(c, g, kiln_cg_f32(c, 1.0 / (double)P)), Y, at);
+  kiln_cg_loop_end(c, &w);
+  kiln_cg_loop_end(c, &p);
+  return P;
+}
+
 //
 // Losses: one thread, accumulated in double so the mean of many small terms keeps
 // its precision.
@@ -722,10 +1166,11 @@ static int64_t emit_body(KilnKernel *k) {
   switch (k->n->op) {
   case KILN_OP_NEG: case KILN_OP_EXP: case KILN_OP_LOG: case KILN_OP_SQRT: case KILN_OP_RSQRT:
   case KILN_OP_POW: case KILN_OP_RELU: case KILN_OP_SIGMOID: case KILN_OP_TANH:
-  case KILN_OP_GELU: case KILN_OP_SILU: case KILN_OP_CLAMP: case KILN_OP_DROPOUT:
+  case KILN_OP_GELU: case KILN_OP_SILU: case KILN_OP_CLAMP:
   case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV: case KILN_OP_WHERE:
-  case KILN_OP_BROADCAST:
+  case KILN_OP_BROADCAST: case KILN_OP_GELU_GRAD: case KILN_OP_SILU_GRAD: case KILN_OP_CLAMP_GRAD:
     return emit_elementwise(k);
+  case KILN_OP_DROPOUT: return emit_dropout(k);
   case KILN_OP_RESHAPE: return emit_copy(k);
   case KILN_OP_TRANSPOSE: return emit_transpose(k);
   case KILN_OP_CONCAT: case KILN_OP_SLICE: return emit_concat_slice(k);
@@ -737,6 +1182,12 @@ static int64_t emit_body(KilnKernel *k) {
   case KILN_OP_LSTM: return emit_lstm(k);
   case KILN_OP_ATTENTION: return emit_attention(k);
   case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE: return emit_loss(k);
+  case KILN_OP_LAYERNORM_DX: return emit_layernorm_dx(k);
+  case KILN_OP_LAYERNORM_DGAMMA: return emit_layernorm_dgamma(k);
+  case KILN_OP_EMBEDDING_GRAD: return emit_embedding_grad(k);
+  case KILN_OP_LSTM_GRAD: return emit_lstm_grad(k);
+  case KILN_OP_ATTENTION_GRAD: return emit_attention_grad(k);
+  case KILN_OP_CROSS_ENTROPY_GRAD: return emit_cross_entropy_grad(k);
   case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_COUNT:
     break;
   }

@@ -46,9 +46,11 @@ void kiln_cg_store(KilnCg *c, LLVMValueRef v, LLVMValueRef base, LLVMValueRef in
   LLVMBuildStore(c->b, v, kiln_cg_gep(c, LLVMTypeOf(v), base, index));
 }
 
-static LLVMValueRef callee(KilnCg *c, const char *name, int nargs, LLVMTypeRef *out_type) {
-  LLVMTypeRef params[2] = {c->f32, c->f32};
-  *out_type = LLVMFunctionType(c->f32, params, (unsigned)nargs, 0);
+// Math functions of the argument's type: f32 or f64.
+static LLVMValueRef callee(KilnCg *c, const char *name, LLVMTypeRef t, int nargs,
+                           LLVMTypeRef *out_type) {
+  LLVMTypeRef params[2] = {t, t};
+  *out_type = LLVMFunctionType(t, params, (unsigned)nargs, 0);
   LLVMValueRef f = LLVMGetNamedFunction(c->mod, name);
   if (!f) f = LLVMAddFunction(c->mod, name, *out_type);
   return f;
@@ -56,13 +58,13 @@ static LLVMValueRef callee(KilnCg *c, const char *name, int nargs, LLVMTypeRef *
 
 LLVMValueRef kiln_cg_call1(KilnCg *c, const char *name, LLVMValueRef x) {
   LLVMTypeRef t;
-  LLVMValueRef f = callee(c, name, 1, &t);
+  LLVMValueRef f = callee(c, name, LLVMTypeOf(x), 1, &t);
   return LLVMBuildCall2(c->b, t, f, &x, 1, "");
 }
 
 LLVMValueRef kiln_cg_call2(KilnCg *c, const char *name, LLVMValueRef x, LLVMValueRef y) {
   LLVMTypeRef t;
-  LLVMValueRef f = callee(c, name, 2, &t);
+  LLVMValueRef f = callee(c, name, LLVMTypeOf(x), 2, &t);
   LLVMValueRef args[2] = {x, y};
   return LLVMBuildCall2(c->b, t, f, args, 2, "");
 }

@@ -1,6 +1,7 @@
 // The model's LLVM module: every kernel, the forward step that runs them through
 // the runtime's thread pool, the KilnModelDesc constant (include/kiln/abi.h) that
 // tells the runtime everything else, and, for libraries, the prefixed C API.
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,7 +9,7 @@
 #include "include/kiln/abi.h"
 
 typedef struct {
-  LLVMTypeRef tensor, desc, kernel_fn, step_fn, parfor_fn;
+  LLVMTypeRef tensor, desc, train, kernel_fn, step_fn, parfor_fn;
 } Types;
 
 static void make_types(KilnCg *c, Types *t) {
@@ -21,9 +22,15 @@ static void make_types(KilnCg *c, Types *t) {
   t->tensor = LLVMStructCreateNamed(c->ctx, "KilnTensorDesc");
   LLVMStructSetBody(t->tensor, tensor, 11, 0);
   LLVMTypeRef desc[] = {c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64,
-                        c->i64, c->i64, c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->ptr};
+                        c->i64, c->i64, c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->ptr,
+                        c->ptr, c->ptr, c->i64, c->i64, c->i32, c->i32, c->ptr, c->ptr};
   t->desc = LLVMStructCreateNamed(c->ctx, "KilnModelDesc");
-  LLVMStructSetBody(t->desc, desc, 19, 0);
+  LLVMStructSetBody(t->desc, desc, 27, 0);
+  LLVMTypeRef train[] = {c->i32, c->i32, f64,    f64,    f64,    f64,    f64,    f64,
+                         c->i32, c->i32, c->i64, f64,    c->i64, f64,    c->i64, c->i64,
+                         f64,    f64,    c->ptr, c->ptr, c->i32, c->i32, c->i32, c->i32};
+  t->train = LLVMStructCreateNamed(c->ctx, "KilnTrainDesc");
+  LLVMStructSetBody(t->train, train, 24, 0);
   LLVMTypeRef kp[] = {c->ptr, c->ptr, c->i64, c->i64};
   t->kernel_fn = LLVMFunctionType(c->v, kp, 4, 0);
   LLVMTypeRef sp[] = {c->ptr, c->ptr, c->ptr};
@@ -61,21 +68,27 @@ static int64_t index_bound(const KilnGraph *g, int32_t id) {
   return bound;
 }
 
-static LLVMValueRef tensor_desc(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
-                                int32_t id) {
-  const KilnNode *n = &g->nodes[id];
+// One KilnTensorDesc: the node's name, type and initializer, stored at offset.
+static LLVMValueRef tensor_desc_of(KilnCg *c, const Types *t, const KilnNode *n, int64_t offset,
+                                   int32_t flags, int64_t bound) {
   LLVMTypeRef f64 = LLVMDoubleTypeInContext(c->ctx);
   LLVMValueRef shape[KILN_ABI_MAX_RANK];
   for (int d = 0; d < KILN_ABI_MAX_RANK; d++) shape[d] = kiln_cg_i64(c, d < n->rank ? n->shape[d] : 0);
   bool param = n->op == KILN_OP_PARAM;
   LLVMValueRef f[] = {
       cstring(c, n->name, "name"), i32c(c, n->dtype == KILN_F32 ? KILN_ABI_F32 : KILN_ABI_I32),
-      i32c(c, n->rank), LLVMConstArray(c->i64, shape, KILN_ABI_MAX_RANK),
-      kiln_cg_i64(c, p->offset[id]), kiln_cg_i64(c, kiln_node_numel(n) * 4),
-      i32c(c, param ? (int)n->attr.init.kind : 0), i32c(c, p->live[id] ? KILN_ABI_LIVE : 0),
-      LLVMConstReal(f64, param ? n->attr.init.a : 0), LLVMConstReal(f64, param ? n->attr.init.b : 0),
-      kiln_cg_i64(c, n->dtype == KILN_I32 ? index_bound(g, id) : 0)};
+      i32c(c, n->rank), LLVMConstArray(c->i64, shape, KILN_ABI_MAX_RANK), kiln_cg_i64(c, offset),
+      kiln_cg_i64(c, kiln_node_numel(n) * 4), i32c(c, param ? (int)n->attr.init.kind : 0),
+      i32c(c, flags), LLVMConstReal(f64, param ? n->attr.init.a : 0),
+      LLVMConstReal(f64, param ? n->attr.init.b : 0), kiln_cg_i64(c, bound)};
   return LLVMConstNamedStruct(t->tensor, f, 11);
+}
+
+static LLVMValueRef tensor_desc(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
+                                int32_t id) {
+  const KilnNode *n = &g->nodes[id];
+  return tensor_desc_of(c, t, n, p->offset[id], p->live_fwd[id] ? KILN_ABI_LIVE : 0,
+                        n->dtype == KILN_I32 ? index_bound(g, id) : 0);
 }
 
 static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
@@ -91,24 +104,25 @@ static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, 
   return gl;
 }
 
-// forward(w, a, rt): constants into the arena, then every kernel in order.
-static LLVMValueRef build_forward(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
-                                  int *out_nkernels) {
-  int nk = 0;
-  LLVMValueRef *kern = calloc((size_t)g->nnodes, sizeof *kern);
-  int64_t *iters = calloc((size_t)g->nnodes, sizeof *iters), *cost = calloc((size_t)g->nnodes, sizeof *cost);
-  for (int i = 0; i < g->nnodes; i++)
-    if (p->live[i] && kiln_op(g->nodes[i].op)->fuse != KILN_FUSE_SOURCE)
-      kern[i] = kiln_cpu_kernel(c, g, p, i, &iters[i], &cost[i]), nk++;
-  LLVMValueRef fn = LLVMAddFunction(c->mod, "kiln_forward", t->step_fn);
+// A step function: constants into the arena, then the kernels of the nodes in
+// `live`, in order, each through the runtime's parallel-for. Kernels are built
+// once (kern[]) and shared by the steps that need them.
+static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
+                               const char *name, const bool *live, LLVMValueRef *kern,
+                               const int64_t *iters, const int64_t *cost, int32_t training) {
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, t->step_fn);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   c->fn = fn;
   LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
   LLVMValueRef w = LLVMGetParam(fn, 0), a = LLVMGetParam(fn, 1), rt = LLVMGetParam(fn, 2);
-  LLVMValueRef parfor = LLVMAddFunction(c->mod, "kiln_rt_parallel_for", t->parfor_fn);
+  LLVMValueRef parfor = LLVMGetNamedFunction(c->mod, "kiln_rt_parallel_for");
+  if (!parfor) parfor = LLVMAddFunction(c->mod, "kiln_rt_parallel_for", t->parfor_fn);
+  LLVMBuildStore(c->b, LLVMConstInt(c->i32, (unsigned long long)training, 0),
+                 kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, offsetof(KilnStepHeader, training))));
   for (int i = 0; i < g->nnodes; i++) {
     const KilnNode *n = &g->nodes[i];
-    if (n->op == KILN_OP_CONST && p->live[i]) {
+    if (!live[i]) continue;
+    if (n->op == KILN_OP_CONST) {
       LLVMValueRef at = kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, p->offset[i]));
       LLVMBuildStore(c->b, kiln_cg_f32(c, n->attr.value), at);
     }
@@ -116,12 +130,64 @@ static LLVMValueRef build_forward(KilnCg *c, const Types *t, const KilnGraph *g,
     LLVMValueRef args[] = {rt, kern[i], w, a, kiln_cg_i64(c, iters[i]), kiln_cg_i64(c, cost[i])};
     LLVMBuildCall2(c->b, t->parfor_fn, parfor, args, 6, "");
   }
+  return fn;
+}
+
+static void parfor(KilnCg *c, const Types *t, LLVMValueRef fn, LLVMValueRef kernel, int64_t n,
+                   int64_t cost) {
+  LLVMValueRef args[] = {LLVMGetParam(fn, 2), kernel, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1),
+                         kiln_cg_i64(c, n), kiln_cg_i64(c, cost)};
+  LLVMBuildCall2(c->b, t->parfor_fn, LLVMGetNamedFunction(c->mod, "kiln_rt_parallel_for"), args, 6, "");
+}
+
+// header.loss = the loss node's value.
+static void store_loss(KilnCg *c, const KilnPlan *p, int32_t loss, LLVMValueRef fn) {
+  LLVMValueRef a = LLVMGetParam(fn, 1);
+  LLVMValueRef v = kiln_cg_load(c, c->f32, kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, p->offset[loss])),
+                                kiln_cg_i64(c, 0));
+  LLVMBuildStore(c->b, v, kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, offsetof(KilnStepHeader, loss))));
+}
+
+typedef struct {
+  LLVMValueRef forward, eval, train;
+  int nkernels;
+} Steps;
+
+static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
+                        const KilnTrainDesc *train, Steps *out) {
+  int n = g->nnodes;
+  LLVMValueRef *kern = calloc((size_t)n, sizeof *kern);
+  int64_t *iters = calloc((size_t)n, sizeof *iters), *cost = calloc((size_t)n, sizeof *cost);
+  out->nkernels = 0;
+  for (int i = 0; i < n; i++)
+    if (p->live[i] && kiln_op(g->nodes[i].op)->fuse != KILN_FUSE_SOURCE)
+      kern[i] = kiln_cpu_kernel(c, g, p, i, &iters[i], &cost[i]), out->nkernels++;
+  out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, 0);
   LLVMBuildRetVoid(c->b);
+  out->eval = out->train = NULL;
+  if (g->loss >= 0) {
+    out->eval = build_step(c, t, g, p, "kiln_eval", p->live_eval, kern, iters, cost, 0);
+    store_loss(c, p, g->loss, out->eval);
+    LLVMBuildRetVoid(c->b);
+  }
+  if (g->grads && train) {
+    LLVMValueRef norm = kiln_cpu_norm_kernel(c, g, p, train->clip_grad_norm);
+    LLVMValueRef *upd = calloc((size_t)n, sizeof *upd);
+    for (int i = 0; i < g->nforward; i++)
+      if (g->grads[i] >= 0) upd[i] = kiln_cpu_update_kernel(c, g, p, i, train), out->nkernels++;
+    out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, 1);
+    store_loss(c, p, g->loss, out->train);
+    parfor(c, t, out->train, norm, 1, 1);
+    for (int i = 0; i < g->nforward; i++) {
+      int64_t ne = upd[i] ? kiln_node_numel(&g->nodes[i]) : 0;
+      if (upd[i]) parfor(c, t, out->train, upd[i], ne, 10 * ne);
+    }
+    LLVMBuildRetVoid(c->b);
+    free(upd);
+  }
   free(kern);
   free(iters);
   free(cost);
-  *out_nkernels = nk;
-  return fn;
 }
 
 static int64_t batch_of(const KilnGraph *g, const int32_t *inputs, int n) {
@@ -176,8 +242,30 @@ static void forward_wrapper(KilnCg *c, const char *model, int nin, int nout) {
   free(params);
 }
 
+// NAME_train_step(ctx, in0, ..., float *loss): every input (labels too), then
+// kiln_lib_train_step(ctx, ins, loss).
+static void train_wrapper(KilnCg *c, const char *model, int nin) {
+  int n = 2 + nin;
+  LLVMTypeRef *params = calloc((size_t)n, sizeof *params);
+  for (int i = 0; i < n; i++) params[i] = c->ptr;
+  char name[256];
+  snprintf(name, sizeof name, "%s_train_step", model);
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, LLVMFunctionType(c->i32, params, (unsigned)n, 0));
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  LLVMValueRef ins = kiln_cg_alloca(c, LLVMArrayType(c->ptr, (unsigned)(nin ? nin : 1)), "ins");
+  for (int i = 0; i < nin; i++)
+    LLVMBuildStore(c->b, LLVMGetParam(fn, (unsigned)(1 + i)), kiln_cg_gep(c, c->ptr, ins, kiln_cg_i64(c, i)));
+  LLVMTypeRef tp[] = {c->ptr, c->ptr, c->ptr};
+  LLVMTypeRef tt = LLVMFunctionType(c->i32, tp, 3, 0);
+  LLVMValueRef callee = LLVMAddFunction(c->mod, "kiln_lib_train_step", tt);
+  LLVMValueRef args[] = {LLVMGetParam(fn, 0), ins, LLVMGetParam(fn, (unsigned)(1 + nin))};
+  LLVMBuildRet(c->b, LLVMBuildCall2(c->b, tt, callee, args, 3, ""));
+  free(params);
+}
+
 static void library_api(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const int32_t *inputs,
-                        int ninputs, LLVMValueRef desc) {
+                        int ninputs, LLVMValueRef desc, bool has_train) {
   const char *m = g->name;
   LLVMTypeRef ptr1[] = {c->ptr}, ptr2[] = {c->ptr, c->ptr}, i32v[] = {c->i32};
   wrapper(c, m, "create", "kiln_lib_create", c->ptr, i32v, 1, desc);
@@ -186,8 +274,62 @@ static void library_api(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const 
   wrapper(c, m, "save_weights", "kiln_lib_save", c->i32, ptr2, 2, desc);
   wrapper(c, m, "last_error", "kiln_lib_last_error", c->ptr, ptr1, 1, desc);
   int live = 0;
-  for (int i = 0; i < ninputs; i++) live += p->live[inputs[i]];
+  for (int i = 0; i < ninputs; i++) live += p->live_fwd[inputs[i]];
   forward_wrapper(c, m, live, g->noutputs);
+  if (!has_train) return;
+  wrapper(c, m, "save_state", "kiln_lib_save_state", c->i32, ptr2, 2, desc);
+  wrapper(c, m, "load_state", "kiln_lib_load_state", c->i32, ptr2, 2, desc);
+  train_wrapper(c, m, ninputs);
+}
+
+// Optimizer state tensors: "adam.m.NAME" and "adam.v.NAME" (adam, adamw) or
+// "sgd.v.NAME" (momentum), each shaped like its parameter, zero at the start.
+static LLVMValueRef opt_array(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
+                              const KilnTrainDesc *train, int *out_n) {
+  static const char *const names[3][2] = {{"sgd.v", NULL}, {"adam.m", "adam.v"}, {"adam.m", "adam.v"}};
+  int cap = g->nnodes * 2 + 1, n = 0;
+  LLVMValueRef *v = calloc((size_t)cap, sizeof *v);
+  for (int i = 0; i < g->nnodes && train && p->nstate; i++) {
+    const KilnNode *pn = &g->nodes[i];
+    if (pn->op != KILN_OP_PARAM) continue;
+    int64_t bytes = (kiln_node_numel(pn) * 4 + 63) & ~(int64_t)63;
+    for (int k = 0; k < p->nstate; k++) {
+      KilnNode s = *pn;
+      s.name = kiln_arena_printf(g->arena, "%s.%s", names[train->optimizer][k], pn->name);
+      s.attr.init = (KilnInit){KILN_INIT_ZEROS, 0, 0};
+      v[n++] = tensor_desc_of(c, t, &s, p->state[i] + k * bytes, 0, 0);
+    }
+  }
+  LLVMValueRef arr = LLVMConstArray(t->tensor, v, (unsigned)n);
+  free(v);
+  *out_n = n;
+  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(arr), "opt");
+  LLVMSetInitializer(gl, arr);
+  LLVMSetGlobalConstant(gl, 1);
+  LLVMSetLinkage(gl, LLVMPrivateLinkage);
+  return gl;
+}
+
+static LLVMValueRef cstring_or_null(KilnCg *c, const char *s, const char *name) {
+  return s ? cstring(c, s, name) : LLVMConstNull(c->ptr);
+}
+
+static LLVMValueRef train_desc(KilnCg *c, const Types *t, const KilnTrainDesc *d) {
+  LLVMTypeRef f64 = LLVMDoubleTypeInContext(c->ctx);
+#define F(x) LLVMConstReal(f64, x)
+  LLVMValueRef f[] = {
+      i32c(c, d->optimizer), i32c(c, d->schedule), F(d->lr), F(d->momentum), F(d->weight_decay),
+      F(d->beta1), F(d->beta2), F(d->eps), i32c(c, d->nesterov), i32c(c, d->shuffle),
+      kiln_cg_i64(c, d->step_every), F(d->gamma), kiln_cg_i64(c, d->warmup), F(d->min_lr),
+      kiln_cg_i64(c, d->epochs), kiln_cg_i64(c, d->steps), F(d->clip_grad_norm), F(d->val_split),
+      cstring_or_null(c, d->data_train, "data_train"), cstring_or_null(c, d->data_eval, "data_eval"),
+      i32c(c, d->loss_kind), i32c(c, d->loss_pred_output), i32c(c, d->loss_target_input), i32c(c, 0)};
+#undef F
+  LLVMValueRef gl = LLVMAddGlobal(c->mod, t->train, "train");
+  LLVMSetInitializer(gl, LLVMConstNamedStruct(t->train, f, 24));
+  LLVMSetGlobalConstant(gl, 1);
+  LLVMSetLinkage(gl, LLVMPrivateLinkage);
+  return gl;
 }
 
 void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnModuleOpts *o) {
@@ -210,13 +352,13 @@ void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
   }
   Types t;
   make_types(c, &t);
-  int nk = 0;
-  LLVMValueRef fwd = build_forward(c, &t, g, p, &nk);
+  Steps st;
+  build_steps(c, &t, g, p, o->train, &st);
 
-  int np = 0, ni = 0;
+  int np = 0, ni = 0, nopt = 0, nopt_check = 0;
   int32_t *params = calloc((size_t)g->nnodes, sizeof *params), *inputs = calloc((size_t)g->nnodes, sizeof *inputs);
   for (int i = 0; i < g->nnodes; i++) {
-    if (g->nodes[i].op == KILN_OP_PARAM) params[np++] = i;
+    if (g->nodes[i].op == KILN_OP_PARAM) params[np++] = i, nopt += st.train ? p->nstate : 0;
     if (g->nodes[i].op == KILN_OP_INPUT) inputs[ni++] = i;
   }
   LLVMValueRef fields[] = {
@@ -225,15 +367,20 @@ void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
       kiln_cg_i64(c, (int64_t)o->seed), kiln_cg_i64(c, batch_of(g, inputs, ni)),
       kiln_cg_i64(c, p->weights_bytes), kiln_cg_i64(c, p->arena_bytes),
       kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, kiln_graph_flops(g)),
-      i32c(c, np), i32c(c, ni), i32c(c, g->noutputs), i32c(c, nk),
+      i32c(c, np), i32c(c, ni), i32c(c, g->noutputs), i32c(c, st.nkernels),
       tensor_array(c, &t, g, p, params, np, "params"), tensor_array(c, &t, g, p, inputs, ni, "inputs"),
-      tensor_array(c, &t, g, p, g->outputs, g->noutputs, "outputs"), fwd};
+      tensor_array(c, &t, g, p, g->outputs, g->noutputs, "outputs"), st.forward,
+      st.train ? st.train : LLVMConstNull(c->ptr), st.eval ? st.eval : LLVMConstNull(c->ptr),
+      kiln_cg_i64(c, g->loss >= 0 ? p->offset[g->loss] : 0), kiln_cg_i64(c, p->opt_bytes),
+      i32c(c, nopt), i32c(c, 0), opt_array(c, &t, g, p, o->train, &nopt_check),
+      o->train ? train_desc(c, &t, o->train) : LLVMConstNull(c->ptr)};
   char name[256];
   snprintf(name, sizeof name, "kiln_model_%s", g->name);
   LLVMValueRef desc = LLVMAddGlobal(c->mod, t.desc, name);
-  LLVMSetInitializer(desc, LLVMConstNamedStruct(t.desc, fields, 19));
+  KILN_ASSERT(nopt_check == nopt);
+  LLVMSetInitializer(desc, LLVMConstNamedStruct(t.desc, fields, 27));
   LLVMSetGlobalConstant(desc, 1);
-  if (o->library) library_api(c, g, p, inputs, ni, desc);
+  if (o->library) library_api(c, g, p, inputs, ni, desc, st.train != NULL);
   else LLVMAddAlias2(c->mod, t.desc, 0, desc, "kiln_main_model");
   free(params);
   free(inputs);

@@ -5,39 +5,61 @@
 #include <string.h>
 
 #include "compiler/cpu/cpu.h"
+#include "include/kiln/abi.h"
 
 #define ALIGN 64
 
 static int64_t align_up(int64_t v) { return (v + ALIGN - 1) & ~(int64_t)(ALIGN - 1); }
 
-// Marks every node the roots depend on.
-static void mark_live(const KilnGraph *g, bool with_loss, bool *live) {
-  for (int i = 0; i < g->noutputs; i++) live[g->outputs[i]] = true;
-  if (with_loss && g->loss >= 0) live[g->loss] = true;
+// Marks every node the marked roots depend on.
+static void close_live(const KilnGraph *g, bool *live) {
   for (int i = g->nnodes - 1; i >= 0; i--)
     if (live[i])
       for (int j = 0; j < g->nodes[i].nin; j++) live[g->nodes[i].in[j]] = true;
 }
 
+static void mark(const KilnGraph *g, KilnArena *a, bool outputs, bool loss, bool grads,
+                 bool **out) {
+  bool *live = *out = kiln_arena_alloc(a, (size_t)g->nnodes * sizeof(bool));
+  for (int i = 0; outputs && i < g->noutputs; i++) live[g->outputs[i]] = true;
+  if (loss && g->loss >= 0) live[g->loss] = true;
+  for (int i = 0; grads && g->grads && i < g->nforward; i++)
+    if (g->grads[i] >= 0) live[g->grads[i]] = true;
+  close_live(g, live);
+}
+
 // Floats of scratch a kernel needs beyond its output.
-static int64_t scratch_floats(const KilnNode *n) {
+static int64_t scratch_floats(const KilnGraph *g, const KilnNode *n) {
   if (n->op == KILN_OP_LSTM) return n->shape[0] * n->shape[2] * 6;  // h, c, 4H gates per row
   if (n->op == KILN_OP_ATTENTION) return n->shape[0] * n->attr.heads * n->shape[1];  // scores
+  if (n->op == KILN_OP_LSTM_GRAD) {  // one sequence: T + 1 slots of 4H gates, c, h; dh, dc, dz
+    const KilnNode *dy = &g->nodes[n->in[4]];  // [B, T, H]
+    return (dy->shape[1] + 2) * 6 * dy->shape[2];
+  }
+  if (n->op == KILN_OP_ATTENTION_GRAD)  // p and dp rows [T] per (batch, head); shape [3,B,T,D]
+    return n->shape[1] * n->attr.heads * 2 * n->shape[2];
   return 0;
 }
 
-void kiln_plan_build(const KilnGraph *g, KilnArena *a, bool with_loss, KilnPlan *p) {
+void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *p) {
   int n = g->nnodes;
   memset(p, 0, sizeof *p);
   p->where = kiln_arena_alloc(a, (size_t)n * sizeof *p->where);
   p->offset = kiln_arena_alloc(a, (size_t)n * sizeof *p->offset);
   p->scratch = kiln_arena_alloc(a, (size_t)n * sizeof *p->scratch);
-  p->live = kiln_arena_alloc(a, (size_t)n * sizeof *p->live);
-  mark_live(g, with_loss, p->live);
+  p->state = kiln_arena_alloc(a, (size_t)n * sizeof *p->state);
+  bool training = g->grads != NULL;
+  p->nstate = training ? nstate : 0;
+  mark(g, a, true, false, false, &p->live_fwd);
+  mark(g, a, false, true, false, &p->live_eval);
+  mark(g, a, true, true, training, &p->live);
+  // The step header comes first in the arena.
+  p->arena_bytes = KILN_ABI_HEADER_BYTES;
   for (int i = 0; i < n; i++) {
     const KilnNode *node = &g->nodes[i];
     int64_t bytes = align_up(kiln_node_numel(node) * 4);
     p->scratch[i] = -1;
+    p->state[i] = -1;
     // Parameters always have storage: weights files hold all of them.
     if (node->op == KILN_OP_PARAM) {
       p->where[i] = KILN_LOC_WEIGHTS;
@@ -49,11 +71,19 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, bool with_loss, KilnPlan 
     p->where[i] = KILN_LOC_ARENA;
     p->offset[i] = p->arena_bytes;
     p->arena_bytes += bytes;
-    int64_t s = scratch_floats(node);
+    int64_t s = scratch_floats(g, node);
     if (s) {
       p->scratch[i] = p->arena_bytes;
       p->arena_bytes += align_up(s * 4);
     }
   }
+  // Optimizer state follows the parameters: nstate tensors of each one's shape.
+  int64_t at = p->weights_bytes;
+  for (int i = 0; i < n && p->nstate; i++) {
+    if (g->nodes[i].op != KILN_OP_PARAM) continue;
+    p->state[i] = at;
+    at += align_up(kiln_node_numel(&g->nodes[i]) * 4) * p->nstate;
+  }
+  p->opt_bytes = at - p->weights_bytes;
   p->arena_naive_bytes = p->arena_bytes;
 }

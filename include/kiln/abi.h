@@ -54,6 +54,53 @@ typedef void (*KilnKernelFn)(char *weights, char *arena, int64_t lo, int64_t hi)
 void kiln_rt_parallel_for(void *rt, KilnKernelFn kernel, char *weights, char *arena, int64_t n,
                           int64_t cost);
 
+// The step header: the first KILN_ABI_HEADER_BYTES of the arena. The runtime
+// writes it before each step; kernels read it (dropout's seed, the learning rate)
+// and the gradient-norm kernel writes the clipping scale into it.
+#define KILN_ABI_HEADER_BYTES 64
+typedef struct {
+  uint64_t seed;        // this step's random seed: mix of the model seed and the step
+  int32_t training;     // 1 in training steps (dropout active), else 0
+  int32_t step;         // optimizer steps taken before this one (Adam's t - 1)
+  float lr;             // this step's learning rate, after the schedule
+  float grad_scale;     // written by the norm kernel: min(1, clip / norm), or 1
+  float bias1, bias2;   // Adam: 1 - beta1^t, 1 - beta2^t for this step's t
+  double grad_norm;     // written by the norm kernel: global L2 norm of the gradients
+  float loss;           // written by the train and eval steps
+  float pad_[5];
+} KilnStepHeader;
+_Static_assert(sizeof(KilnStepHeader) == KILN_ABI_HEADER_BYTES, "the header fills its bytes");
+
+enum { KILN_ABI_SGD = 0, KILN_ABI_ADAM = 1, KILN_ABI_ADAMW = 2 };
+enum { KILN_ABI_SCHED_CONSTANT = 0, KILN_ABI_SCHED_STEP = 1, KILN_ABI_SCHED_COSINE = 2 };
+enum { KILN_ABI_LOSS_NONE = -1, KILN_ABI_LOSS_CE = 0, KILN_ABI_LOSS_MSE = 1, KILN_ABI_LOSS_BCE = 2 };
+
+// Training set-up from the model file: optimizer, schedule, length, data. The
+// optimizer's hyper-parameters other than lr are compiled into the update kernels;
+// the runtime computes lr per step from the schedule.
+typedef struct {
+  int32_t optimizer, schedule;
+  double lr, momentum, weight_decay, beta1, beta2, eps;
+  int32_t nesterov, shuffle;
+  int64_t step_every;         // step schedule
+  double gamma;
+  int64_t warmup;             // cosine schedule
+  double min_lr;
+  int64_t epochs, steps;      // one of them is non-zero
+  double clip_grad_norm;      // 0: off
+  double val_split;
+  // Data sources, one line each, tab-separated fields:
+  //   csv PATH HEADER(0|1) INPUT:BEGIN:END ...     (columns [BEGIN, END))
+  //   npy INPUT=PATH ...
+  //   text PATH INPUT TARGET        tokens PATH INPUT TARGET
+  // NULL when the model file names none. Paths are absolute.
+  const char *data_train, *data_eval;
+  int32_t loss_kind;          // KILN_ABI_LOSS_*
+  int32_t loss_pred_output;   // index into outputs of the loss's logits/pred, or -1
+  int32_t loss_target_input;  // index into inputs of its labels/target, or -1
+  int32_t pad_;
+} KilnTrainDesc;
+
 typedef struct {
   uint32_t abi_version;       // KILN_ABI_VERSION
   uint32_t flags;
@@ -70,7 +117,15 @@ typedef struct {
   const KilnTensorDesc *params;
   const KilnTensorDesc *inputs;
   const KilnTensorDesc *outputs;
-  KilnStepFn forward;
+  KilnStepFn forward;         // inference: the outputs (header.training = 0)
+  // Training; NULL/0 when the model has no loss.
+  KilnStepFn train_step;      // forward, loss, backward, clipping, optimizer update
+  KilnStepFn eval_step;       // forward with the loss (no update)
+  int64_t loss_offset;        // the f32 loss in the arena
+  int64_t opt_bytes;          // optimizer state, after the parameters in the weights block
+  int32_t nopt, pad_;
+  const KilnTensorDesc *opt;  // optimizer state tensors ("adam.m.NAME", "sgd.v.NAME", ...)
+  const KilnTrainDesc *train;
 } KilnModelDesc;
 
 #endif

@@ -1,0 +1,119 @@
+// Training kernels: the global gradient norm (for clipping and the log) and one
+// optimizer update per parameter. Hyper-parameters other than the learning rate
+// are constants in the code; the learning rate, the clipping scale and Adam's
+// bias corrections come from the step header the runtime writes each step.
+#include <math.h>
+#include <stddef.h>
+
+#include "compiler/cpu/cpu.h"
+#include "include/kiln/abi.h"
+
+static LLVMValueRef header_f32(KilnCg *c, LLVMValueRef arena, size_t offset) {
+  return LLVMBuildLoad2(c->b, c->f32, kiln_cg_gep(c, c->i8, arena, kiln_cg_i64(c, (int64_t)offset)), "");
+}
+
+static LLVMValueRef new_kernel(KilnCg *c, const char *name) {
+  LLVMTypeRef params[] = {c->ptr, c->ptr, c->i64, c->i64};
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, LLVMFunctionType(c->v, params, 4, 0));
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  return fn;
+}
+
+static LLVMValueRef at(KilnCg *c, LLVMValueRef base, int64_t offset) {
+  return kiln_cg_gep(c, c->i8, base, kiln_cg_i64(c, offset));
+}
+
+// norm = sqrt(sum of every gradient element squared), accumulated in double in one
+// thread (a few million adds: microseconds next to the step). The clipping scale
+// is PyTorch's clip_grad_norm_: min(1, clip / (norm + 1e-6)).
+LLVMValueRef kiln_cpu_norm_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, double clip) {
+  LLVMValueRef fn = new_kernel(c, "kiln_grad_norm");
+  LLVMValueRef a = LLVMGetParam(fn, 1);
+  LLVMTypeRef f64 = LLVMDoubleTypeInContext(c->ctx);
+  LLVMValueRef acc = kiln_cg_alloca(c, f64, "acc");
+  LLVMBuildStore(c->b, LLVMConstReal(f64, 0), acc);
+  for (int i = 0; i < g->nforward; i++) {
+    if (g->grads[i] < 0) continue;
+    int32_t gi = g->grads[i];
+    LLVMValueRef base = at(c, a, p->offset[gi]);
+    KilnLoop l = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, kiln_node_numel(&g->nodes[gi])), "e");
+    LLVMValueRef v = LLVMBuildFPExt(c->b, kiln_cg_load(c, c->f32, base, l.index), f64, "");
+    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, f64, acc, ""),
+                                       LLVMBuildFMul(c->b, v, v, ""), ""), acc);
+    kiln_cg_loop_end(c, &l);
+  }
+  LLVMValueRef norm = kiln_cg_call1(c, "llvm.sqrt.f64", LLVMBuildLoad2(c->b, f64, acc, ""));
+  LLVMBuildStore(c->b, norm, at(c, a, offsetof(KilnStepHeader, grad_norm)));
+  LLVMValueRef scale = LLVMConstReal(f64, 1);
+  if (clip > 0) {
+    LLVMValueRef s = LLVMBuildFDiv(c->b, LLVMConstReal(f64, clip),
+                                   LLVMBuildFAdd(c->b, norm, LLVMConstReal(f64, 1e-6), ""), "");
+    LLVMValueRef lt = LLVMBuildFCmp(c->b, LLVMRealOLT, s, LLVMConstReal(f64, 1), "");
+    scale = LLVMBuildSelect(c->b, lt, s, LLVMConstReal(f64, 1), "");
+  }
+  LLVMBuildStore(c->b, LLVMBuildFPTrunc(c->b, scale, c->f32, ""),
+                 at(c, a, offsetof(KilnStepHeader, grad_scale)));
+  LLVMBuildRetVoid(c->b);
+  return fn;
+}
+
+static LLVMValueRef fmul(KilnCg *c, LLVMValueRef x, LLVMValueRef y) { return LLVMBuildFMul(c->b, x, y, ""); }
+static LLVMValueRef fadd(KilnCg *c, LLVMValueRef x, LLVMValueRef y) { return LLVMBuildFAdd(c->b, x, y, ""); }
+static LLVMValueRef k32(KilnCg *c, double v) { return kiln_cg_f32(c, v); }
+
+// One parameter's update over elements [lo, hi), as PyTorch's optimizers define it:
+//   g = grad * scale (+ wd * p for sgd and adam: L2 in the gradient)
+//   sgd:   v = mu v + g;  g = nesterov ? g + mu v : v  (when mu > 0);  p -= lr g
+//   adam:  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//          p -= lr (m / bias1) / (sqrt(v / bias2) + eps)   (adamw: also p -= lr wd p)
+LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                                    const KilnTrainDesc *t) {
+  char name[64];
+  snprintf(name, sizeof name, "kiln_update_%d", id);
+  LLVMValueRef fn = new_kernel(c, name);
+  LLVMValueRef w = LLVMGetParam(fn, 0), a = LLVMGetParam(fn, 1);
+  LLVMValueRef lr = header_f32(c, a, offsetof(KilnStepHeader, lr));
+  LLVMValueRef scale = header_f32(c, a, offsetof(KilnStepHeader, grad_scale));
+  const KilnNode *pn = &g->nodes[id];
+  int64_t bytes = (kiln_node_numel(pn) * 4 + 63) & ~(int64_t)63;
+  LLVMValueRef P = at(c, w, p->offset[id]), G = at(c, a, p->offset[g->grads[id]]);
+  LLVMValueRef S0 = p->nstate > 0 ? at(c, w, p->state[id]) : NULL;
+  LLVMValueRef S1 = p->nstate > 1 ? at(c, w, p->state[id] + bytes) : NULL;
+  LLVMValueRef b1c = NULL, b2c = NULL;
+  if (t->optimizer != KILN_ABI_SGD) {
+    b1c = header_f32(c, a, offsetof(KilnStepHeader, bias1));
+    b2c = header_f32(c, a, offsetof(KilnStepHeader, bias2));
+  }
+  KilnLoop l = kiln_cg_loop_begin(c, LLVMGetParam(fn, 2), LLVMGetParam(fn, 3), "e");
+  LLVMValueRef pv = kiln_cg_load(c, c->f32, P, l.index);
+  LLVMValueRef gv = fmul(c, kiln_cg_load(c, c->f32, G, l.index), scale);
+  bool l2 = t->weight_decay > 0 && t->optimizer != KILN_ABI_ADAMW;
+  if (l2) gv = fadd(c, gv, fmul(c, k32(c, t->weight_decay), pv));
+  LLVMValueRef upd;
+  if (t->optimizer == KILN_ABI_SGD) {
+    upd = gv;
+    if (t->momentum > 0) {
+      LLVMValueRef v = fadd(c, fmul(c, k32(c, t->momentum), kiln_cg_load(c, c->f32, S0, l.index)), gv);
+      kiln_cg_store(c, v, S0, l.index);
+      upd = t->nesterov ? fadd(c, gv, fmul(c, k32(c, t->momentum), v)) : v;
+    }
+  } else {
+    LLVMValueRef m = fadd(c, fmul(c, k32(c, t->beta1), kiln_cg_load(c, c->f32, S0, l.index)),
+                          fmul(c, k32(c, 1 - t->beta1), gv));
+    LLVMValueRef v = fadd(c, fmul(c, k32(c, t->beta2), kiln_cg_load(c, c->f32, S1, l.index)),
+                          fmul(c, k32(c, 1 - t->beta2), fmul(c, gv, gv)));
+    kiln_cg_store(c, m, S0, l.index);
+    kiln_cg_store(c, v, S1, l.index);
+    LLVMValueRef den = fadd(c, kiln_cg_call1(c, "llvm.sqrt.f32", LLVMBuildFDiv(c->b, v, b2c, "")),
+                            k32(c, t->eps));
+    upd = LLVMBuildFDiv(c->b, LLVMBuildFDiv(c->b, m, b1c, ""), den, "");
+    if (t->optimizer == KILN_ABI_ADAMW && t->weight_decay > 0)
+      upd = fadd(c, upd, fmul(c, k32(c, t->weight_decay), pv));
+  }
+  kiln_cg_store(c, LLVMBuildFSub(c->b, pv, fmul(c, lr, upd), ""), P, l.index);
+  kiln_cg_loop_end(c, &l);
+  LLVMBuildRetVoid(c->b);
+  return fn;
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# `NAME train` and `NAME eval` end to end on the seed MLP: it trains to 95%
+# accuracy; 20 steps in one run equal 10 + checkpoint + a new process + 10, to the
+# byte of the checkpoint and the logged losses, after --stop-after and after
+# SIGINT; a second trainer on the same checkpoint is refused; SIGKILL at many
+# points of checkpoint writing leaves the old or the new checkpoint whole; bad
+# data stops with its file and line.
+# Usage: train.sh PATH/TO/kiln SOURCE_DIR
+set -u
+kiln=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+pass=0
+fail=0
+
+expect() {
+  local name=$1 want=$2
+  shift 2
+  "$@" >"$tmp/stdout" 2>"$tmp/stderr"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then pass=$((pass + 1)); else
+    fail=$((fail + 1)); echo "FAIL $name: exit $got, expected $want"; head -20 "$tmp/stderr"; fi
+}
+has() {
+  if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
+    fail=$((fail + 1)); echo "FAIL $1: '$3' not in $2:"; head -20 "$2"; fi
+}
+same() {
+  if cmp -s "$2" "$3"; then pass=$((pass + 1)); else
+    fail=$((fail + 1)); echo "FAIL $1: $2 and $3 differ"; diff "$2" "$3" | head; fi
+}
+check() {  # check NAME COMMAND...: passes when the command succeeds
+  local name=$1
+  shift
+  if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $name"; fi
+}
+# The log without samples_per_s (a timing).
+values() { cut -d, -f1-5,7- "$1"; }
+
+expect build 0 "$kiln" build "$src/models/mlp.yaml" -o mlp
+expect info 0 ./mlp info
+has info-training "$tmp/stdout" "training:    sgd, lr 0.5"
+
+# Trains to at least 95% on its own data (the model file's 200 epochs).
+expect train 0 ./mlp train --save mlp.safetensors --log log.csv --threads 1
+has train-start "$tmp/stdout" "training mlp on $src/models/mlp.csv: 100 samples"
+has train-summary "$tmp/stdout" "done: 2000 steps"
+[ "$(wc -l <log.csv)" -eq 2001 ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL log rows"; }
+expect eval 0 ./mlp eval --weights mlp.safetensors --data "$src/models/mlp.csv"
+has eval-loss "$tmp/stdout" "loss "
+acc=$(awk '/^accuracy/ { print $2 }' "$tmp/stdout")
+check "accuracy $acc >= 0.95" awk -v a="$acc" 'BEGIN { exit !(a >= 0.95) }'
+# infer agrees: argmax against the labels.
+cut -d, -f1-5 "$src/models/mlp.csv" >x.csv
+cut -d, -f6 "$src/models/mlp.csv" >y.csv
+expect infer 0 ./mlp infer --weights mlp.safetensors --input x.csv --argmax
+right=$(paste -d, "$tmp/stdout" y.csv | awk -F, '$1 == $2' | wc -l)
+check "infer right $right/100" [ "$right" -ge 95 ]
+
+# Resume equals uninterrupted, to the byte.
+expect a 0 ./mlp train --steps 20 --save a.st --log a.csv --threads 1 --quiet
+expect b1 0 ./mlp train --steps 20 --stop-after 10 --save b.st --log b.csv --threads 1 --quiet
+has b1-msg "$tmp/stdout" "stopped after 10 steps, at step 10 of 20"
+expect b2 0 ./mlp train --steps 20 --resume b.st --log b.csv --threads 1 --quiet
+same resume-checkpoint a.st b.st
+values a.csv >a.v
+values b.csv >b.v
+same resume-log a.v b.v
+# The checkpoint is a weights file too.
+expect ckpt-as-weights 0 ./mlp eval --weights b.st --data "$src/models/mlp.csv"
+
+# SIGINT: the step finishes, the checkpoint is written, the exit status is 130.
+./mlp train --steps 100000000 --save i.st --log i.csv --threads 1 --quiet >/dev/null 2>int.err &
+pid=$!
+sleep 0.5
+kill -INT $pid
+wait $pid
+status=$?
+check "sigint status $status" [ "$status" -eq 130 ]
+has sigint-msg int.err "checkpoint written to i.st (continue with --resume i.st)"
+# Continued for 7 steps, it equals a run stopped at the same step (the same total
+# length, so that any schedule gives the same rates).
+n=$(sed -n 's/.*interrupted after step \([0-9]*\) .*/\1/p' int.err)
+m=$((n + 7))
+expect i-resume 0 ./mlp train --steps 100000000 --stop-after 7 --resume i.st --log i.csv --threads 1 --quiet
+expect i-straight 0 ./mlp train --steps 100000000 --stop-after $m --save j.st --log j.csv --threads 1 --quiet
+same sigint-checkpoint i.st j.st
+values i.csv >i.v
+values j.csv >j.v
+same sigint-log i.v j.v
+
+# One trainer per checkpoint.
+./mlp train --steps 100000000 --save l.st --threads 1 --quiet >/dev/null 2>&1 &
+pid=$!
+sleep 0.3
+expect locked 1 ./mlp train --steps 10 --save l.st
+has locked-msg "$tmp/stderr" "l.st is in use by another trainer"
+kill -INT $pid
+wait $pid
+
+# SIGKILL while checkpoints are written (one per step): every time, the file left
+# behind is a whole checkpoint, and training resumes from it.
+expect k0 0 ./mlp train --steps 5 --save k.st --threads 1 --quiet
+for i in $(seq 1 30); do
+  ./mlp train --steps 100000000 --resume k.st --checkpoint-every 1 --threads 1 --quiet >/dev/null 2>&1 &
+  pid=$!
+  sleep "0.0$((RANDOM % 9 + 1))"
+  kill -KILL $pid
+  wait $pid 2>/dev/null
+  if ! ./mlp eval --weights k.st --data "$src/models/mlp.csv" >/dev/null 2>kill.err; then
+    fail=$((fail + 1)); echo "FAIL kill $i: torn checkpoint"; cat kill.err; break
+  fi
+done
+pass=$((pass + 1))
+expect k-resume 0 ./mlp train --steps 100000000 --stop-after 3 --resume k.st --threads 1 --quiet
+
+# Data given on the command line, and bad data.
+head -50 "$src/models/mlp.csv" >half.csv
+expect data 0 ./mlp train --epochs 1 --data half.csv
+has data-start "$tmp/stdout" "training mlp on half.csv: 50 samples"
+printf '1,2,3,4,5,0\n1,2,3,4,5\n' >ragged.csv
+expect ragged 1 ./mlp train --data ragged.csv
+has ragged-msg "$tmp/stderr" "ragged.csv:2: row has 5 columns, expected 6"
+printf '1,2,3,4,5,0\n1,nan,3,4,5,1\n' >nan.csv
+expect nan 1 ./mlp train --data nan.csv
+has nan-msg "$tmp/stderr" "nan.csv:2:3: expected a number, got 'nan' (NaN is not allowed in data)"
+printf '1,2,3,4,5,0\n1,2,3,4,5,2\n' >label.csv
+expect label 1 ./mlp train --data label.csv
+has label-msg "$tmp/stderr" "label.csv:2: column 5: 2 is outside [0, 2) of input 'label'"
+expect bad-steps 2 ./mlp train --steps 0
+expect both 2 ./mlp train --steps 3 --epochs 2
+expect no-save 1 ./mlp train --checkpoint-every 5
+has no-save-msg "$tmp/stderr" "--checkpoint-every needs --save FILE"
+expect resume-weights 1 ./mlp train --resume "$src/models/mlp.yaml"
+
+echo "train: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
