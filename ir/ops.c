@@ -241,6 +241,7 @@ const KilnOpInfo kiln_ops[] = {
 #undef LOSS
 #undef RANDOM
 #undef TRAIN_ONLY
+#undef INTERNAL
 
 _Static_assert(sizeof kiln_ops / sizeof kiln_ops[0] == KILN_OP_COUNT,
                "kiln_ops must have one entry per KilnOp");

@@ -97,7 +97,9 @@ cat >save_other.c <<'C'
 #include "other.h"
 int main(int argc, char **argv) {
   other_ctx *c = other_create(1);
-  return argc == 2 && c && other_save_weights(c, argv[1]) == 0 ? 0 : 1;
+  int rc = argc == 2 && c && other_save_weights(c, argv[1]) == 0 ? 0 : 1;
+  other_destroy(c);
+  return rc;
 }
 C
 expect other-cc 0 cc -o save_other save_other.c $(PKG_CONFIG_PATH=other pkg-config --cflags --libs other) $extra

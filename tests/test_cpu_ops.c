@@ -8,7 +8,10 @@
 // 6e-8 relative; a sum of n terms accumulates up to about n of them, and transcend-
 // ental functions (expf, tanhf from libm) are within a few ulp. So an element may
 // differ by 1e-5 * (1 + |want|) * max(1, terms / 16), terms being how many values
-// feed it (the reduction or inner-product length).
+// feed it (the reduction or inner-product length). Gradient ops count theirs the
+// same way (row statistics, accumulation over rows, positions or time steps).
+// Dropout in training is compared exactly where it matters: the same elements
+// must be dropped.
 #include <dirent.h>
 #include <dlfcn.h>
 #include <math.h>
