@@ -29,9 +29,10 @@ run would do its GEMMs on every core. Kiln sets OpenBLAS to 1 thread and
 spreads its GEMM blocks over its own pool of N threads, whose idle workers
 sleep on a condition variable.
 
-OpenMP. PyTorch's intra-op threads are libgomp's, which by default spin after
-each parallel region. On a small shared machine that spinning starves the
-thread doing the work: with 2 threads PyTorch ran 10-25x slower than with one.
+OpenMP. PyTorch's intra-op threads are libgomp's, which by default spin for a
+while after each parallel region. On the small shared machine this was written
+on, that made PyTorch 10-25x slower with 2 threads than with one: the spinning
+workers compete for the CPUs with the threads that have work.
 The script therefore sets OMP_WAIT_POLICY=PASSIVE before importing torch (so
 PyTorch's workers sleep when idle, as Kiln's do) unless OMP_WAIT_POLICY is
 already set; run with OMP_WAIT_POLICY=ACTIVE to see the default behaviour.
@@ -462,9 +463,9 @@ def main():
           f"python {platform.python_version()}")
     print(f"equivalence: |kiln - torch| <= {ATOL} + {RTOL}*|torch| elementwise, float32 outputs, "
           f"kiln infer at 1 and 2 threads")
-    print(f"timing: per measurement {args.reps} repetitions, Kiln and PyTorch interleaved; each "
-          f"repetition = {args.warmup} warm-up calls, then the median of R runs of ~1 ms worth "
-          f"of calls (R per row below); table = median of the repetitions [min-max]")
+    print(f"timing: {args.reps} repetitions per measurement, Kiln's and PyTorch's taken back to "
+          f"back in alternating order; a repetition = {args.warmup} warm-up calls, then R runs "
+          f"(R per row below) of ~1 ms worth of calls each, reduced to their median")
     print()
 
     cases = [c for c in CASES if args.only in c.model]

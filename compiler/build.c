@@ -322,7 +322,8 @@ static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
     m->train = (KilnTrainCfg){.present = false, .opt = KILN_OPT_SGD, .lr = 0.01, .beta1 = 0.9,
                               .beta2 = 0.999, .eps = 1e-8, .gamma = 0.1, .epochs = 1};
   }
-  KilnPipelineOpts po = {.print_after = o->print_after, .out = stdout, .training = training};
+  KilnPipelineOpts po = {.print_after = o->print_after, .out = stdout, .training = training,
+                         .level = o->opt_level < 2 ? o->opt_level : 2, .time_passes = o->time_passes};
   TRY(kiln_pipeline_run(&m->graph, &po, d->out));
   KilnPlan plan;
   kiln_plan_build(&m->graph, &m->arena, opt_state_count(&m->train), &plan);

@@ -263,6 +263,7 @@ typedef struct {
   const char *print_after;  // --print-ir-after
   KilnBuildEmit emit;
   int opt_level;            // 0..3
+  bool time_passes;
   const KilnDimOverride *dims;
   int ndims;
 } KilnBuildOpts;

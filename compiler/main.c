@@ -34,6 +34,8 @@ static void check_usage(FILE *f) {
         "  --print-ir             print the IR text instead of the summary\n"
         "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
         "  --train                include the training graph (autodiff) in the IR\n"
+        "  -O0 .. -O2             graph optimization level (default: -O2)\n"
+        "  --time-passes          print how long each pass took\n"
         "  --emit=ir|dot|summary  what to write (default: summary)\n"
         "  -o, --output FILE      write it to FILE instead of standard output\n"
         "  -q, --quiet            print nothing for a valid model\n"
@@ -50,7 +52,8 @@ typedef struct {
   int ndims;
   Emit emit;
   const char *output, *print_after;
-  bool quiet, train;
+  bool quiet, train, time_passes;
+  int level;
 } CheckOpts;
 
 static int parse_dim(const char *arg, KilnDimOverride *out) {
@@ -64,15 +67,26 @@ static int parse_dim(const char *arg, KilnDimOverride *out) {
   return out->name ? 0 : -1;
 }
 
+// -O0 .. -O3; the graph passes stop at 2, LLVM takes all four.
+static int parse_level(const char *arg, int *out) {
+  if (strlen(arg) != 1 || arg[0] < '0' || arg[0] > '3') {
+    fprintf(stderr, "kiln: -O expects 0, 1, 2 or 3, got '%s'\n", arg);
+    return -1;
+  }
+  *out = arg[0] - '0';
+  return 0;
+}
+
 static int parse_check(int argc, char **argv, CheckOpts *o) {
   static const struct option longs[] = {
       {"dim", required_argument, NULL, 'D'},   {"print-ir", no_argument, NULL, 'P'},
       {"print-ir-after", required_argument, NULL, 'A'}, {"emit", required_argument, NULL, 'E'},
       {"output", required_argument, NULL, 'o'}, {"quiet", no_argument, NULL, 'q'},
       {"help", no_argument, NULL, 'h'},         {"train", no_argument, NULL, 't'},
-      {0}};
+      {"time-passes", no_argument, NULL, 'T'},  {0}};
   int c;
-  while ((c = getopt_long(argc, argv, "o:qh", longs, NULL)) != -1) {
+  o->level = 2;
+  while ((c = getopt_long(argc, argv, "o:qhO:", longs, NULL)) != -1) {
     switch (c) {
     case 'D':
       if (o->ndims == MAX_DIMS || parse_dim(optarg, &o->dims[o->ndims]) != 0) {
@@ -95,6 +109,10 @@ static int parse_check(int argc, char **argv, CheckOpts *o) {
     case 'o': o->output = optarg; break;
     case 'q': o->quiet = true; break;
     case 't': o->train = true; break;
+    case 'T': o->time_passes = true; break;
+    case 'O':
+      if (parse_level(optarg, &o->level) != 0) return -1;
+      break;
     case 'h': check_usage(stdout); exit(0);
     default: check_usage(stderr); return -1;
     }
@@ -127,7 +145,8 @@ static int check_one(const char *path, const CheckOpts *o, FILE *out) {
   int rc = kiln_model_load(&m, &d, path, o->dims, o->ndims);
   if (rc == 0) {
     KilnPipelineOpts po = {.print_after = o->print_after, .out = out,
-                           .training = o->train && m.graph.loss >= 0};
+                           .training = o->train && m.graph.loss >= 0, .level = o->level,
+                           .time_passes = o->time_passes};
     rc = kiln_pipeline_run(&m.graph, &po, stderr);
   }
   if (rc == 0 && !o->quiet) {
@@ -176,7 +195,9 @@ static void build_usage(FILE *f) {
         "  --target=cpu           the target (cpu)\n"
         "  --cpu=NAME             CPU to optimize for: native (default) or an LLVM CPU\n"
         "                         name such as x86-64-v3 or skylake-avx512\n"
-        "  -O0 .. -O3             LLVM optimization level (default: -O3)\n"
+        "  -O0 .. -O3             optimization level: graph passes (-O1 clean-up, -O2\n"
+        "                         fusion and scheduling too) and LLVM (default: -O3)\n"
+        "  --time-passes          print how long each graph pass took\n"
         "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
         "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
         "  -h, --help             show this help\n"
@@ -198,7 +219,8 @@ static int cmd_build(int argc, char **argv) {
       {"output", required_argument, NULL, 'o'}, {"emit", required_argument, NULL, 'E'},
       {"target", required_argument, NULL, 'T'}, {"cpu", required_argument, NULL, 'C'},
       {"dim", required_argument, NULL, 'D'},    {"print-ir-after", required_argument, NULL, 'A'},
-      {"help", no_argument, NULL, 'h'},         {0}};
+      {"help", no_argument, NULL, 'h'},         {"time-passes", no_argument, NULL, 'P'},
+      {0}};
   KilnDimOverride dims[MAX_DIMS];
   KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .dims = dims};
   int c, rc = 2;
@@ -219,12 +241,9 @@ static int cmd_build(int argc, char **argv) {
       break;
     case 'C': o.cpu = optarg; break;
     case 'O':
-      if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '3') {
-        fprintf(stderr, "kiln build: -O expects 0, 1, 2 or 3, got '%s'\n", optarg);
-        goto out;
-      }
-      o.opt_level = optarg[0] - '0';
+      if (parse_level(optarg, &o.opt_level) != 0) goto out;
       break;
+    case 'P': o.time_passes = true; break;
     case 'D':
       if (o.ndims == MAX_DIMS || parse_dim(optarg, &dims[o.ndims]) != 0) {
         fprintf(stderr, "kiln: --dim expects NAME=VALUE with VALUE >= 1, got '%s'\n", optarg);

@@ -1,5 +1,6 @@
 // Graph construction and queries. Nodes are appended in topological order: a node's
 // inputs are always earlier nodes, so every walk in index order is a valid schedule.
+#include <stdlib.h>
 #include <string.h>
 
 #include "ir/ir.h"
@@ -93,4 +94,52 @@ int64_t kiln_graph_flops(const KilnGraph *g) {
   int64_t total = 0;
   for (int i = 0; i < g->nnodes; i++) total += kiln_op(g->nodes[i].op)->flops(g, &g->nodes[i]);
   return total;
+}
+
+static int32_t renumber(const int32_t *index, const int32_t *final, int32_t id) {
+  KILN_ASSERT(index[final[id]] >= 0);  // a removed node is still in use
+  return index[final[id]];
+}
+
+// Applies replacements and removes nodes, renumbering what stays in order.
+// map[i] names the node that takes i's place (i itself when none; always an
+// earlier node, so chains resolve in one sweep). Every node a kept node, an output,
+// the loss or a gradient refers to (after replacement) must be kept.
+void kiln_graph_rewrite(KilnGraph *g, const int32_t *map, const bool *keep) {
+  int n = g->nnodes;
+  int32_t *final = malloc((size_t)n * sizeof *final), *index = malloc((size_t)n * sizeof *index);
+  KILN_ASSERT(final && index);
+  int kept = 0, kept_forward = 0;
+  for (int i = 0; i < n; i++) {
+    KILN_ASSERT(map[i] >= 0 && map[i] <= i);
+    final[i] = map[i] == i ? i : final[map[i]];
+    index[i] = keep[i] ? kept++ : -1;
+    if (keep[i] && i < g->nforward) kept_forward++;
+  }
+#define NEW(id) renumber(index, final, id)
+  int32_t *grads = NULL;
+  if (g->grads) {
+    grads = kiln_arena_alloc(g->arena, (size_t)(kept ? kept : 1) * sizeof *grads);
+    for (int i = 0; i < kept; i++) grads[i] = -1;
+    for (int i = 0; i < g->nforward; i++)
+      if (g->grads[i] >= 0 && keep[i]) grads[index[i]] = NEW(g->grads[i]);
+  }
+  for (int i = 0; i < g->noutputs; i++) g->outputs[i] = NEW(g->outputs[i]);
+  if (g->loss >= 0) g->loss = NEW(g->loss);
+  for (int i = 0; i < n; i++) {
+    if (!keep[i]) continue;
+    KilnNode node = g->nodes[i];
+    for (int j = 0; j < node.nin; j++) node.in[j] = NEW(node.in[j]);
+    g->nodes[index[i]] = node;
+  }
+#undef NEW
+  g->nnodes = kept;
+  if (g->grads) {
+    g->grads = grads;
+    g->nforward = kept_forward;
+  } else {
+    g->nforward = kept;
+  }
+  free(final);
+  free(index);
 }

@@ -66,6 +66,9 @@ enum {
   KILN_OPF_RANDOM = 1 << 4,    // draws random numbers (dropout)
   KILN_OPF_TRAIN_ONLY = 1 << 5, // identity outside training (dropout)
   KILN_OPF_INTERNAL = 1 << 6,   // made by passes (gradients); not written in models
+  KILN_OPF_VIEW = 1 << 7,       // output is its first input's bytes, reinterpreted (same
+                                // element count and order): memory planning shares the
+                                // buffer and no kernel runs
 };
 
 // Initializers of parameters.
@@ -162,7 +165,7 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(LOG_SOFTMAX, "log_softmax", 1, 1, REDUCE, DIFF, shape_softmax, NULL, flops_softmax, attrs_axis) \
   X(LAYERNORM, "layernorm", 3, 3, REDUCE, DIFF, shape_layernorm, NULL, flops_layernorm, attrs_layernorm) \
   X(MATMUL, "matmul", 2, 2, OPAQUE, DIFF, shape_matmul, NULL, flops_matmul, attrs_matmul) \
-  X(RESHAPE, "reshape", 1, 1, INJECTIVE, DIFF | INPLACE, shape_reshape, NULL, flops_zero, attrs_reshape) \
+  X(RESHAPE, "reshape", 1, 1, INJECTIVE, DIFF | INPLACE | VIEW, shape_reshape, NULL, flops_zero, attrs_reshape) \
   X(TRANSPOSE, "transpose", 1, 1, INJECTIVE, DIFF, shape_transpose, NULL, flops_zero, attrs_transpose) \
   X(CONCAT, "concat", 1, -1, INJECTIVE, DIFF, shape_concat, NULL, flops_zero, attrs_axis) \
   X(SLICE, "slice", 1, 1, INJECTIVE, DIFF, shape_slice, NULL, flops_zero, attrs_slice) \
@@ -257,6 +260,9 @@ int64_t kiln_node_numel(const KilnNode *n);
 // "f32[10,5]" into buf; returns buf.
 char *kiln_shape_str(const KilnNode *n, char *buf, size_t len);
 int64_t kiln_graph_param_count(const KilnGraph *g);
+// Replaces uses (map[i]: the earlier node taking i's place, or i) and keeps only the
+// nodes marked in keep, renumbered in order; outputs, loss and grads follow.
+void kiln_graph_rewrite(KilnGraph *g, const int32_t *map, const bool *keep);
 int64_t kiln_graph_flops(const KilnGraph *g);  // forward pass, every node
 
 //

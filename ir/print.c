@@ -101,5 +101,8 @@ void kiln_graph_print(const KilnGraph *g, FILE *f) {
   for (int i = 0; i < g->noutputs; i++) fprintf(f, " %%%s", g->nodes[g->outputs[i]].name);
   fputc('\n', f);
   if (g->loss >= 0) fprintf(f, "  loss: %%%s\n", g->nodes[g->loss].name);
+  for (int i = 0; g->grads && i < g->nforward; i++)
+    if (g->grads[i] >= 0)
+      fprintf(f, "  grad %%%s: %%%s\n", g->nodes[i].name, g->nodes[g->grads[i]].name);
   fputs("}\n", f);
 }

@@ -15,10 +15,6 @@
 
 #define PI 3.14159265358979323846
 
-_Static_assert(sizeof(((KilnStepHeader *)0)->loss) == 4 &&
-                   __builtin_offsetof(KilnStepHeader, pad_) <= KILN_ABI_HEADER_BYTES,
-               "the header fields the runtime writes fit the reserved bytes");
-
 double kiln_train_lr(const KilnTrainDesc *t, double lr, int64_t step, int64_t total) {
   switch (t ? t->schedule : KILN_ABI_SCHED_CONSTANT) {
   case KILN_ABI_SCHED_STEP:

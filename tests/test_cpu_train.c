@@ -35,7 +35,7 @@ static double uniform(uint64_t *s, double lo, double hi) {
 }
 
 static const KilnModelDesc *compile(KilnModel *m, const KilnTrainDesc *td, int nstate, void **dl) {
-  KilnPipelineOpts po = {.out = stdout, .training = true};
+  KilnPipelineOpts po = {.out = stdout, .training = true, .level = 2};
   assert_int_equal(kiln_pipeline_run(&m->graph, &po, stderr), 0);
   KilnPlan plan;
   kiln_plan_build(&m->graph, &m->arena, nstate, &plan);

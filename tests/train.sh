@@ -4,11 +4,13 @@
 # byte of the checkpoint and the logged losses, after --stop-after and after
 # SIGINT; a second trainer on the same checkpoint is refused; SIGKILL at many
 # points of checkpoint writing leaves the old or the new checkpoint whole; bad
-# data stops with its file and line.
-# Usage: train.sh PATH/TO/kiln SOURCE_DIR
+# data stops with its file and line. The library's train_step trains too, and
+# its state file continues to the same step.
+# Usage: train.sh PATH/TO/kiln SOURCE_DIR [EXTRA_LINK_FLAG]
 set -u
 kiln=$1
 src=$2
+extra=${3:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
@@ -115,6 +117,49 @@ for i in $(seq 1 30); do
 done
 pass=$((pass + 1))
 expect k-resume 0 ./mlp train --steps 100000000 --stop-after 3 --resume k.st --threads 1 --quiet
+
+# The library: 100 epochs of train_step on a caller's batches, then its state
+# file loads into a new context that takes the next step exactly as the first.
+expect lib 0 "$kiln" build "$src/models/mlp.yaml" --emit=lib -o out/mlp
+cat >libtrain.c <<'C'
+#include <stdio.h>
+#include "mlp.h"
+int main(int argc, char **argv) {
+  static float x[100][5], lg[20];
+  static int32_t y[100];
+  FILE *f = argc == 3 ? fopen(argv[1], "r") : NULL;
+  for (int i = 0; f && i < 100; i++) {
+    float l;
+    if (fscanf(f, "%f,%f,%f,%f,%f,%f", &x[i][0], &x[i][1], &x[i][2], &x[i][3], &x[i][4], &l) != 6)
+      return 1;
+    y[i] = (int32_t)l;
+  }
+  mlp_ctx *c = mlp_create(1), *d = mlp_create(1);
+  float loss, l1, l2;
+  for (int s = 0; s < 1000; s++)
+    if (mlp_train_step(c, x[s % 10 * 10], y + s % 10 * 10, &loss) != 0) return 2;
+  if (mlp_save_state(c, argv[2]) != 0 || mlp_load_state(d, argv[2]) != 0) return 3;
+  int right = 0;
+  for (int b = 0; b < 10; b++) {
+    mlp_forward(c, x[b * 10], lg);
+    for (int r = 0; r < 10; r++) right += (lg[2 * r + 1] > lg[2 * r]) == y[b * 10 + r];
+  }
+  mlp_train_step(c, x[0], y, &l1);
+  mlp_train_step(d, x[0], y, &l2);
+  printf("right %d resumed %s\n", right, l1 == l2 ? "same" : "differs");
+  mlp_destroy(c);
+  mlp_destroy(d);
+  fclose(f);
+  return 0;
+}
+C
+expect lib-cc 0 cc -Wall -Wextra -Werror -o libtrain libtrain.c \
+  $(PKG_CONFIG_PATH=out pkg-config --cflags --libs mlp) $extra
+expect lib-train 0 ./libtrain "$src/models/mlp.csv" lib.st
+has lib-resumed "$tmp/stdout" "resumed same"
+right=$(sed -n 's/right \([0-9]*\).*/\1/p' "$tmp/stdout")
+check "library right $right/100" [ "${right:-0}" -ge 95 ]
+expect lib-state-as-weights 0 ./mlp eval --weights lib.st --data "$src/models/mlp.csv"
 
 # Data given on the command line, and bad data.
 head -50 "$src/models/mlp.csv" >half.csv

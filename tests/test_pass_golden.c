@@ -1,0 +1,106 @@
+// Golden IR per pass: each tests/passes/NAME.yaml names a pass in its header
+// ("# pass: cse"); the IR printed right after that pass (the full pipeline at -O2,
+// training graphs for models with a loss) must equal tests/passes/NAME.ir.
+// KILN_UPDATE_GOLDEN=1 rewrites the files; review the diff like code.
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "compiler/compiler.h"
+#include "passes/passes.h"
+
+#define PASS_DIR KILN_SOURCE_DIR "/tests/passes"
+
+typedef struct {
+  char yaml[512], golden[512], name[64], pass[32];
+} Case;
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *s = malloc((size_t)n + 1);
+  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
+  if (s) s[n] = '\0';
+  *len = (size_t)n;
+  fclose(f);
+  return s;
+}
+
+static void run(void **state) {
+  const Case *c = *state;
+  char *ir = NULL;
+  size_t irlen = 0;
+  FILE *out = open_memstream(&ir, &irlen);
+  KilnDiag d;
+  kiln_diag_init(&d, stderr);
+  KilnModel m;
+  assert_int_equal(kiln_model_load(&m, &d, c->yaml, NULL, 0), 0);
+  KilnPipelineOpts po = {.print_after = c->pass, .out = out, .level = 2,
+                         .training = m.graph.loss >= 0};
+  assert_int_equal(kiln_pipeline_run(&m.graph, &po, stderr), 0);
+  kiln_model_free(&m);
+  fclose(out);
+  if (irlen == 0) fail_msg("%s: pass '%s' did not run", c->name, c->pass);
+  if (getenv("KILN_UPDATE_GOLDEN")) {
+    FILE *g = fopen(c->golden, "w");
+    assert_non_null(g);
+    fwrite(ir, 1, irlen, g);
+    fclose(g);
+  }
+  size_t glen = 0;
+  char *want = slurp(c->golden, &glen);
+  if (!want) fail_msg("no golden file %s (KILN_UPDATE_GOLDEN=1 writes it)", c->golden);
+  if (glen != irlen || memcmp(want, ir, irlen) != 0) {
+    print_error("%s after %s:\n%s\nexpected (%s):\n%s\n", c->name, c->pass, ir, c->golden, want);
+    fail();
+  }
+  free(want);
+  free(ir);
+}
+
+int main(void) {
+  static Case cases[64];
+  static struct CMUnitTest tests[64];
+  int n = 0;
+  DIR *dir = opendir(PASS_DIR);
+  if (!dir) return 1;
+  for (struct dirent *e; (e = readdir(dir)) && n < 64;) {
+    size_t len = strlen(e->d_name);
+    if (len < 6 || strcmp(e->d_name + len - 5, ".yaml") != 0) continue;
+    Case *c = &cases[n];
+    int stem = (int)(len - 5);
+    snprintf(c->name, sizeof c->name, "%.*s", stem, e->d_name);
+    snprintf(c->yaml, sizeof c->yaml, "%s/%s", PASS_DIR, e->d_name);
+    snprintf(c->golden, sizeof c->golden, "%s/%.*s.ir", PASS_DIR, stem, e->d_name);
+    size_t tlen;
+    char *text = slurp(c->yaml, &tlen);
+    const char *p = text ? strstr(text, "# pass: ") : NULL;
+    if (!p || sscanf(p, "# pass: %31s", c->pass) != 1) {
+      fprintf(stderr, "%s: no '# pass: NAME' line\n", c->yaml);
+      return 1;
+    }
+    free(text);
+    tests[n] = (struct CMUnitTest){c->name, run, NULL, NULL, c};
+    n++;
+  }
+  closedir(dir);
+  // Every pass of the pipeline has a golden case.
+  for (int i = 0; kiln_pipeline_pass_name(i); i++) {
+    bool found = false;
+    for (int j = 0; j < n; j++) found |= strcmp(cases[j].pass, kiln_pipeline_pass_name(i)) == 0;
+    if (!found && strcmp(kiln_pipeline_pass_name(i), "shapes") != 0) {
+      fprintf(stderr, "pass '%s' has no golden case in %s\n", kiln_pipeline_pass_name(i), PASS_DIR);
+      return 1;
+    }
+  }
+  return _cmocka_run_group_tests("pass_golden", tests, (size_t)n, NULL, NULL);
+}
