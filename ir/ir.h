@@ -69,6 +69,7 @@ enum {
   KILN_OPF_VIEW = 1 << 7,       // output is its first input's bytes, reinterpreted (same
                                 // element count and order): memory planning shares the
                                 // buffer and no kernel runs
+  KILN_OPF_EPILOGUE = 1 << 8,   // its kernel can apply elementwise ops to its output rows
 };
 
 // Initializers of parameters.
@@ -164,7 +165,7 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(SOFTMAX, "softmax", 1, 1, REDUCE, DIFF, shape_softmax, NULL, flops_softmax, attrs_axis) \
   X(LOG_SOFTMAX, "log_softmax", 1, 1, REDUCE, DIFF, shape_softmax, NULL, flops_softmax, attrs_axis) \
   X(LAYERNORM, "layernorm", 3, 3, REDUCE, DIFF, shape_layernorm, NULL, flops_layernorm, attrs_layernorm) \
-  X(MATMUL, "matmul", 2, 2, OPAQUE, DIFF, shape_matmul, NULL, flops_matmul, attrs_matmul) \
+  X(MATMUL, "matmul", 2, 2, OPAQUE, DIFF | EPILOGUE, shape_matmul, NULL, flops_matmul, attrs_matmul) \
   X(RESHAPE, "reshape", 1, 1, INJECTIVE, DIFF | INPLACE | VIEW, shape_reshape, NULL, flops_zero, attrs_reshape) \
   X(TRANSPOSE, "transpose", 1, 1, INJECTIVE, DIFF, shape_transpose, NULL, flops_zero, attrs_transpose) \
   X(CONCAT, "concat", 1, -1, INJECTIVE, DIFF, shape_concat, NULL, flops_zero, attrs_axis) \
@@ -177,9 +178,9 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(MSE, "mse", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem3, attrs_none) \
   X(BCE, "binary_cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem8, attrs_none) \
   /* Gradient ops, made by autodiff. Elementwise ones take (x, dy). */                      \
-  X(GELU_GRAD, "gelu_grad", 2, 2, ELEMWISE, INTERNAL, shape_grad_elem, sc_gelu_grad, flops_elem8, attrs_none) \
-  X(SILU_GRAD, "silu_grad", 2, 2, ELEMWISE, INTERNAL, shape_grad_elem, sc_silu_grad, flops_elem8, attrs_none) \
-  X(CLAMP_GRAD, "clamp_grad", 2, 2, ELEMWISE, INTERNAL, shape_grad_elem, sc_clamp_grad, flops_elem, attrs_clamp) \
+  X(GELU_GRAD, "gelu_grad", 2, 2, ELEMWISE, INTERNAL | INPLACE, shape_grad_elem, sc_gelu_grad, flops_elem8, attrs_none) \
+  X(SILU_GRAD, "silu_grad", 2, 2, ELEMWISE, INTERNAL | INPLACE, shape_grad_elem, sc_silu_grad, flops_elem8, attrs_none) \
+  X(CLAMP_GRAD, "clamp_grad", 2, 2, ELEMWISE, INTERNAL | INPLACE, shape_grad_elem, sc_clamp_grad, flops_elem, attrs_clamp) \
   X(LAYERNORM_DX, "layernorm_dx", 3, 3, REDUCE, INTERNAL, shape_layernorm_dx, NULL, flops_layernorm, attrs_layernorm) \
   X(LAYERNORM_DGAMMA, "layernorm_dgamma", 2, 2, REDUCE, INTERNAL, shape_layernorm_dgamma, NULL, flops_layernorm, attrs_layernorm) \
   X(EMBEDDING_GRAD, "embedding_grad", 2, 2, OPAQUE, INTERNAL, shape_embedding_grad, NULL, flops_in, attrs_embedding_grad) \
@@ -246,6 +247,9 @@ struct KilnGraph {
   // gradient; grads[i] (i < nforward) is dloss/d(node i) for every param, else -1.
   int nforward;
   int32_t *grads;
+  // After fusion: fused_into[i] is the node whose kernel computes node i inline
+  // (i then has no buffer and no kernel of its own), or -1. NULL before fusion.
+  int32_t *fused_into;
 };
 
 void kiln_graph_init(KilnGraph *g, KilnArena *a, const char *name);

@@ -227,6 +227,7 @@ static const KilnAttrSpec attrs_attention[] = {
 #define RANDOM KILN_OPF_RANDOM
 #define TRAIN_ONLY KILN_OPF_TRAIN_ONLY
 #define INTERNAL KILN_OPF_INTERNAL
+#define EPILOGUE KILN_OPF_EPILOGUE
 #define VIEW KILN_OPF_VIEW
 
 const KilnOpInfo kiln_ops[] = {
@@ -243,6 +244,7 @@ const KilnOpInfo kiln_ops[] = {
 #undef RANDOM
 #undef TRAIN_ONLY
 #undef INTERNAL
+#undef EPILOGUE
 #undef VIEW
 
 _Static_assert(sizeof kiln_ops / sizeof kiln_ops[0] == KILN_OP_COUNT,

@@ -5,7 +5,8 @@
 // runs at step i, writes its value there and the value lives until the step of its
 // last reader. The runtime writes the inputs before the first kernel (step -1) and
 // reads the outputs, the loss and, through the optimizer, the gradients after the
-// last one (step nnodes). A kernel's scratch lives during its own step only.
+// last one (step nnodes). kiln_memplan_request keeps the inputs to the end too. A
+// kernel's scratch lives during its own step only.
 //
 // Values map to buffers. A view (KILN_OPF_VIEW: reshape) is its input's bytes
 // under another shape: it joins the input's buffer, stretches its lifetime, and its
@@ -15,6 +16,11 @@
 // and is not also one of the node's other inputs; its kernel reads each element
 // before writing it. A buffer lives from its first value's write to its last
 // value's last read.
+//
+// After fusion (g->fused_into), a node computed inside another node's kernel has
+// no buffer, and what it reads is read at the step of the kernel that computes it.
+// A kernel that computes fused nodes does not run in place: a matmul epilogue
+// writes the matmul's rows into the output before it reads the other operands.
 //
 // Packing is greedy by size with best fit, as TFLite's arena planner and ggml's
 // allocator do it: buffers in decreasing size; each takes the smallest gap, among
@@ -51,6 +57,12 @@ void kiln_memplan_roots(const KilnGraph *g, bool *keep) {
     if (g->grads[i] >= 0) keep[g->grads[i]] = true;
 }
 
+// The node whose kernel computes node i: i, or the root of the fusion group it
+// is fused into.
+static int32_t runs_in(const KilnGraph *g, int32_t i) {
+  return g->fused_into && g->fused_into[i] >= 0 ? g->fused_into[i] : i;
+}
+
 void kiln_memplan_request(const KilnGraph *g, KilnArena *a, int64_t base, KilnMemReq *out) {
   int n = g->nnodes;
   bool *keep = kiln_arena_alloc(a, (size_t)(n ? n : 1) * sizeof *keep);
@@ -65,9 +77,14 @@ void kiln_memplan_request(const KilnGraph *g, KilnArena *a, int64_t base, KilnMe
   }
   for (int i = 0; i < n; i++) {
     KilnOp op = g->nodes[i].op;
-    // Inputs always have a place (the runtime writes them all); parameters live in
-    // the weights block, not here.
-    store[i] = (store[i] || op == KILN_OP_INPUT) && op != KILN_OP_PARAM;
+    // Inputs always have a place (the runtime writes them all) and keep it to the
+    // end: callers may run a step again on the same inputs without writing them
+    // (bench, repeated steps in tests), and an i32 input overwritten by floats
+    // would index out of bounds. They are small next to the activations.
+    // Parameters live in the weights block, not here; fused nodes nowhere.
+    KILN_ASSERT(!keep[i] || runs_in(g, i) == i);  // fusion leaves the roots alone
+    store[i] = (store[i] || op == KILN_OP_INPUT) && op != KILN_OP_PARAM && runs_in(g, i) == i;
+    keep[i] |= op == KILN_OP_INPUT;
     bytes[i] = kiln_memplan_bytes(&g->nodes[i]);
   }
   *out = (KilnMemReq){store, bytes, NULL, keep, base, true};
@@ -81,6 +98,7 @@ typedef struct {
   const KilnMemReq *r;
   KilnMemPlan *p;
   int32_t *last;  // per node: step of its last read (nnodes when kept to the end)
+  bool *grouped;  // per node: its kernel computes fused nodes too
   int cap;
 } Planner;
 
@@ -92,14 +110,18 @@ static int32_t new_buf(Planner *pl, int32_t node, int32_t first, int32_t last, i
   return p->nbufs++;
 }
 
+// A node's inputs are read at the step of the kernel that computes it, if any
+// does: a kernel runs only for a node with storage.
 static void last_reads(Planner *pl) {
   const KilnGraph *g = pl->g;
   for (int i = 0; i < g->nnodes; i++) pl->last[i] = pl->r->keep[i] ? g->nnodes : i;
   for (int i = 0; i < g->nnodes; i++) {
-    if (!pl->r->store[i]) continue;  // a node without storage never runs
+    int32_t at = runs_in(g, i);
+    if (at != i) pl->grouped[at] = true;
+    if (!pl->r->store[at]) continue;
     for (int j = 0; j < g->nodes[i].nin; j++) {
       int32_t x = g->nodes[i].in[j];
-      if (pl->last[x] < i) pl->last[x] = i;
+      if (pl->last[x] < at) pl->last[x] = at;
     }
   }
 }
@@ -119,7 +141,8 @@ static bool can_view(Planner *pl, int32_t i) {
 
 static bool can_inplace(Planner *pl, int32_t i) {
   const KilnNode *n = &pl->g->nodes[i];
-  if (!pl->r->inplace || !kiln_op_has(n->op, KILN_OPF_INPLACE) || n->nin < 1) return false;
+  if (!pl->r->inplace || !kiln_op_has(n->op, KILN_OPF_INPLACE) || n->nin < 1 || pl->grouped[i])
+    return false;
   int32_t x = n->in[0];
   if (!same_elements(pl, i, x)) return false;
   int32_t b = pl->p->buf[x];
@@ -238,8 +261,9 @@ void kiln_memplan(const KilnGraph *g, const KilnMemReq *r, KilnArena *a, KilnMem
   p->alias = kiln_arena_alloc(a, (size_t)m * sizeof *p->alias);
   p->buf = kiln_arena_alloc(a, (size_t)m * sizeof *p->buf);
   p->bufs = kiln_arena_alloc(a, (size_t)(2 * m) * sizeof *p->bufs);  // a value and a scratch each
-  Planner pl = {g, r, p, malloc((size_t)m * sizeof(int32_t)), 2 * m};
-  KILN_ASSERT(pl.last);
+  Planner pl = {g, r, p, malloc((size_t)m * sizeof(int32_t)), calloc((size_t)m, sizeof(bool)),
+                2 * m};
+  KILN_ASSERT(pl.last && pl.grouped);
   for (int i = 0; i < n; i++) p->offset[i] = p->scratch[i] = -1, p->alias[i] = p->buf[i] = -1;
   last_reads(&pl);
   assign_buffers(&pl);
@@ -254,4 +278,5 @@ void kiln_memplan(const KilnGraph *g, const KilnMemReq *r, KilnArena *a, KilnMem
     if (p->bufs[b].scratch) p->scratch[p->bufs[b].node] = p->bufs[b].offset;
   p->bound = r->base + live_bound(p, n);
   free(pl.last);
+  free(pl.grouped);
 }

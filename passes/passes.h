@@ -30,13 +30,19 @@ int kiln_pass_cse(KilnGraph *g, FILE *err);       // repeated computations
 int kiln_pass_dce(KilnGraph *g, FILE *err);       // values nothing uses
 
 //
+// fuse.c: groups of nodes computed by one kernel (sets g->fused_into).
+//
+int kiln_pass_fuse(KilnGraph *g, FILE *err);
+
+//
 // memplan.c: memory planning. Lifetimes over the node order, in-place reuse and
 // views, and offset packing of every value into one arena; not a pass (the graph
 // does not change): backends call it on the final graph.
 //
 // Steps: node i's kernel runs at step i; -1 is before the first kernel (the
 // runtime writes the inputs), nnodes after the last (the runtime reads outputs,
-// the loss and the gradients).
+// the loss and the gradients). After fusion (g->fused_into) a fused node has no
+// storage and its inputs are read at its group root's step.
 typedef struct {
   int32_t first, last;  // steps it must hold its bytes, inclusive
   int64_t bytes;
@@ -49,7 +55,8 @@ typedef struct {
   const bool *store;      // per node: has a place in the arena
   const int64_t *bytes;   // per node: bytes of its value (64-aligned keeps offsets so)
   const int64_t *scratch; // per node: bytes its kernel needs during its own step; NULL: none
-  const bool *keep;       // per node: read after the last kernel (outputs, loss, gradients)
+  const bool *keep;       // per node: holds to the end of the step (outputs, loss, gradients
+                          // are read after the last kernel)
   int64_t base;           // first offset to use; what lies below is not planned
   bool inplace;           // KILN_OPF_INPLACE ops may take their first input's buffer
 } KilnMemReq;
@@ -73,7 +80,8 @@ int64_t kiln_memplan_bytes(const KilnNode *n);
 void kiln_memplan_roots(const KilnGraph *g, bool *keep);
 // The request for a graph's full step (training after autodiff): storage for what
 // the roots need and for every input (params excluded: they live in the weights
-// block), in-place allowed, no scratch. Arrays come from a.
+// block); the roots and the inputs kept to the end; in-place allowed; no scratch.
+// Arrays come from a.
 void kiln_memplan_request(const KilnGraph *g, KilnArena *a, int64_t base, KilnMemReq *out);
 // Plans r for g in its node order; the plan's arrays come from a.
 void kiln_memplan(const KilnGraph *g, const KilnMemReq *r, KilnArena *a, KilnMemPlan *out);

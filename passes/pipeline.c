@@ -20,6 +20,8 @@ static const Pass passes[] = {
     {"fold", kiln_pass_fold, false, 1},
     {"cse", kiln_pass_cse, false, 1},
     {"dce", kiln_pass_dce, false, 1},
+    {"schedule", kiln_pass_schedule, false, 2},
+    {"fuse", kiln_pass_fuse, false, 2},  // last: it records groups by node index
 };
 
 const char *kiln_pipeline_pass_name(int i) {

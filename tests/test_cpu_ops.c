@@ -27,6 +27,7 @@
 
 #include "compiler/compiler.h"
 #include "compiler/cpu/cpu.h"
+#include "passes/passes.h"
 #include "runtime/runtime.h"
 
 static char tmpdir[] = "/tmp/kiln-cpu-XXXXXX";
@@ -499,6 +500,9 @@ static void model_case(const char *file, const KilnDimOverride *ov, int nov) {
   kiln_diag_init(&d, stderr);
   KilnModel m;
   assert_int_equal(kiln_model_load(&m, &d, path, ov, nov), 0);
+  // The full pipeline at -O2, as kiln build runs it: fusion and memory planning.
+  KilnPipelineOpts po = {.out = stdout, .level = 2};
+  assert_int_equal(kiln_pipeline_run(&m.graph, &po, stderr), 0);
   // Token ids and labels draw from [0, bound); features from [-2, 2].
   check_graph(&m.graph, &m.arena, -2, 2);
   kiln_model_free(&m);

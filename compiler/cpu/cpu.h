@@ -11,10 +11,12 @@
 
 #include "include/kiln/abi.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 
 //
 // plan.c: where every node lives. Params in the weights block, everything else
-// in the activation arena; nodes not needed for the outputs get no storage.
+// in the activation arena, packed by memory planning (passes/memplan.c): values
+// whose lifetimes do not overlap share bytes; nodes not needed get no storage.
 //
 typedef enum { KILN_LOC_NONE, KILN_LOC_WEIGHTS, KILN_LOC_ARENA } KilnLocKind;
 
@@ -22,12 +24,15 @@ typedef struct {
   KilnLocKind *where;   // per node
   int64_t *offset;      // per node, bytes into its block
   int64_t *scratch;     // per node, arena offset of its scratch space (lstm, attention), or -1
+  int32_t *alias;       // per node: the node whose bytes it is (a view: reshape), or -1;
+                        // its kernel need not run: the bytes are already there
   bool *live_fwd;       // per node: needed for the outputs (inference)
   bool *live_eval;      // per node: needed for the loss
   bool *live;           // per node: needed for any of it (with gradients when training)
   int64_t *state;       // per param: weights-block offset of its optimizer state, or -1
   int nstate;           // optimizer tensors per param (0, 1 or 2), each the param's size
   int64_t weights_bytes, opt_bytes, arena_bytes, arena_naive_bytes;
+  KilnMemPlan mem;      // the arena's plan: buffers and their lifetimes
 } KilnPlan;
 
 // Plans storage for everything the graph computes: outputs, the loss, and after
@@ -66,20 +71,28 @@ LLVMValueRef kiln_cg_call1(KilnCg *c, const char *name, LLVMValueRef x);
 LLVMValueRef kiln_cg_call2(KilnCg *c, const char *name, LLVMValueRef x, LLVMValueRef y);
 LLVMValueRef kiln_cg_add(KilnCg *c, LLVMValueRef a, LLVMValueRef b);  // i64
 LLVMValueRef kiln_cg_mul(KilnCg *c, LLVMValueRef a, LLVMValueRef b);  // i64
+// exp and tanh from arithmetic (vectorizable; within a few ulp of libm).
+LLVMValueRef kiln_cg_exp(KilnCg *c, LLVMValueRef x);
+LLVMValueRef kiln_cg_tanh(KilnCg *c, LLVMValueRef x);
 // Stack scalar accumulator helpers (promoted to registers by mem2reg).
 LLVMValueRef kiln_cg_alloca(KilnCg *c, LLVMTypeRef t, const char *name);
 
 //
 // kernels.c: one kernel per live, non-source node.
 //
-typedef struct {
+typedef struct KilnKernel KilnKernel;
+struct KilnKernel {
   KilnCg *cg;
   const KilnGraph *g;
   const KilnPlan *plan;
   const KilnNode *n;
   int32_t id;
   LLVMValueRef w, a, lo, hi;  // kernel parameters
-} KilnKernel;
+  int32_t out;                // the node whose buffer receives the result (id, or the
+                              // fusion group's root for a matmul with an epilogue)
+  const KilnKernel *epi;      // the group root whose elementwise chain runs as the
+                              // matmul's epilogue, or NULL
+};
 
 // Emits the kernel for node id into the module; returns the function and the
 // number of parallel iterations it splits (its outer loop) in *out_n, and a cost

@@ -90,18 +90,18 @@ static LLVMValueRef fsel(KilnCg *c, LLVMRealPredicate p, LLVMValueRef a, LLVMVal
 }
 
 static LLVMValueRef sigmoid(KilnCg *c, LLVMValueRef x) {
-  LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFNeg(c->b, x, ""));
+  LLVMValueRef e = kiln_cg_exp(c, LLVMBuildFNeg(c->b, x, ""));
   return LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), LLVMBuildFAdd(c->b, kiln_cg_f32(c, 1), e, ""), "");
 }
 
-static LLVMValueRef tanh_f(KilnCg *c, LLVMValueRef x) { return kiln_cg_call1(c, "tanhf", x); }
+static LLVMValueRef tanh_f(KilnCg *c, LLVMValueRef x) { return kiln_cg_tanh(c, x); }
 
 LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x) {
   LLVMBuilderRef b = c->b;
   LLVMValueRef zero = kiln_cg_f32(c, 0), one = kiln_cg_f32(c, 1);
   switch (n->op) {
   case KILN_OP_NEG: return LLVMBuildFNeg(b, x[0], "");
-  case KILN_OP_EXP: return kiln_cg_call1(c, "llvm.exp.f32", x[0]);
+  case KILN_OP_EXP: return kiln_cg_exp(c, x[0]);
   case KILN_OP_LOG: return kiln_cg_call1(c, "llvm.log.f32", x[0]);
   case KILN_OP_SQRT: return kiln_cg_call1(c, "llvm.sqrt.f32", x[0]);
   case KILN_OP_RSQRT: return LLVMBuildFDiv(b, one, kiln_cg_call1(c, "llvm.sqrt.f32", x[0]), "");
@@ -188,11 +188,12 @@ static void bcast_strides(const KilnNode *out, const KilnNode *in, Bcast *s) {
   }
 }
 
-// Offset of row r's first element in an input with strides s: the row index is
-// split into coordinates of dims [0, rank-1) by constant divisions.
-static LLVMValueRef row_offset(KilnKernel *k, LLVMValueRef r, const Bcast *s) {
+// Offset of row r's first element in an input with strides s, r counting rows of
+// shape o: the row index is split into coordinates of dims [0, rank-1) by
+// constant divisions.
+static LLVMValueRef row_offset_in(const KilnKernel *k, const KilnNode *o, LLVMValueRef r,
+                                  const Bcast *s) {
   KilnCg *c = k->cg;
-  const KilnNode *o = k->n;
   LLVMValueRef off = kiln_cg_i64(c, 0);
   LLVMValueRef rem = r;
   for (int d = o->rank - 2; d >= 0; d--) {
@@ -204,30 +205,88 @@ static LLVMValueRef row_offset(KilnKernel *k, LLVMValueRef r, const Bcast *s) {
   return off;
 }
 
+static LLVMValueRef row_offset(KilnKernel *k, LLVMValueRef r, const Bcast *s) {
+  return row_offset_in(k, k->n, r, s);
+}
+
+//
+// Fusion groups (passes/fuse.c): a kernel computes its interior nodes inline.
+//
+static bool inline_here(const KilnKernel *k, int32_t id) {
+  return k->g->fused_into && k->g->fused_into[id] == k->id;
+}
+
+// The value of node id at (row, col) of top's shape. Interior nodes of a tree have
+// the top's shape and are computed from their inputs; the group's matmul sits in
+// the root's buffer already; other leaves are loaded, broadcast to the top's shape.
+static LLVMValueRef tree_at(const KilnKernel *k, int32_t id, const KilnNode *top, LLVMValueRef row,
+                            LLVMValueRef col) {
+  KilnCg *c = k->cg;
+  const KilnNode *n = &k->g->nodes[id];
+  int64_t last = top->rank ? top->shape[top->rank - 1] : 1;
+  if (inline_here(k, id) && kiln_op_has(n->op, KILN_OPF_EPILOGUE))
+    return kiln_cg_load(c, c->f32, kiln_cpu_ptr((KilnKernel *)k, k->id), ix(c, row, last, col));
+  if (inline_here(k, id)) {
+    LLVMValueRef x[KILN_MAX_INPUTS];
+    for (int j = 0; j < n->nin; j++) x[j] = tree_at(k, n->in[j], top, row, col);
+    return kiln_cpu_scalar(c, n, x);
+  }
+  Bcast s;
+  bcast_strides(top, n, &s);
+  LLVMValueRef off = row_offset_in(k, top, row, &s);
+  int64_t st = top->rank ? s.stride[top->rank - 1] : 0;
+  if (st) off = kiln_cg_add(c, off, kiln_cg_mul(c, col, kiln_cg_i64(c, st)));
+  return load_f((KilnKernel *)k, id, kiln_cpu_ptr((KilnKernel *)k, id), off);
+}
+
+// Input j of the kernel's node at element `flat` of its own shape: a load, or, when
+// input j is fused into this kernel, its value computed here.
+static LLVMValueRef in_load(KilnKernel *k, int j, LLVMValueRef flat) {
+  KilnCg *c = k->cg;
+  int32_t id = k->n->in[j];
+  if (!inline_here(k, id)) return kiln_cg_load(c, c->f32, kiln_cpu_ptr(k, id), flat);
+  const KilnNode *x = &k->g->nodes[id];
+  LLVMValueRef last = kiln_cg_i64(c, x->rank ? x->shape[x->rank - 1] : 1);
+  return tree_at(k, id, x, LLVMBuildSDiv(c->b, flat, last, ""), LLVMBuildSRem(c->b, flat, last, ""));
+}
+
+// The root of an elementwise group at (row, col): its op on its inputs' values.
+static LLVMValueRef root_at(const KilnKernel *k, LLVMValueRef row, LLVMValueRef col) {
+  LLVMValueRef x[KILN_MAX_INPUTS];
+  for (int j = 0; j < k->n->nin; j++) x[j] = tree_at(k, k->n->in[j], k->n, row, col);
+  return kiln_cpu_scalar(k->cg, k->n, x);
+}
+
+// Rows [r0, r0 + n) of the root's output, computed in place: the matmul's
+// epilogue, run on rows the matmul has just written.
+static void epilogue_rows(const KilnKernel *k, LLVMValueRef r0, LLVMValueRef n) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t inner = o->shape[o->rank - 1];
+  LLVMValueRef out = kiln_cpu_ptr((KilnKernel *)k, k->id);
+  KilnLoop r = kiln_cg_loop_begin(c, r0, kiln_cg_add(c, r0, n), "erow");
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, inner), "ecol");
+  kiln_cg_store(c, root_at(k, r.index, j.index), out, ix(c, r.index, inner, j.index));
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &r);
+}
+
+static int64_t emit_matmul_group(KilnKernel *k, int32_t mm);
+static int64_t emit_matmul(KilnKernel *k);
+
 static int64_t emit_elementwise(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
+  for (int32_t i = 0; k->g->fused_into && i < k->id; i++)
+    if (inline_here(k, i) && kiln_op_has(k->g->nodes[i].op, KILN_OPF_EPILOGUE))
+      return emit_matmul_group(k, i);
   int64_t inner = o->rank ? o->shape[o->rank - 1] : 1;
   int64_t rows = kiln_node_numel(o) / inner;
-  Bcast s[KILN_MAX_INPUTS];
-  LLVMValueRef base[KILN_MAX_INPUTS];
-  for (int i = 0; i < o->nin; i++) {
-    bcast_strides(o, in_node(k, i), &s[i]);
-    base[i] = kiln_cpu_ptr(k, o->in[i]);
-  }
   LLVMValueRef out = kiln_cpu_ptr(k, k->id);
   KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
-  LLVMValueRef rbase[KILN_MAX_INPUTS];
-  for (int i = 0; i < o->nin; i++) rbase[i] = row_offset(k, r.index, &s[i]);
   LLVMValueRef obase = kiln_cg_mul(c, r.index, kiln_cg_i64(c, inner));
   KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, inner), "col");
-  LLVMValueRef x[KILN_MAX_INPUTS];
-  for (int i = 0; i < o->nin; i++) {
-    int64_t st = o->rank ? s[i].stride[o->rank - 1] : 0;
-    LLVMValueRef idx = st ? kiln_cg_add(c, rbase[i], j.index) : rbase[i];
-    x[i] = load_f(k, o->in[i], base[i], idx);
-  }
-  store_f(k, kiln_cpu_scalar(c, o, x), out, kiln_cg_add(c, obase, j.index));
+  store_f(k, root_at(k, r.index, j.index), out, kiln_cg_add(c, obase, j.index));
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
   return rows;
@@ -447,7 +506,7 @@ static int64_t emit_reduce(KilnKernel *k) {
     if (!reduced[d]) st *= x->shape[d];
     else count *= x->shape[d];
   }
-  LLVMValueRef src = kiln_cpu_ptr(k, o->in[0]), dst = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef dst = kiln_cpu_ptr(k, k->id);
   int64_t on = kiln_node_numel(o), n = kiln_node_numel(x);
   bool is_max = o->op == KILN_OP_MAX;
   KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, on), "init");
@@ -461,7 +520,7 @@ static int64_t emit_reduce(KilnKernel *k) {
     if (ostride[d]) off = kiln_cg_add(c, off, kiln_cg_mul(c, coord, kiln_cg_i64(c, ostride[d])));
     rem = LLVMBuildSDiv(c->b, rem, dim, "");
   }
-  LLVMValueRef v = kiln_cg_load(c, c->f32, src, i.index), acc = kiln_cg_load(c, c->f32, dst, off);
+  LLVMValueRef v = in_load(k, 0, i.index), acc = kiln_cg_load(c, c->f32, dst, off);
   // max keeps a NaN (the interpreter's comparison does the same).
   LLVMValueRef r = is_max ? fsel(c, LLVMRealUGT, v, acc, v, acc) : LLVMBuildFAdd(c->b, acc, v, "");
   kiln_cg_store(c, r, dst, off);
@@ -485,7 +544,7 @@ static int64_t emit_softmax(KilnKernel *k) {
   int axis = (int)kiln_norm_axis(o->attr.axis, o->rank);
   int64_t len = o->shape[axis], inner = prod(o->shape, axis + 1, o->rank);
   int64_t lanes = kiln_node_numel(o) / len;
-  LLVMValueRef src = kiln_cpu_ptr(k, o->in[0]), dst = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef dst = kiln_cpu_ptr(k, k->id);
   LLVMValueRef vinner = kiln_cg_i64(c, inner);
   KilnLoop l = kiln_cg_loop_begin(c, k->lo, k->hi, "lane");
   LLVMValueRef outer = LLVMBuildSDiv(c->b, l.index, vinner, "");
@@ -494,13 +553,13 @@ static int64_t emit_softmax(KilnKernel *k) {
   LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
 #define AT(j) kiln_cg_add(c, base, kiln_cg_mul(c, (j), vinner))
   KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
-  LLVMValueRef v = kiln_cg_load(c, c->f32, src, AT(a.index)), m = acc_get(c, mx);
+  LLVMValueRef v = in_load(k, 0, AT(a.index)), m = acc_get(c, mx);
   LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
   kiln_cg_loop_end(c, &a);
   LLVMValueRef mval = acc_get(c, mx);
   KilnLoop s = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
-  v = kiln_cg_load(c, c->f32, src, AT(s.index));
-  LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFSub(c->b, v, mval, ""));
+  v = in_load(k, 0, AT(s.index));
+  LLVMValueRef e = kiln_cg_exp(c, LLVMBuildFSub(c->b, v, mval, ""));
   if (o->op == KILN_OP_SOFTMAX) kiln_cg_store(c, e, dst, AT(s.index));
   LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), e, ""), sum);
   kiln_cg_loop_end(c, &s);
@@ -512,7 +571,7 @@ static int64_t emit_softmax(KilnKernel *k) {
     v = kiln_cg_load(c, c->f32, dst, AT(w.index));
     kiln_cg_store(c, LLVMBuildFMul(c->b, v, inv, ""), dst, AT(w.index));
   } else {
-    v = kiln_cg_load(c, c->f32, src, AT(w.index));
+    v = in_load(k, 0, AT(w.index));
     kiln_cg_store(c, LLVMBuildFSub(c->b, v, lse, ""), dst, AT(w.index));
   }
   kiln_cg_loop_end(c, &w);
@@ -523,16 +582,16 @@ static int64_t emit_softmax(KilnKernel *k) {
 
 // The mean and rstd = 1 / sqrt(var + eps) of the d values at x[base ..]: biased
 // variance, two passes (mean, then squared deviations), as the interpreter.
-static void row_stats(KilnKernel *k, LLVMValueRef x, LLVMValueRef base, int64_t d,
+static void row_stats(KilnKernel *k, int x, LLVMValueRef base, int64_t d,
                       LLVMValueRef *out_mean, LLVMValueRef *out_rstd) {
   KilnCg *c = k->cg;
   LLVMValueRef sum = acc_new(c, 0, "sum"), sq = acc_new(c, 0, "sq");
   KilnLoop a = upto(c, d, "j");
-  acc_add(c, sum, kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, a.index)));
+  acc_add(c, sum, in_load(k, x, kiln_cg_add(c, base, a.index)));
   kiln_cg_loop_end(c, &a);
   LLVMValueRef mean = LLVMBuildFDiv(c->b, acc_get(c, sum), kiln_cg_f32(c, (double)d), "mean");
   KilnLoop b = upto(c, d, "j");
-  LLVMValueRef v = LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, kiln_cg_add(c, base, b.index)), mean, "");
+  LLVMValueRef v = LLVMBuildFSub(c->b, in_load(k, x, kiln_cg_add(c, base, b.index)), mean, "");
   acc_add(c, sq, LLVMBuildFMul(c->b, v, v, ""));
   kiln_cg_loop_end(c, &b);
   LLVMValueRef var = LLVMBuildFDiv(c->b, acc_get(c, sq), kiln_cg_f32(c, (double)d), "var");
@@ -546,14 +605,14 @@ static int64_t emit_layernorm(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
   int64_t d = o->shape[o->rank - 1], rows = kiln_node_numel(o) / d;
-  LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), g = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef g = kiln_cpu_ptr(k, o->in[1]);
   LLVMValueRef be = kiln_cpu_ptr(k, o->in[2]), y = kiln_cpu_ptr(k, k->id);
   KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
   LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
-  row_stats(k, x, base, d, &mean, &rstd);
+  row_stats(k, 0, base, d, &mean, &rstd);
   KilnLoop w = upto(c, d, "j");
   LLVMValueRef at = kiln_cg_add(c, base, w.index);
-  LLVMValueRef v = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "");
+  LLVMValueRef v = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, in_load(k, 0, at), mean, ""), rstd, "");
   v = LLVMBuildFAdd(c->b, LLVMBuildFMul(c->b, v, kiln_cg_load(c, c->f32, g, w.index), ""),
                     kiln_cg_load(c, c->f32, be, w.index), "");
   kiln_cg_store(c, v, y, at);
@@ -568,17 +627,17 @@ static int64_t emit_layernorm_dx(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
   int64_t d = o->shape[o->rank - 1], rows = kiln_node_numel(o) / d;
-  LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), gm = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef dy = kiln_cpu_ptr(k, o->in[2]), dx = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef gm = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef dx = kiln_cpu_ptr(k, k->id);
   KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
   LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
-  row_stats(k, x, base, d, &mean, &rstd);
+  row_stats(k, 0, base, d, &mean, &rstd);
   LLVMValueRef sg = acc_new(c, 0, "sg"), sgx = acc_new(c, 0, "sgx");
   for (int pass = 0; pass < 2; pass++) {  // the sums, then dx
     KilnLoop j = upto(c, d, "j");
     LLVMValueRef at = kiln_cg_add(c, base, j.index), xhat, g;
-    xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "xhat");
-    g = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, dy, at), kiln_cg_load(c, c->f32, gm, j.index), "g");
+    xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, in_load(k, 0, at), mean, ""), rstd, "xhat");
+    g = LLVMBuildFMul(c->b, in_load(k, 2, at), kiln_cg_load(c, c->f32, gm, j.index), "g");
     if (pass == 0) {
       acc_add(c, sg, g);
       acc_add(c, sgx, LLVMBuildFMul(c->b, g, xhat, ""));
@@ -602,18 +661,17 @@ static int64_t emit_layernorm_dgamma(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n, *xn = in_node(k, 0);
   int64_t d = o->shape[0], rows = kiln_node_numel(xn) / d;
-  LLVMValueRef x = kiln_cpu_ptr(k, o->in[0]), dy = kiln_cpu_ptr(k, o->in[1]);
   LLVMValueRef out = kiln_cpu_ptr(k, k->id);
   KilnLoop z = kiln_cg_loop_begin(c, k->lo, k->hi, "zero");
   kiln_cg_store(c, kiln_cg_f32(c, 0), out, z.index);
   kiln_cg_loop_end(c, &z);
   KilnLoop r = upto(c, rows, "row");
   LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
-  row_stats(k, x, base, d, &mean, &rstd);
+  row_stats(k, 0, base, d, &mean, &rstd);
   KilnLoop j = kiln_cg_loop_begin(c, k->lo, k->hi, "col");
   LLVMValueRef at = kiln_cg_add(c, base, j.index);
-  LLVMValueRef xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, x, at), mean, ""), rstd, "");
-  add_to(c, out, j.index, LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, dy, at), xhat, ""));
+  LLVMValueRef xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, in_load(k, 0, at), mean, ""), rstd, "");
+  add_to(c, out, j.index, LLVMBuildFMul(c->b, in_load(k, 1, at), xhat, ""));
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
   return d;
@@ -672,7 +730,7 @@ static LLVMValueRef mm_batch_off(KilnKernel *k, LLVMValueRef bi, const Bcast *s,
 static int64_t emit_matmul_loops(KilnKernel *k, const Mm *mm) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
-  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->out);
   int nb = o->rank - 2;
   KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
   LLVMValueRef bi = LLVMBuildSDiv(c->b, r.index, kiln_cg_i64(c, mm->m), "");
@@ -703,6 +761,7 @@ static int64_t emit_matmul_loops(KilnKernel *k, const Mm *mm) {
   kiln_cg_store(c, LLVMBuildFAdd(c->b, cv, LLVMBuildFMul(c->b, av, bv, ""), ""), C, ci);
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &kk);
+  if (k->epi) epilogue_rows(k->epi, r.index, kiln_cg_i64(c, 1));
   kiln_cg_loop_end(c, &r);
   return mm->batch * mm->m;
 }
@@ -719,7 +778,7 @@ static int64_t emit_matmul_blas(KilnKernel *k, const Mm *mm) {
   LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
   if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
   int64_t tiles = (mm->m + BLAS_ROW_BLOCK - 1) / BLAS_ROW_BLOCK;
-  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->out);
   int nb = o->rank - 2;
   KilnLoop t = kiln_cg_loop_begin(c, k->lo, k->hi, "tile");
   LLVMValueRef bi = LLVMBuildSDiv(c->b, t.index, kiln_cg_i64(c, tiles), "");
@@ -746,13 +805,58 @@ static int64_t emit_matmul_blas(KilnKernel *k, const Mm *mm) {
       kiln_cg_gep(c, c->f32, C, cbase), I32(mm->n)};
 #undef I32
   LLVMBuildCall2(c->b, ft, f, args, 14, "");
+  if (k->epi) epilogue_rows(k->epi, kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, mm->m)), m0), rows);
   kiln_cg_loop_end(c, &t);
   return mm->batch * tiles;
+}
+
+// One row (M = 1): a matrix-vector product, cblas_sgemv, which reads B once where
+// sgemm would first repack it. y = op(B)^T a; iteration t is batch t.
+static int64_t emit_matmul_gemv(KilnKernel *k, const Mm *mm) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  LLVMTypeRef i32 = c->i32;
+  LLVMTypeRef params[] = {i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
+  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 12, 0);
+  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemv");
+  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemv", ft);
+  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->out);
+  int nb = o->rank - 2;
+  KilnLoop t = kiln_cg_loop_begin(c, k->lo, k->hi, "batch");
+  LLVMValueRef abase = kiln_cg_i64(c, 0), bbase = kiln_cg_i64(c, 0);
+  if (!mm->fold && nb > 0) {
+    abase = kiln_cg_mul(c, mm_batch_off(k, t.index, &mm->sa, nb), kiln_cg_i64(c, mm->k));
+    bbase = kiln_cg_mul(c, mm_batch_off(k, t.index, &mm->sb, nb), kiln_cg_i64(c, mm->k * mm->n));
+  }
+#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
+  bool tb = o->attr.trans_b;
+  LLVMValueRef args[] = {
+      I32(101), I32(tb ? 111 : 112), I32(tb ? mm->n : mm->k), I32(tb ? mm->k : mm->n),
+      kiln_cg_f32(c, 1), kiln_cg_gep(c, c->f32, B, bbase), I32(tb ? mm->k : mm->n),
+      kiln_cg_gep(c, c->f32, A, abase), I32(1), kiln_cg_f32(c, 0),
+      kiln_cg_gep(c, c->f32, C, kiln_cg_mul(c, t.index, kiln_cg_i64(c, mm->n))), I32(1)};
+#undef I32
+  LLVMBuildCall2(c->b, ft, f, args, 12, "");
+  if (k->epi) epilogue_rows(k->epi, t.index, kiln_cg_i64(c, 1));
+  kiln_cg_loop_end(c, &t);
+  return mm->batch;
+}
+
+// A matmul fused with the elementwise chain of root k: the matmul writes into the
+// root's buffer and the chain runs over each block of rows right after.
+static int64_t emit_matmul_group(KilnKernel *k, int32_t mm) {
+  KilnKernel km = *k;
+  km.n = &k->g->nodes[mm];
+  km.id = mm;
+  km.out = k->id;
+  km.epi = k;
+  return emit_matmul(&km);
 }
 
 static int64_t emit_matmul(KilnKernel *k) {
   Mm mm;
   mm_shape(k, &mm);
+  if (mm.m == 1 && mm.n * mm.k >= BLAS_MIN_WORK / 8) return emit_matmul_gemv(k, &mm);
   if (mm.m * mm.n * mm.k >= BLAS_MIN_WORK) return emit_matmul_blas(k, &mm);
   return emit_matmul_loops(k, &mm);
 }
@@ -850,7 +954,7 @@ static int64_t emit_attention(KilnKernel *k) {
   LLVMValueRef mval = acc_get(c, mx);
   KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "e");
   LLVMValueRef si = kiln_cg_add(c, sbase, e.index);
-  LLVMValueRef ev = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, S, si), mval, ""));
+  LLVMValueRef ev = kiln_cg_exp(c, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, S, si), mval, ""));
   kiln_cg_store(c, ev, S, si);
   LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), ev, ""), sum);
   kiln_cg_loop_end(c, &e);
@@ -918,7 +1022,7 @@ static int64_t emit_attention_grad(KilnKernel *k) {
   LLVMValueRef mval = acc_get(c, mx);
   KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "e");
   LLVMValueRef ei = kiln_cg_add(c, pb, e.index);
-  LLVMValueRef ev = kiln_cg_call1(c, "llvm.exp.f32", fsub(c, ld(c, S, ei), mval));
+  LLVMValueRef ev = kiln_cg_exp(c, fsub(c, ld(c, S, ei), mval));
   kiln_cg_store(c, ev, S, ei);
   acc_add(c, sum, ev);
   kiln_cg_loop_end(c, &e);
@@ -1081,7 +1185,7 @@ static int64_t emit_cross_entropy_grad(KilnKernel *k) {
   kiln_cg_loop_end(c, &a);
   LLVMValueRef mval = acc_get(c, mx);
   KilnLoop s = upto(c, C, "c");
-  LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", fsub(c, ld(c, X, kiln_cg_add(c, base, s.index)), mval));
+  LLVMValueRef e = kiln_cg_exp(c, fsub(c, ld(c, X, kiln_cg_add(c, base, s.index)), mval));
   kiln_cg_store(c, e, Y, kiln_cg_add(c, base, s.index));
   acc_add(c, sum, e);
   kiln_cg_loop_end(c, &s);
@@ -1109,7 +1213,7 @@ static int64_t emit_loss(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n, *x = in_node(k, 0);
   LLVMTypeRef f64 = LLVMDoubleTypeInContext(c->ctx);
-  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), L = kiln_cpu_ptr(k, o->in[1]), Y = kiln_cpu_ptr(k, k->id);
+  LLVMValueRef L = kiln_cpu_ptr(k, o->in[1]), Y = kiln_cpu_ptr(k, k->id);
   LLVMValueRef tot = kiln_cg_alloca(c, f64, "total");
   LLVMBuildStore(c->b, LLVMConstReal(f64, 0), tot);
   int64_t count;
@@ -1120,13 +1224,13 @@ static int64_t emit_loss(KilnKernel *k) {
     LLVMValueRef base = kiln_cg_mul(c, p.index, kiln_cg_i64(c, C));
     LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
     KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, C), "c");
-    LLVMValueRef v = kiln_cg_load(c, c->f32, X, kiln_cg_add(c, base, a.index)), m = acc_get(c, mx);
+    LLVMValueRef v = in_load(k, 0, kiln_cg_add(c, base, a.index)), m = acc_get(c, mx);
     LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
     kiln_cg_loop_end(c, &a);
     LLVMValueRef mval = acc_get(c, mx);
     KilnLoop s = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, C), "c");
-    v = kiln_cg_load(c, c->f32, X, kiln_cg_add(c, base, s.index));
-    LLVMValueRef e = kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFSub(c->b, v, mval, ""));
+    v = in_load(k, 0, kiln_cg_add(c, base, s.index));
+    LLVMValueRef e = kiln_cg_exp(c, LLVMBuildFSub(c->b, v, mval, ""));
     LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), e, ""), sum);
     kiln_cg_loop_end(c, &s);
     LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", acc_get(c, sum)), "");
@@ -1134,14 +1238,14 @@ static int64_t emit_loss(KilnKernel *k) {
     LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
                                    LLVMBuildICmp(c->b, LLVMIntSGE, lab, kiln_cg_i64(c, C), ""), "");
     lab = LLVMBuildSelect(c->b, bad, kiln_cg_i64(c, 0), lab, "");
-    LLVMValueRef xl = kiln_cg_load(c, c->f32, X, kiln_cg_add(c, base, lab));
+    LLVMValueRef xl = in_load(k, 0, kiln_cg_add(c, base, lab));
     LLVMValueRef term = LLVMBuildFPExt(c->b, LLVMBuildFSub(c->b, lse, xl, ""), f64, "");
     LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, f64, tot, ""), term, ""), tot);
     kiln_cg_loop_end(c, &p);
   } else {
     count = kiln_node_numel(x);
     KilnLoop p = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, count), "p");
-    LLVMValueRef a = kiln_cg_load(c, c->f32, X, p.index), y = kiln_cg_load(c, c->f32, L, p.index);
+    LLVMValueRef a = in_load(k, 0, p.index), y = in_load(k, 1, p.index);
     LLVMValueRef term;
     if (o->op == KILN_OP_MSE) {
       LLVMValueRef d = LLVMBuildFSub(c->b, a, y, "");
@@ -1150,7 +1254,7 @@ static int64_t emit_loss(KilnKernel *k) {
       LLVMValueRef zero = kiln_cg_f32(c, 0);
       LLVMValueRef relu = fsel(c, LLVMRealOGT, a, zero, a, zero);
       LLVMValueRef ax = kiln_cg_call1(c, "llvm.fabs.f32", a);
-      LLVMValueRef sp = kiln_cg_call1(c, "log1pf", kiln_cg_call1(c, "llvm.exp.f32", LLVMBuildFNeg(c->b, ax, "")));
+      LLVMValueRef sp = kiln_cg_call1(c, "log1pf", kiln_cg_exp(c, LLVMBuildFNeg(c->b, ax, "")));
       term = LLVMBuildFAdd(c->b, LLVMBuildFSub(c->b, relu, LLVMBuildFMul(c->b, a, y, ""), ""), sp, "");
     }
     term = LLVMBuildFPExt(c->b, term, f64, "");
@@ -1206,7 +1310,7 @@ LLVMValueRef kiln_cpu_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, i
   c->fn = fn;
   LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
   KilnKernel k = {c, g, p, &g->nodes[id], id, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1),
-                  LLVMGetParam(fn, 2), LLVMGetParam(fn, 3)};
+                  LLVMGetParam(fn, 2), LLVMGetParam(fn, 3), id, NULL};
   // Kernels read and write disjoint planned buffers: tell LLVM so it vectorizes.
   for (unsigned i = 0; i < 2; i++) {
     unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);

@@ -148,6 +148,9 @@ static void store_loss(KilnCg *c, const KilnPlan *p, int32_t loss, LLVMValueRef 
   LLVMBuildStore(c->b, v, kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, offsetof(KilnStepHeader, loss))));
 }
 
+// Computed inside another node's kernel (passes/fuse.c): no kernel of its own.
+static bool fused(const KilnGraph *g, int32_t i) { return g->fused_into && g->fused_into[i] >= 0; }
+
 typedef struct {
   LLVMValueRef forward, eval, train;
   int nkernels;
@@ -160,7 +163,8 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
   int64_t *iters = calloc((size_t)n, sizeof *iters), *cost = calloc((size_t)n, sizeof *cost);
   out->nkernels = 0;
   for (int i = 0; i < n; i++)
-    if (p->live[i] && kiln_op(g->nodes[i].op)->fuse != KILN_FUSE_SOURCE)
+    if (p->live[i] && kiln_op(g->nodes[i].op)->fuse != KILN_FUSE_SOURCE && !fused(g, i) &&
+        !(p->alias && p->alias[i] >= 0))
       kern[i] = kiln_cpu_kernel(c, g, p, i, &iters[i], &cost[i]), out->nkernels++;
   out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, 0);
   LLVMBuildRetVoid(c->b);
@@ -188,6 +192,14 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
   free(kern);
   free(iters);
   free(cost);
+}
+
+// FLOPs of one forward call: the nodes the outputs need, not the training graph.
+static int64_t forward_flops(const KilnGraph *g, const KilnPlan *p) {
+  int64_t total = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (p->live_fwd[i]) total += kiln_op(g->nodes[i].op)->flops(g, &g->nodes[i]);
+  return total;
 }
 
 static int64_t batch_of(const KilnGraph *g, const int32_t *inputs, int n) {
@@ -366,7 +378,7 @@ void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
       cstring(c, o->kiln_version, "kiln_version"), cstring(c, "cpu", "target"),
       kiln_cg_i64(c, (int64_t)o->seed), kiln_cg_i64(c, batch_of(g, inputs, ni)),
       kiln_cg_i64(c, p->weights_bytes), kiln_cg_i64(c, p->arena_bytes),
-      kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, kiln_graph_flops(g)),
+      kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, forward_flops(g, p)),
       i32c(c, np), i32c(c, ni), i32c(c, g->noutputs), i32c(c, st.nkernels),
       tensor_array(c, &t, g, p, params, np, "params"), tensor_array(c, &t, g, p, inputs, ni, "inputs"),
       tensor_array(c, &t, g, p, g->outputs, g->noutputs, "outputs"), st.forward,

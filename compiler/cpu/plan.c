@@ -1,7 +1,10 @@
-// Storage for a compiled graph: parameters packed into the weights block, every
-// other live value into the activation arena at 64-byte aligned offsets, plus
-// scratch space for the kernels that keep state (lstm, attention). Each value has
-// its own offset here; lifetime-based packing belongs to the memory planning pass.
+// Storage for a compiled graph: parameters packed into the weights block (then
+// their optimizer state), every other live value in the activation arena at the
+// offset memory planning (passes/memplan.c) gives it, plus scratch space for the
+// kernels that keep state (lstm, attention). The plan is made once, for the full
+// step (training when the graph has gradients); memplan.c explains why the
+// forward and eval steps, which run subsets of its kernels in the same order, may
+// use it as well.
 #include <string.h>
 
 #include "compiler/cpu/cpu.h"
@@ -46,35 +49,39 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *p) 
   memset(p, 0, sizeof *p);
   p->where = kiln_arena_alloc(a, (size_t)n * sizeof *p->where);
   p->offset = kiln_arena_alloc(a, (size_t)n * sizeof *p->offset);
-  p->scratch = kiln_arena_alloc(a, (size_t)n * sizeof *p->scratch);
   p->state = kiln_arena_alloc(a, (size_t)n * sizeof *p->state);
   bool training = g->grads != NULL;
   p->nstate = training ? nstate : 0;
   mark(g, a, true, false, false, &p->live_fwd);
   mark(g, a, false, true, false, &p->live_eval);
   mark(g, a, true, true, training, &p->live);
-  // The step header comes first in the arena.
-  p->arena_bytes = KILN_ABI_HEADER_BYTES;
+  // The step header comes first in the arena, outside the plan.
+  KilnMemReq r;
+  kiln_memplan_request(g, a, KILN_ABI_HEADER_BYTES, &r);
+  int64_t *scratch = kiln_arena_alloc(a, (size_t)n * sizeof *scratch);
+  for (int i = 0; i < n; i++) {
+    bool fused = g->fused_into && g->fused_into[i] >= 0;  // computed in another kernel
+    KILN_ASSERT(r.store[i] == ((p->live[i] || g->nodes[i].op == KILN_OP_INPUT) &&
+                               g->nodes[i].op != KILN_OP_PARAM && !fused));
+    scratch[i] = align_up(scratch_floats(g, &g->nodes[i]) * 4);
+  }
+  r.scratch = scratch;
+  kiln_memplan(g, &r, a, &p->mem);
+  p->scratch = p->mem.scratch;
+  p->alias = p->mem.alias;
+  p->arena_bytes = p->mem.peak;
+  p->arena_naive_bytes = p->mem.naive;
   for (int i = 0; i < n; i++) {
     const KilnNode *node = &g->nodes[i];
-    int64_t bytes = align_up(kiln_node_numel(node) * 4);
-    p->scratch[i] = -1;
     p->state[i] = -1;
     // Parameters always have storage: weights files hold all of them.
     if (node->op == KILN_OP_PARAM) {
       p->where[i] = KILN_LOC_WEIGHTS;
       p->offset[i] = p->weights_bytes;
-      p->weights_bytes += bytes;
-      continue;
-    }
-    if (!p->live[i] && node->op != KILN_OP_INPUT) continue;
-    p->where[i] = KILN_LOC_ARENA;
-    p->offset[i] = p->arena_bytes;
-    p->arena_bytes += bytes;
-    int64_t s = scratch_floats(g, node);
-    if (s) {
-      p->scratch[i] = p->arena_bytes;
-      p->arena_bytes += align_up(s * 4);
+      p->weights_bytes += align_up(kiln_node_numel(node) * 4);
+    } else if (r.store[i]) {
+      p->where[i] = KILN_LOC_ARENA;
+      p->offset[i] = p->mem.offset[i];
     }
   }
   // Optimizer state follows the parameters: nstate tensors of each one's shape.
@@ -85,5 +92,4 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *p) 
     at += align_up(kiln_node_numel(&g->nodes[i]) * 4) * p->nstate;
   }
   p->opt_bytes = at - p->weights_bytes;
-  p->arena_naive_bytes = p->arena_bytes;
 }

@@ -1,0 +1,72 @@
+// Fusion, driven by the op table's fusion kinds: a value used once, by one kernel,
+// is computed inside that kernel instead of going through memory.
+//   - elementwise and broadcast producers of the same shape join their consumer's
+//     elementwise chain (one loop, no intermediate buffers);
+//   - elementwise producers are absorbed into reductions (softmax, layernorm,
+//     sums) and losses, which read them as they go;
+//   - a matmul (flag EPILOGUE) whose only consumer starts an elementwise chain of
+//     its shape runs that chain as its epilogue, on the output rows while they
+//     are in cache (bias, activation, residual add, scaling).
+// Outputs, the loss and gradients are never fused away: they must be stored. The
+// result is g->fused_into; backends build one kernel per group root.
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes/passes.h"
+
+static bool same_shape(const KilnNode *a, const KilnNode *b) {
+  return a->rank == b->rank && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->rank);
+}
+
+static bool elementwise(const KilnNode *n) {
+  KilnFuseKind k = kiln_op(n->op)->fuse;
+  return (k == KILN_FUSE_ELEMWISE || k == KILN_FUSE_BROADCAST) && kiln_op(n->op)->scalar &&
+         n->dtype == KILN_F32;
+}
+
+// Consumers whose kernels read their inputs through fused producers.
+static bool absorbs(const KilnNode *n) {
+  return kiln_op(n->op)->fuse == KILN_FUSE_REDUCE || kiln_op_has(n->op, KILN_OPF_LOSS);
+}
+
+int kiln_pass_fuse(KilnGraph *g, FILE *err) {
+  (void)err;
+  int n = g->nnodes;
+  int32_t *into = kiln_arena_alloc(g->arena, (size_t)(n ? n : 1) * sizeof *into);
+  int *uses = calloc((size_t)(n ? n : 1), sizeof *uses);
+  bool *pinned = calloc((size_t)(n ? n : 1), sizeof *pinned), *has_mm = calloc((size_t)(n ? n : 1), 1);
+  KILN_ASSERT(uses && pinned && has_mm);
+  for (int i = 0; i < n; i++) {
+    into[i] = -1;
+    for (int j = 0; j < g->nodes[i].nin; j++) uses[g->nodes[i].in[j]]++;
+  }
+  for (int i = 0; i < g->noutputs; i++) pinned[g->outputs[i]] = true;
+  if (g->loss >= 0) pinned[g->loss] = true;
+  for (int i = 0; g->grads && i < g->nforward; i++)
+    if (g->grads[i] >= 0) pinned[g->grads[i]] = true;
+  // Consumers before producers: a node's group is known when its inputs are seen.
+  for (int c = n - 1; c >= 0; c--) {
+    const KilnNode *cn = &g->nodes[c];
+    int32_t root = into[c] >= 0 ? into[c] : c;
+    const KilnNode *rn = &g->nodes[root];
+    bool chain = elementwise(cn) && elementwise(rn);        // c is in an elementwise chain
+    bool reduction_top = c == root && absorbs(cn);          // c reads fused inputs
+    bool in_reduction = into[c] >= 0 && absorbs(rn) && elementwise(cn);
+    for (int j = 0; j < cn->nin; j++) {
+      int32_t p = cn->in[j];
+      const KilnNode *pn = &g->nodes[p];
+      if (uses[p] != 1 || pinned[p] || into[p] >= 0) continue;
+      if (elementwise(pn) && ((chain && same_shape(pn, cn)) || reduction_top ||
+                              (in_reduction && same_shape(pn, cn))))
+        into[p] = root;
+      else if (kiln_op_has(pn->op, KILN_OPF_EPILOGUE) && chain && same_shape(pn, cn) &&
+               !has_mm[root] && j == 0)
+        into[p] = root, has_mm[root] = true;
+    }
+  }
+  g->fused_into = into;
+  free(uses);
+  free(pinned);
+  free(has_mm);
+  return 0;
+}
