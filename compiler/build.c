@@ -323,7 +323,9 @@ static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
                               .beta2 = 0.999, .eps = 1e-8, .gamma = 0.1, .epochs = 1};
   }
   KilnPipelineOpts po = {.print_after = o->print_after, .out = stdout, .training = training,
-                         .level = o->opt_level < 2 ? o->opt_level : 2, .time_passes = o->time_passes};
+                         .level = o->graph_level >= 0 ? o->graph_level
+                                  : o->opt_level < 2 ? o->opt_level : 2,
+                         .time_passes = o->time_passes};
   TRY(kiln_pipeline_run(&m->graph, &po, d->out));
   KilnPlan plan;
   kiln_plan_build(&m->graph, &m->arena, opt_state_count(&m->train), &plan);

@@ -262,7 +262,8 @@ typedef struct {
   const char *cpu;          // target CPU: "native" or an LLVM CPU name
   const char *print_after;  // --print-ir-after
   KilnBuildEmit emit;
-  int opt_level;            // 0..3
+  int opt_level;            // 0..3: graph passes (at most 2) and LLVM
+  int graph_level;          // -1, or the graph pass level alone (0..2)
   bool time_passes;
   const KilnDimOverride *dims;
   int ndims;

@@ -198,6 +198,8 @@ static void build_usage(FILE *f) {
         "  -O0 .. -O3             optimization level: graph passes (-O1 clean-up, -O2\n"
         "                         fusion and scheduling too) and LLVM (default: -O3)\n"
         "  --time-passes          print how long each graph pass took\n"
+        "  --graph-level=N        graph pass level alone (0..2), LLVM's level unchanged:\n"
+        "                         measures what the graph passes (fusion) bring\n"
         "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
         "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
         "  -h, --help             show this help\n"
@@ -220,9 +222,9 @@ static int cmd_build(int argc, char **argv) {
       {"target", required_argument, NULL, 'T'}, {"cpu", required_argument, NULL, 'C'},
       {"dim", required_argument, NULL, 'D'},    {"print-ir-after", required_argument, NULL, 'A'},
       {"help", no_argument, NULL, 'h'},         {"time-passes", no_argument, NULL, 'P'},
-      {0}};
+      {"graph-level", required_argument, NULL, 'G'}, {0}};
   KilnDimOverride dims[MAX_DIMS];
-  KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .dims = dims};
+  KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .graph_level = -1, .dims = dims};
   int c, rc = 2;
   while ((c = getopt_long(argc, argv, "o:O:h", longs, NULL)) != -1) {
     switch (c) {
@@ -244,6 +246,12 @@ static int cmd_build(int argc, char **argv) {
       if (parse_level(optarg, &o.opt_level) != 0) goto out;
       break;
     case 'P': o.time_passes = true; break;
+    case 'G':
+      if (parse_level(optarg, &o.graph_level) != 0 || o.graph_level > 2) {
+        fprintf(stderr, "kiln build: --graph-level expects 0, 1 or 2\n");
+        goto out;
+      }
+      break;
     case 'D':
       if (o.ndims == MAX_DIMS || parse_dim(optarg, &dims[o.ndims]) != 0) {
         fprintf(stderr, "kiln: --dim expects NAME=VALUE with VALUE >= 1, got '%s'\n", optarg);

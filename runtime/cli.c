@@ -311,25 +311,36 @@ static void random_inputs(KilnCtx *c) {
   }
 }
 
+// One timed call: a forward pass, or a training step on the same random batch
+// (the weights move; the time of a step does not depend on them).
+static void bench_call(KilnCtx *c, bool train) {
+  if (train) kiln_ctx_train_step(c);
+  else kiln_ctx_forward(c);
+}
+
 static int cmd_bench(int argc, char **argv) {
   static const struct option opts[] = {{"weights", required_argument, NULL, 'w'},
                                        {"runs", required_argument, NULL, 'r'},
                                        {"warmup", required_argument, NULL, 'u'},
                                        {"threads", required_argument, NULL, 't'},
+                                       {"train", no_argument, NULL, 'T'},
                                        {"help", no_argument, NULL, 'h'},
                                        {0}};
   const char *weights = NULL;
   int runs = 50, warmup = 5, threads = 0, opt;
+  bool train = false;
   while ((opt = getopt_long(argc, argv, "w:r:t:h", opts, NULL)) != -1) {
     switch (opt) {
+    case 'T': train = true; break;
     case 'w': weights = optarg; break;
     case 'r': runs = atoi(optarg); break;
     case 'u': warmup = atoi(optarg); break;
     case 't': threads = atoi(optarg); break;
     case 'h':
-      printf("usage: %s bench [--weights FILE] [--runs N] [--warmup N] [--threads N]\n"
-             "\nTimes the forward pass on random inputs: median, min and max of N runs\n"
-             "(each of enough calls to last about a millisecond), after warm-up runs.\n",
+      printf("usage: %s bench [--train] [--weights FILE] [--runs N] [--warmup N] [--threads N]\n"
+             "\nTimes the forward pass (or with --train one optimizer step: forward, loss,\n"
+             "backward, update) on random inputs: median, min and max of N runs (each of\n"
+             "enough calls to last about a millisecond), after warm-up runs.\n",
              M->name);
       return 0;
     default: return 2;
@@ -346,26 +357,32 @@ static int cmd_bench(int argc, char **argv) {
     kiln_ctx_destroy(c);
     return fail(&st);
   }
+  if (train && !M->train_step) {
+    fprintf(stderr, "%s bench: --train: the model has no loss to train\n", M->name);
+    kiln_ctx_destroy(c);
+    return 2;
+  }
   random_inputs(c);
-  for (int i = 0; i < warmup; i++) kiln_ctx_forward(c);
+  for (int i = 0; i < warmup; i++) bench_call(c, train);
   // Calls per run: enough that one run lasts ~1 ms, so timer resolution is moot.
   double t0 = kiln_now();
-  kiln_ctx_forward(c);
+  bench_call(c, train);
   double one = kiln_now() - t0;
   int reps = one > 1e-3 ? 1 : (int)(1e-3 / (one > 1e-8 ? one : 1e-8)) + 1;
   double *t = malloc((size_t)runs * sizeof *t);
   for (int i = 0; i < runs; i++) {
     double s = kiln_now();
-    for (int j = 0; j < reps; j++) kiln_ctx_forward(c);
+    for (int j = 0; j < reps; j++) bench_call(c, train);
     t[i] = (kiln_now() - s) / reps;
   }
   double med = kiln_median(t, runs);
   printf("model %s, batch %lld, %d threads, %d runs x %d calls\n", M->name, (long long)M->batch,
          kiln_pool_threads(c->pool), runs, reps);
-  printf("forward: median %.3f us, min %.3f us, max %.3f us\n", med * 1e6, t[0] * 1e6,
-         t[runs - 1] * 1e6);
-  printf("throughput: %.1f samples/s, %.2f GFLOP/s\n", (double)M->batch / med,
-         (double)M->flops / med / 1e9);
+  printf("%s: median %.3f us, min %.3f us, max %.3f us\n", train ? "train step" : "forward",
+         med * 1e6, t[0] * 1e6, t[runs - 1] * 1e6);
+  printf("throughput: %.1f samples/s", (double)M->batch / med);
+  if (!train) printf(", %.2f GFLOP/s", (double)M->flops / med / 1e9);
+  printf("\n");
   free(t);
   kiln_ctx_destroy(c);
   return 0;

@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# The main job: build kiln, check every bundled model (values, shapes, parameters,
-# FLOPs), then compile the seed MLP to a native program and run it: its summary,
-# its predictions for the first rows of its data, and its forward-pass speed.
+# The main job: build kiln, check every bundled model, then compile the seed MLP
+# and the digits classifier to native programs, train them from scratch on their
+# data, and show them working: accuracy, predictions, speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc 2>/dev/null || echo 2)"
-for m in models/*.yaml; do
-  echo
-  build/kiln check "$m"
-done
+echo "== kiln check models/*.yaml"
+build/kiln check -q models/*.yaml && echo "all $(ls models/*.yaml | wc -l) models are valid"
 out=build/demo
 mkdir -p "$out"
+
 echo
-echo "== kiln build models/mlp.yaml -o $out/mlp"
+echo "== the seed MLP (5 features, 2 classes, 100 samples)"
 build/kiln build models/mlp.yaml -o "$out/mlp"
 "$out/mlp" info
+"$out/mlp" train --save "$out/mlp.safetensors" --quiet
+"$out/mlp" eval --weights "$out/mlp.safetensors" --data models/mlp.csv
 cut -d, -f1-5 models/mlp.csv | head -5 >"$out/x.csv"
-echo "== $out/mlp infer --input $out/x.csv --argmax   (untrained: weights from the seed)"
-"$out/mlp" infer --input "$out/x.csv" --argmax
-echo "== $out/mlp bench --threads 1"
-"$out/mlp" bench --threads 1 --runs 20
+echo "predictions for the first 5 rows (labels: $(cut -d, -f6 models/mlp.csv | head -5 | paste -sd' '))"
+"$out/mlp" infer --weights "$out/mlp.safetensors" --input "$out/x.csv" --argmax | paste -sd' '
+
+echo
+echo "== the digits classifier (8x8 images, 10 classes; 20% held out)"
+build/kiln build models/digits.yaml -o "$out/digits"
+"$out/digits" train --save "$out/digits.safetensors" --quiet
+"$out/digits" eval --weights "$out/digits.safetensors"
+"$out/digits" bench --train --threads 1 --runs 20
