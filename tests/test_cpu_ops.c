@@ -493,19 +493,25 @@ static void coverage(void **state) {
 // Whole bundled models, at reduced dims so the double-precision interpreter is
 // quick; the kernels are the same code at any size.
 //
-static void model_case(const char *file, const KilnDimOverride *ov, int nov) {
+static void model_level(const char *file, const KilnDimOverride *ov, int nov, int level) {
   char path[512];
   snprintf(path, sizeof path, "%s/models/%s", KILN_SOURCE_DIR, file);
   KilnDiag d;
   kiln_diag_init(&d, stderr);
   KilnModel m;
   assert_int_equal(kiln_model_load(&m, &d, path, ov, nov), 0);
-  // The full pipeline at -O2, as kiln build runs it: fusion and memory planning.
-  KilnPipelineOpts po = {.out = stdout, .level = 2};
+  // The pipeline at graph level 0 (none) or 2 (as kiln build runs it: clean-up,
+  // schedule, fusion; memory planning follows in the backend).
+  KilnPipelineOpts po = {.out = stdout, .level = level};
   assert_int_equal(kiln_pipeline_run(&m.graph, &po, stderr), 0);
   // Token ids and labels draw from [0, bound); features from [-2, 2].
   check_graph(&m.graph, &m.arena, -2, 2);
   kiln_model_free(&m);
+}
+
+static void model_case(const char *file, const KilnDimOverride *ov, int nov) {
+  model_level(file, ov, nov, 0);
+  model_level(file, ov, nov, 2);
 }
 
 static void models(void **state) {

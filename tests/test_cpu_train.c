@@ -34,8 +34,9 @@ static double uniform(uint64_t *s, double lo, double hi) {
   return lo + (hi - lo) * (double)(*s >> 11) / 9007199254740992.0;
 }
 
-static const KilnModelDesc *compile(KilnModel *m, const KilnTrainDesc *td, int nstate, void **dl) {
-  KilnPipelineOpts po = {.out = stdout, .training = true, .level = 2};
+static const KilnModelDesc *compile(KilnModel *m, const KilnTrainDesc *td, int nstate, int level,
+                                    void **dl) {
+  KilnPipelineOpts po = {.out = stdout, .training = true, .level = level};
   assert_int_equal(kiln_pipeline_run(&m->graph, &po, stderr), 0);
   KilnPlan plan;
   kiln_plan_build(&m->graph, &m->arena, nstate, &plan);
@@ -93,7 +94,18 @@ static void reference_update(const KilnTrainDesc *t, double *p, const double *g,
   }
 }
 
+// One model, one optimizer, at graph level 0 (no clean-up, no fusion) and 2 (all
+// passes): both must match the reference, so they match each other.
+static void run_level(const char *file, const KilnDimOverride *ov, int nov, const KilnTrainDesc *td,
+                      int level);
+
 static void run_case(const char *file, const KilnDimOverride *ov, int nov, const KilnTrainDesc *td) {
+  run_level(file, ov, nov, td, 0);
+  run_level(file, ov, nov, td, 2);
+}
+
+static void run_level(const char *file, const KilnDimOverride *ov, int nov, const KilnTrainDesc *td,
+                      int level) {
   char path[512];
   snprintf(path, sizeof path, "%s/models/%s", KILN_SOURCE_DIR, file);
   KilnDiag diag;
@@ -102,7 +114,7 @@ static void run_case(const char *file, const KilnDimOverride *ov, int nov, const
   assert_int_equal(kiln_model_load(&m, &diag, path, ov, nov), 0);
   int nstate = td->optimizer == KILN_ABI_SGD ? (td->momentum > 0) : 2;
   void *dl;
-  const KilnModelDesc *d = compile(&m, td, nstate, &dl);
+  const KilnModelDesc *d = compile(&m, td, nstate, level, &dl);
   const KilnGraph *g = &m.graph;
   KilnStatus st = {0};
   KilnCtx *c = kiln_ctx_create(d, 2, &st);
@@ -157,9 +169,9 @@ static void run_case(const char *file, const KilnDimOverride *ov, int nov, const
         for (int64_t j = 0; j < kiln_node_numel(&g->nodes[i]); j++) sq += v[g->grads[i]][j] * v[g->grads[i]][j];
     double norm = sqrt(sq);
     if (!(fabs(h->loss - loss) <= 1e-4 * (1 + fabs(loss))))
-      fail_msg("%s step %d: loss %.9g, reference %.9g", file, step, (double)h->loss, loss);
+      fail_msg("%s -O%d step %d: loss %.9g, reference %.9g", file, level, step, (double)h->loss, loss);
     if (!(fabs(h->grad_norm - norm) <= 1e-4 * (1 + norm)))
-      fail_msg("%s step %d: gradient norm %.9g, reference %.9g", file, step, h->grad_norm, norm);
+      fail_msg("%s -O%d step %d: gradient norm %.9g, reference %.9g", file, level, step, h->grad_norm, norm);
     double scale = td->clip_grad_norm > 0 ? fmin(1, td->clip_grad_norm / (norm + 1e-6)) : 1;
     pi = 0;
     for (int i = 0; i < g->nforward; i++) {
@@ -177,8 +189,8 @@ static void run_case(const char *file, const KilnDimOverride *ov, int nov, const
       for (int64_t j = 0; j < ne; j++)
         maxerr = fmax(maxerr, fabs(((double)now[j] - was[j]) - (v[i][j] - old[j])));
       if (!(maxerr <= 2e-3 * maxref + 1e-9))
-        fail_msg("%s step %d: parameter %s: update differs by %.3g (largest update %.3g)", file,
-                 step, n->name, maxerr, maxref);
+        fail_msg("%s -O%d step %d: parameter %s: update differs by %.3g (largest update %.3g)", file,
+                 level, step, n->name, maxerr, maxref);
       // Continue from the compiled parameters, so the steps stay comparable.
       for (int64_t j = 0; j < ne; j++) v[i][j] = now[j];
       free(old);

@@ -1,6 +1,7 @@
 // Golden IR per pass: each tests/passes/NAME.yaml names a pass in its header
-// ("# pass: cse"); the IR printed right after that pass (the full pipeline at -O2,
-// training graphs for models with a loss) must equal tests/passes/NAME.ir.
+// ("# pass: cse"); the IR right before and right after that pass (the full
+// pipeline at -O2, training graphs for models with a loss) must equal
+// tests/passes/NAME.ir.
 // KILN_UPDATE_GOLDEN=1 rewrites the files; review the diff like code.
 #include <dirent.h>
 #include <setjmp.h>
@@ -44,12 +45,31 @@ static void run(void **state) {
   kiln_diag_init(&d, stderr);
   KilnModel m;
   assert_int_equal(kiln_model_load(&m, &d, c->yaml, NULL, 0), 0);
-  KilnPipelineOpts po = {.print_after = c->pass, .out = out, .level = 2,
+  KilnPipelineOpts po = {.print_after = "all", .out = out, .level = 2,
                          .training = m.graph.loss >= 0};
   assert_int_equal(kiln_pipeline_run(&m.graph, &po, stderr), 0);
   kiln_model_free(&m);
   fclose(out);
-  if (irlen == 0) fail_msg("%s: pass '%s' did not run", c->name, c->pass);
+  // Keep the pass's section and the one printed before it (the IR it was given).
+  char marker[64];
+  snprintf(marker, sizeof marker, "; IR after %s\n", c->pass);
+  char *after = strstr(ir, marker), *before = NULL;
+  if (!after) fail_msg("%s: pass '%s' did not run", c->name, c->pass);
+  for (char *p = ir; (p = strstr(p, "; IR after ")) && p < after; p++) before = p;
+  if (!before) fail_msg("%s: no pass ran before '%s'", c->name, c->pass);
+  char *end = strstr(after + 1, "; IR after ");
+  if (end) *end = '\0';
+  char *text = NULL;
+  size_t textlen = 0;
+  FILE *t = open_memstream(&text, &textlen);
+  fprintf(t, "; before %s (%.*s)", c->pass, (int)(strchr(before, '\n') - before - 11), before + 11);
+  fputc('\n', t);
+  fwrite(strchr(before, '\n') + 1, 1, (size_t)(after - strchr(before, '\n') - 1), t);
+  fputs(after, t);
+  fclose(t);
+  free(ir);
+  ir = text;
+  irlen = textlen;
   if (getenv("KILN_UPDATE_GOLDEN")) {
     FILE *g = fopen(c->golden, "w");
     assert_non_null(g);
