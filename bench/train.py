@@ -62,12 +62,17 @@ run = fw.run
 #
 # Cases. steps: optimizer steps per timed unit (the seed MLP's epoch is 10).
 # runs and warmup: per repetition, as in `PROG bench --runs R --warmup U`.
+# check_lrs: base learning rates the equivalence check runs at; None is the
+# model's own. The GPT's first step takes 1/100 of its rate (warmup), 3e-6, at
+# which AdamW's decay (lr wd w) is ~2 ulp of w and invisible; a second check at
+# base rate 3e-2 (--lr; step rate 3e-4) makes the decay and the update large.
 #
-Case = collections.namedtuple("Case", "key name model batch steps runs warmup")
+Case = collections.namedtuple("Case", "key name model batch steps runs warmup check_lrs")
 CASES = [
-    Case("mlp", "mlp 5-16-2, SGD (epoch: 10 steps)", "models/mlp.yaml", 10, 10, 30, 5),
-    Case("mlp784", "mlp 784-512-512-10, Adam", "bench/models/mlp784_train.yaml", 128, 1, 20, 3),
-    Case("gpt", "gpt 4x256 ctx 128, AdamW + clip", "models/gpt.yaml", 16, 1, 5, 2),
+    Case("mlp", "mlp 5-16-2, SGD (epoch: 10 steps)", "models/mlp.yaml", 10, 10, 30, 5, (None,)),
+    Case("mlp784", "mlp 784-512-512-10, Adam", "bench/models/mlp784_train.yaml", 128, 1, 20, 3,
+         (None,)),
+    Case("gpt", "gpt 4x256 ctx 128, AdamW + clip", "models/gpt.yaml", 16, 1, 5, 2, (None, 3e-2)),
 ]
 
 # The optimizers the model files name, as PyTorch spells them. `PROG info` prints
@@ -109,8 +114,8 @@ def torch_model(case):
 class TorchTrainer:
     """The idiomatic PyTorch training step for a case."""
 
-    def __init__(self, case, module):
-        o = OPTIM[case.key]
+    def __init__(self, case, module, lr=None):
+        o = dict(OPTIM[case.key], **({"lr": lr} if lr else {}))
         self.module = module.train()
         params = list(module.parameters())
         if o["kind"] == "sgd":
@@ -273,11 +278,11 @@ class Mismatch(Exception):
     pass
 
 
-def torch_step(case, weights, x, y, dtype):
+def torch_step(case, weights, x, y, dtype, lr):
     """One PyTorch step from `weights` in `dtype`: loss, grad norm, {name: new weight
     in Kiln's layout}, {name: gradient (clipped)}, {name: (exp_avg, exp_avg_sq)}."""
     module = fw.load_into_torch(torch_model(case), weights).to(dtype)
-    tr = TorchTrainer(case, module)
+    tr = TorchTrainer(case, module, lr)
     loss, norm = tr.step(to_torch(x, dtype), to_torch(y))
     new, grads, state = {}, {}, {}
     for name, p in module.named_parameters():
@@ -301,7 +306,6 @@ def read_log(path):
 
 
 def check_equivalence(case, exe, model_name, weights, rng, work):
-    o = OPTIM[case.key]
     x, y, data_args = make_batch(case, rng, work)
     tensors, meta = init_checkpoint(case, exe, weights, data_args, work)
     if meta.get("kiln_model") != model_name or meta.get("samples") != str(case.batch):
@@ -310,11 +314,23 @@ def check_equivalence(case, exe, model_name, weights, rng, work):
     init = os.path.join(work, "init.safetensors")
     write_checkpoint(init, tensors, meta)
 
-    t_loss, t_norm, t_new, t_grad, t_state = torch_step(case, weights, x, y, torch.float32)
-    d_loss, d_norm, d_new, d_grad, d_state = torch_step(case, weights, x, y, torch.float64)
+    return [check_step(case, exe, weights, x, y, data_args, init, work, base_lr)
+            for base_lr in case.check_lrs]
+
+
+def check_step(case, exe, weights, x, y, data_args, init, work, base_lr):
+    """One step from the init checkpoint in Kiln (1 and 2 threads) and PyTorch
+    (float32 and float64) at the model's base learning rate, or base_lr."""
+    o = dict(OPTIM[case.key])
+    lr_args = []
+    if base_lr is not None:
+        o["lr"] = base_lr
+        lr_args = ["--lr", repr(base_lr)]
+    t_loss, t_norm, t_new, t_grad, t_state = torch_step(case, weights, x, y, torch.float32, o["lr"])
+    d_loss, d_norm, d_new, d_grad, d_state = torch_step(case, weights, x, y, torch.float64, o["lr"])
     lr_step = o["lr"] * (o["sched"](0) if o["sched"] else 1.0)
     report = {"torch_loss": t_loss, "f64_loss": d_loss, "torch_norm": t_norm, "f64_norm": d_norm,
-              "lr": lr_step, "threads": []}
+              "lr": lr_step, "base_lr": base_lr, "threads": []}
 
     for threads in (1, 2):
         after = os.path.join(work, f"after{threads}.safetensors")
@@ -323,7 +339,7 @@ def check_equivalence(case, exe, model_name, weights, rng, work):
             if os.path.exists(p):
                 os.unlink(p)
         run([exe, "train", "--resume", init, "--steps", "1", "--save", after, "--log", log,
-             "--threads", str(threads), "--quiet"] + data_args)
+             "--threads", str(threads), "--quiet"] + data_args + lr_args)
         k, kmeta = read_safetensors(after)
         k_loss, k_lr, k_norm = read_log(log)
         r = {"threads": threads, "loss": k_loss, "norm": k_norm, "k_lr": k_lr}
@@ -429,7 +445,8 @@ def print_check(case, r):
     if r["torch_norm"] is not None:
         parts.append(f"grad norm kiln {r['threads'][0]['norm']:.7g} / torch {r['torch_norm']:.7g} "
                      f"/ float64 {r['f64_norm']:.7g}")
-    print(f"ok  {case.name}, batch {case.batch}, lr of the step {r['lr']:.3g}: " + "; ".join(parts))
+    lr = f"base lr {r['base_lr']:g} (--lr), " if r["base_lr"] is not None else ""
+    print(f"ok  {case.name}, batch {case.batch}, {lr}lr of the step {r['lr']:.3g}: " + "; ".join(parts))
     for t in r["threads"]:
         extra = (f", update vs Adam's rule {t['upd_err']:.2g} ulp, v {t['v_err']:.2g}"
                  if t["upd_err"] else "")
@@ -591,7 +608,8 @@ def main():
                 rep = check_equivalence(case, exe, name, weights, rng, cwork)
             except Mismatch as e:
                 sys.exit(f"train.py: MISMATCH {e}\n(files kept with --keep DIR)")
-            print_check(case, rep)
+            for r in rep:
+                print_check(case, r)
             if args.check_only:
                 continue
             case = case._replace(runs=max(3, int(round(case.runs * args.runs_scale))))

@@ -208,6 +208,24 @@ static void write_rows(FILE *out, const KilnCtx *c, int64_t rows, bool argmax) {
   }
 }
 
+// Rows [r0, r0 + n) of the single output into all[] (argmax: indices as i32).
+static void gather_rows(const KilnCtx *c, int64_t r0, int64_t n, bool argmax, float *all) {
+  const KilnTensorDesc *t = &M->outputs[0];
+  int64_t per = per_row(t);
+  const float *v = kiln_ctx_output(c, 0);
+  for (int64_t r = 0; r < n; r++) {
+    const float *row = v + r * per;
+    if (!argmax) {
+      memcpy(all + (r0 + r) * per, row, (size_t)per * sizeof(float));
+      continue;
+    }
+    int32_t best = 0;
+    for (int64_t j = 1; j < per; j++)
+      if (row[j] > row[best]) best = (int32_t)j;
+    memcpy(all + r0 + r, &best, sizeof best);
+  }
+}
+
 static void infer_usage(FILE *f) {
   fprintf(f,
           "usage: %s infer [--weights FILE] --input [NAME=]FILE [options]\n"
@@ -218,7 +236,8 @@ static void infer_usage(FILE *f) {
           "options:\n"
           "  --weights FILE     safetensors weights (default: initialized from the seed)\n"
           "  --input [NAME=]FILE  input rows; NAME= is needed when the model has several\n"
-          "  --output FILE      write CSV there instead of standard output\n"
+          "  --output FILE      write there instead of standard output: CSV, or .npy\n"
+          "                     (one output, shape [rows, ...]; with --argmax, i32)\n"
           "  --argmax           print the index of the largest output value per row\n"
           "  --threads N        threads (default: all CPUs)\n",
           M->name, (long long)M->batch);
@@ -262,6 +281,7 @@ static int cmd_infer(int argc, char **argv) {
     }
   }
   int rc = 1;
+  float *all = NULL;
   KilnCtx *c = kiln_ctx_create(M, threads, &st);
   FILE *out = stdout;
   if (!c || (weights && kiln_ctx_load(c, weights, &st) != 0)) goto done;
@@ -275,8 +295,20 @@ static int cmd_infer(int argc, char **argv) {
     }
     rows = feeds[i].rows;
   }
-  if (output && !(out = fopen(output, "w"))) {
+  bool npy = output && ends_with(output, ".npy");
+  if (npy && M->noutputs != 1) {
+    kiln_rt_fail(&st, "--output %s: the model has %d outputs; .npy holds one (write CSV)", output,
+                 M->noutputs);
+    goto done;
+  }
+  if (output && !npy && !(out = fopen(output, "w"))) {
     kiln_rt_fail(&st, "cannot write %s", output);
+    goto done;
+  }
+  // .npy: every row gathered, then written at once (atomically).
+  int64_t per = argmax ? 1 : per_row(&M->outputs[0]);
+  if (npy && !(all = malloc((size_t)(rows * per > 0 ? rows * per : 1) * sizeof(float)))) {
+    kiln_rt_fail(&st, "out of memory for %lld outputs", (long long)(rows * per));
     goto done;
   }
   for (int64_t r0 = 0; r0 < rows; r0 += M->batch) {
@@ -285,10 +317,20 @@ static int cmd_infer(int argc, char **argv) {
       if (fill_input(c, &feeds[i], r0, n, &st) != 0) goto done;
     if (kiln_ctx_check_inputs(c, &st) != 0) goto done;
     kiln_ctx_forward(c);
-    write_rows(out, c, n, argmax);
+    if (npy) gather_rows(c, r0, n, argmax, all);
+    else write_rows(out, c, n, argmax);
+  }
+  if (npy) {
+    const KilnTensorDesc *t = &M->outputs[0];
+    int64_t shape[KILN_ABI_MAX_RANK] = {rows};
+    int rank = argmax ? 1 : (t->rank ? t->rank : 1);
+    for (int d = 1; !argmax && d < t->rank; d++) shape[d] = t->shape[d];
+    if (kiln_npy_write(output, argmax ? KILN_ABI_I32 : KILN_ABI_F32, shape, rank, all, &st) != 0)
+      goto done;
   }
   rc = 0;
 done:
+  free(all);
   if (out != stdout && out && fclose(out) != 0 && rc == 0) rc = 1, kiln_rt_fail(&st, "cannot write %s", output);
   for (int i = 0; i < nfeeds; i++) free(feeds[i].f);
   kiln_ctx_destroy(c);

@@ -50,6 +50,18 @@ if awk -F, '$1 != 0 && $1 != 1 { bad = 1 } END { exit bad }' "$tmp/stdout"; then
   fail=$((fail + 1)); echo "FAIL argmax: not class indices"; fi
 expect infer-output 0 ./mlp infer --input x23.csv --output o.csv
 same infer-output-file o.csv seed-logits.csv
+# .npy output: [rows, outputs] f32, the same numbers as the CSV (printed to 9 digits).
+expect infer-npy 0 ./mlp infer --input x23.csv --output o.npy
+expect infer-npy-values 0 /usr/bin/python3 -c "
+import numpy as np
+a = np.load('o.npy'); b = np.loadtxt('seed-logits.csv', delimiter=',', dtype=np.float32)
+assert a.shape == (23, 2) and a.dtype == np.float32, (a.shape, a.dtype)
+assert np.array_equal(a, b), abs(a - b).max()"
+expect infer-npy-argmax 0 ./mlp infer --input x23.csv --argmax --output c.npy
+expect infer-npy-argmax-values 0 /usr/bin/python3 -c "
+import numpy as np
+c = np.load('c.npy'); b = np.loadtxt('seed-logits.csv', delimiter=',')
+assert c.dtype == np.int32 and (c == b.argmax(axis=1)).all()"
 # Row padding must not change a row's result: the first 10 rows alone agree.
 head -10 x23.csv >x10.csv
 expect infer-10 0 ./mlp infer --input x10.csv
