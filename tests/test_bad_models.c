@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "compiler/compiler.h"
+#include "tests/helpers.h"
 #include "passes/passes.h"
 
 #define BAD_DIR KILN_SOURCE_DIR "/tests/bad"
@@ -27,22 +28,9 @@ typedef struct {
   char name[256];
 } Case;
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *s = malloc((size_t)n + 1);
-  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
-  if (s) s[n] = '\0';
-  fclose(f);
-  return s;
-}
-
 static void run_case(void **state) {
   const Case *c = *state;
-  char *text = slurp(c->path);
+  char *text = kiln_test_slurp(c->path, NULL);
   assert_non_null(text);
   KilnDimOverride ov[8];
   int nov = 0, nexpect = 0;

@@ -29,40 +29,11 @@
 #include "compiler/cpu/cpu.h"
 #include "passes/passes.h"
 #include "runtime/runtime.h"
+#include "tests/helpers.h"
 
 static char tmpdir[] = "/tmp/kiln-cpu-XXXXXX";
-static int serial;
+static int serial;  // names graphs and kernel files apart
 static bool tested[KILN_OP_COUNT];
-
-// Compiles g (outputs set) into a shared object and returns its descriptor.
-static const KilnModelDesc *compile(const KilnGraph *g, KilnArena *a, void **out_dl) {
-  KilnPlan plan;
-  kiln_plan_build(g, a, 0, &plan);
-  char err[1024];
-  KilnTargetOpts to = {"native", 3};
-  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
-  assert_non_null(tm);
-  KilnCg cg = {0};
-  KilnModuleOpts mo = {"test", false, 7, tm};
-  kiln_cpu_module(&cg, g, &plan, &mo);
-  char obj[512], so[512], cmd[1536];
-  snprintf(obj, sizeof obj, "%s/m%d.o", tmpdir, serial);
-  snprintf(so, sizeof so, "%s/m%d.so", tmpdir, serial++);
-  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
-  kiln_cpu_module_free(&cg);
-  LLVMDisposeTargetMachine(tm);
-  if (rc != 0) fail_msg("%s", err);
-  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lopenblas -lm", so, obj);
-  assert_int_equal(system(cmd), 0);
-  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
-  if (!dl) fail_msg("%s", dlerror());
-  char sym[256];
-  snprintf(sym, sizeof sym, "kiln_model_%s", g->name);
-  const KilnModelDesc *d = dlsym(dl, sym);
-  assert_non_null(d);
-  *out_dl = dl;
-  return d;
-}
 
 static double uniform(uint64_t *s, double lo, double hi) {
   *s = *s * 6364136223846793005ull + 1442695040888963407ull;
@@ -100,7 +71,7 @@ static int64_t terms(const KilnGraph *g, const KilnNode *n) {
 // every output. lo/hi bound the random f32 inputs; i32 inputs draw from [0, bound).
 static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
   void *dl;
-  const KilnModelDesc *d = compile(g, a, &dl);
+  const KilnModelDesc *d = kiln_test_compile(g, a, 0, NULL, 7, tmpdir, &dl);
   KilnStatus st = {0};
   KilnCtx *c = kiln_ctx_create(d, 2, &st);
   if (!c) fail_msg("%s", st.msg);
@@ -174,7 +145,7 @@ static void op_case(KilnOp op, KilnAttrs attr, double lo, double hi, int nin, ..
   KilnArena a = {0};
   KilnGraph g;
   char name[64];
-  snprintf(name, sizeof name, "c%d", serial);
+  snprintf(name, sizeof name, "c%d", serial++);
   kiln_graph_init(&g, &a, name);
   int32_t ids[KILN_MAX_INPUTS];
   va_list ap;

@@ -25,9 +25,9 @@
 #include "compiler/cpu/cpu.h"
 #include "passes/passes.h"
 #include "runtime/runtime.h"
+#include "tests/helpers.h"
 
 static char tmpdir[] = "/tmp/kiln-train-XXXXXX";
-static int serial;
 
 static double uniform(uint64_t *s, double lo, double hi) {
   *s = *s * 6364136223846793005ull + 1442695040888963407ull;
@@ -38,30 +38,7 @@ static const KilnModelDesc *compile(KilnModel *m, const KilnTrainDesc *td, int n
                                     void **dl) {
   KilnPipelineOpts po = {.out = stdout, .training = true, .level = level};
   assert_int_equal(kiln_pipeline_run(&m->graph, &po, stderr), 0);
-  KilnPlan plan;
-  kiln_plan_build(&m->graph, &m->arena, nstate, &plan);
-  char err[1024];
-  KilnTargetOpts to = {"native", 3};
-  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
-  assert_non_null(tm);
-  KilnCg cg = {0};
-  KilnModuleOpts mo = {"test", false, 5, tm, td};
-  kiln_cpu_module(&cg, &m->graph, &plan, &mo);
-  char obj[512], so[512], cmd[1536];
-  snprintf(obj, sizeof obj, "%s/t%d.o", tmpdir, serial);
-  snprintf(so, sizeof so, "%s/t%d.so", tmpdir, serial++);
-  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
-  kiln_cpu_module_free(&cg);
-  LLVMDisposeTargetMachine(tm);
-  if (rc != 0) fail_msg("%s", err);
-  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lopenblas -lm", so, obj);
-  assert_int_equal(system(cmd), 0);
-  *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
-  if (!*dl) fail_msg("%s", dlerror());
-  char sym[256];
-  snprintf(sym, sizeof sym, "kiln_model_%s", m->graph.name);
-  const KilnModelDesc *d = dlsym(*dl, sym);
-  assert_non_null(d);
+  const KilnModelDesc *d = kiln_test_compile(&m->graph, &m->arena, nstate, td, 5, tmpdir, dl);
   assert_non_null(d->train_step);
   return d;
 }

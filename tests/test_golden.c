@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "compiler/compiler.h"
+#include "tests/helpers.h"
 
 #define MODELS KILN_SOURCE_DIR "/models"
 #define GOLDEN KILN_SOURCE_DIR "/tests/golden"
@@ -19,20 +20,6 @@
 typedef struct {
   char model[512], golden[512], name[64];
 } Case;
-
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *s = malloc((size_t)n + 1);
-  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
-  if (s) s[n] = '\0';
-  *len = (size_t)n;
-  fclose(f);
-  return s;
-}
 
 static void golden_case(void **state) {
   const Case *c = *state;
@@ -56,7 +43,7 @@ static void golden_case(void **state) {
     fclose(g);
   }
   size_t glen = 0;
-  char *want = slurp(c->golden, &glen);
+  char *want = kiln_test_slurp(c->golden, &glen);
   if (!want) print_error("no golden file %s (KILN_UPDATE_GOLDEN=1 writes it)\n", c->golden);
   assert_non_null(want);
   if (glen != irlen || memcmp(want, ir, irlen) != 0) {

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "compiler/compiler.h"
+#include "tests/helpers.h"
 #include "passes/passes.h"
 
 #define PASS_DIR KILN_SOURCE_DIR "/tests/passes"
@@ -21,20 +22,6 @@
 typedef struct {
   char yaml[512], golden[512], name[64], pass[32];
 } Case;
-
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *s = malloc((size_t)n + 1);
-  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
-  if (s) s[n] = '\0';
-  *len = (size_t)n;
-  fclose(f);
-  return s;
-}
 
 static void run(void **state) {
   const Case *c = *state;
@@ -77,7 +64,7 @@ static void run(void **state) {
     fclose(g);
   }
   size_t glen = 0;
-  char *want = slurp(c->golden, &glen);
+  char *want = kiln_test_slurp(c->golden, &glen);
   if (!want) fail_msg("no golden file %s (KILN_UPDATE_GOLDEN=1 writes it)", c->golden);
   if (glen != irlen || memcmp(want, ir, irlen) != 0) {
     print_error("%s after %s:\n%s\nexpected (%s):\n%s\n", c->name, c->pass, ir, c->golden, want);
@@ -102,7 +89,7 @@ int main(void) {
     snprintf(c->yaml, sizeof c->yaml, "%s/%s", PASS_DIR, e->d_name);
     snprintf(c->golden, sizeof c->golden, "%s/%.*s.ir", PASS_DIR, stem, e->d_name);
     size_t tlen;
-    char *text = slurp(c->yaml, &tlen);
+    char *text = kiln_test_slurp(c->yaml, &tlen);
     const char *p = text ? strstr(text, "# pass: ") : NULL;
     if (!p || sscanf(p, "# pass: %31s", c->pass) != 1) {
       fprintf(stderr, "%s: no '# pass: NAME' line\n", c->yaml);

@@ -1,0 +1,56 @@
+// Helpers shared by the test programs.
+#include <dlfcn.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "tests/helpers.h"
+
+char *kiln_test_slurp(const char *path, size_t *out_len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
+  if (s) s[n] = '\0';
+  if (out_len) *out_len = s ? (size_t)n : 0;
+  fclose(f);
+  return s;
+}
+
+const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nstate,
+                                       const KilnTrainDesc *td, uint64_t seed, const char *dir,
+                                       void **out_dl) {
+  static int serial;
+  KilnPlan plan;
+  kiln_plan_build(g, a, nstate, &plan);
+  char err[1024];
+  KilnTargetOpts to = {"native", 3};
+  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
+  assert_non_null(tm);
+  KilnCg cg = {0};
+  KilnModuleOpts mo = {"test", false, seed, tm, td};
+  kiln_cpu_module(&cg, g, &plan, &mo);
+  char obj[512], so[512], cmd[1536];
+  snprintf(obj, sizeof obj, "%s/m%d.o", dir, serial);
+  snprintf(so, sizeof so, "%s/m%d.so", dir, serial++);
+  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
+  kiln_cpu_module_free(&cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) fail_msg("%s", err);
+  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lopenblas -lm", so, obj);
+  assert_int_equal(system(cmd), 0);
+  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  if (!dl) fail_msg("%s", dlerror());
+  char sym[256];
+  snprintf(sym, sizeof sym, "kiln_model_%s", g->name);
+  const KilnModelDesc *d = dlsym(dl, sym);
+  assert_non_null(d);
+  *out_dl = dl;
+  return d;
+}

@@ -1,0 +1,22 @@
+// Helpers shared by the test programs (tests/helpers.c). Failures are cmocka
+// failures of the calling test.
+#ifndef KILN_TEST_HELPERS_H
+#define KILN_TEST_HELPERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "compiler/cpu/cpu.h"
+
+// A whole file, NUL-terminated, or NULL when it cannot be read. The caller frees.
+char *kiln_test_slurp(const char *path, size_t *out_len);
+
+// Compiles g (planned with nstate optimizer tensors per parameter, training
+// set-up td or NULL) through the CPU backend at -O3, links it into a shared object
+// in dir and loads it: the test program exports the runtime (ENABLE_EXPORTS).
+// Returns the model's descriptor; *out_dl is the handle for dlclose.
+const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nstate,
+                                       const KilnTrainDesc *td, uint64_t seed, const char *dir,
+                                       void **out_dl);
+
+#endif
