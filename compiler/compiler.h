@@ -41,6 +41,9 @@ bool kiln_diag_full(const KilnDiag *d);
 // enough to be a likely typo; else NULL. For "did you mean ...?" hints.
 const char *kiln_suggest(const char *word, const char *const *candidates);
 
+// Bytes of the line break at p (before end), or 0; as libyaml counts lines.
+size_t kiln_break_len(const char *p, const char *end);
+
 // Reads a whole file, refusing one over limit bytes. Returns NULL with an error
 // reported (at file:0:0) on failure. The text is NUL-terminated.
 char *kiln_read_file(KilnArena *a, KilnDiag *d, const char *path, size_t limit, size_t *out_len);

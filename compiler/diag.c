@@ -50,8 +50,9 @@ void kiln_diag_source(KilnDiag *d, const char *file, const char *text, size_t le
 // Finding and quoting the source line.
 //
 
-// Bytes of the line break at p, or 0; the same breaks libyaml counts.
-static size_t break_len(const char *p, const char *end) {
+// Bytes of the line break at p, or 0: the breaks libyaml counts (CR, LF, CRLF,
+// NEL, LS, PS), so line numbers agree with its marks.
+size_t kiln_break_len(const char *p, const char *end) {
   size_t left = (size_t)(end - p);
   if (p[0] == '\r') return left > 1 && p[1] == '\n' ? 2 : 1;
   if (p[0] == '\n') return 1;
@@ -75,7 +76,7 @@ static bool find_line(const KilnDiag *d, const char *file, int line, const char 
   for (int l = 1; p < end || l == line; l++) {
     const char *s = p;
     size_t b = 0;
-    while (p < end && (b = break_len(p, end)) == 0) p++;
+    while (p < end && (b = kiln_break_len(p, end)) == 0) p++;
     if (l == line) {
       *out_s = s;
       *out_n = (size_t)(p - s);

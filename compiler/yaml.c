@@ -291,17 +291,6 @@ static void on_event(Reader *r, const yaml_event_t *e) {
 // Errors found by libyaml, and checks on the whole text.
 //
 
-// Bytes of the line break at p, or 0; the breaks libyaml counts.
-static size_t break_len(const char *p, const char *end) {
-  size_t left = (size_t)(end - p);
-  if (p[0] == '\r') return left > 1 && p[1] == '\n' ? 2 : 1;
-  if (p[0] == '\n') return 1;
-  if (left > 1 && (unsigned char)p[0] == 0xC2 && (unsigned char)p[1] == 0x85) return 2;
-  if (left > 2 && (unsigned char)p[0] == 0xE2 && (unsigned char)p[1] == 0x80 &&
-      ((unsigned char)p[2] == 0xA8 || (unsigned char)p[2] == 0xA9))
-    return 3;
-  return 0;
-}
 
 // Bytes of a UTF-8 byte-order mark at the start of text: 3 or 0.
 static size_t bom_len(const char *text, size_t len) {
@@ -315,7 +304,7 @@ static KilnLoc loc_at(const char *file, const char *text, size_t len, size_t off
   const char *p = text + bom_len(text, len), *at = text + (off < len ? off : len);
   const char *end = text + len;
   while (p < at) {
-    size_t b = break_len(p, end);
+    size_t b = kiln_break_len(p, end);
     if (b) {
       p += b, l.line++, l.col = 1;
     } else {
