@@ -24,6 +24,7 @@ typedef struct {
   KilnLocKind *where;   // per node
   int64_t *offset;      // per node, bytes into its block
   int64_t *scratch;     // per node, arena offset of its scratch space (lstm, attention), or -1
+  int64_t *scratch_bytes;  // per node, bytes of that scratch space (0 without)
   int32_t *alias;       // per node: the node whose bytes it is (a view: reshape), or -1;
                         // its kernel need not run: the bytes are already there
   bool *live_fwd;       // per node: needed for the outputs (inference)
@@ -43,12 +44,15 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *out
 //
 // loops.c: small helpers to build loop nests with the LLVM builder.
 //
+typedef struct KilnShared KilnShared;  // kernels.c: the kernel bodies built so far
+
 typedef struct {
   LLVMContextRef ctx;
   LLVMModuleRef mod;
   LLVMBuilderRef b;
   LLVMTypeRef f32, i32, i64, i8, ptr, v;  // v: void
   LLVMValueRef fn;                        // function being built
+  KilnShared *shared;                     // NULL until the first kernel; kiln_cpu_module_free frees it
 } KilnCg;
 
 typedef struct {
@@ -80,6 +84,39 @@ LLVMValueRef kiln_cg_alloca(KilnCg *c, LLVMTypeRef t, const char *name);
 //
 // kernels.c: one kernel per live, non-source node.
 //
+// Kernels share bodies. A kernel `void kN(ptr w, ptr a, i64 lo, i64 hi)` is a
+// wrapper that computes the pointers to its buffers (the plan's offsets into w or
+// a) and calls an internal, noinline body `(ptr w, ptr a, ptr p0 .. pn-1, i64 lo,
+// i64 hi)` that gets every buffer as a parameter, slot i the i-th distinct buffer
+// (block and offset) the emitter asked for. Bodies that print the same IR are
+// built once: the transformer's layers, forward and backward, then share one body
+// per kernel kind, and LLVM optimizes each once. A slot is noalias when its bytes
+// overlap no other slot's (an in-place output shares its input's bytes).
+typedef struct {
+  KilnLocKind where;  // KILN_LOC_WEIGHTS (w) or KILN_LOC_ARENA (a)
+  int64_t off, bytes;
+} KilnSlot;
+
+typedef struct {
+  LLVMValueRef w, a, lo, hi;  // the body's parameters (w and a for header reads only)
+  int n, cap;
+  KilnSlot *slot;             // the buffers asked for, in order
+  LLVMValueRef *param;        // slot i's parameter; NULL in the first (collecting) pass
+} KilnBody;
+
+// Writes a kernel body: emitted twice (slots collected, then for real), it must
+// ask for the same buffers in the same order both times. Returns what
+// kiln_cpu_shared_kernel hands back (the kernel's parallel iterations).
+typedef int64_t (*KilnBodyFn)(KilnCg *c, KilnBody *b, void *ctx);
+// A pointer to bytes [off, off + bytes) of block `where` inside a body.
+LLVMValueRef kiln_cpu_body_ptr(KilnCg *c, KilnBody *b, KilnLocKind where, int64_t off, int64_t bytes);
+// The wrapper kernel `name` over the body `emit` writes (an identical earlier
+// body reused); *out gets emit's result.
+LLVMValueRef kiln_cpu_shared_kernel(KilnCg *c, const char *name, KilnBodyFn emit, void *ctx,
+                                    int64_t *out);
+// Releases c->shared.
+void kiln_cpu_shared_free(KilnCg *c);
+
 typedef struct KilnKernel KilnKernel;
 struct KilnKernel {
   KilnCg *cg;
@@ -87,7 +124,8 @@ struct KilnKernel {
   const KilnPlan *plan;
   const KilnNode *n;
   int32_t id;
-  LLVMValueRef w, a, lo, hi;  // kernel parameters
+  LLVMValueRef w, a, lo, hi;  // body parameters (w, a: for the step header only)
+  KilnBody *body;             // where kiln_cpu_ptr finds the buffers
   int32_t out;                // the node whose buffer receives the result (id, or the
                               // fusion group's root for a matmul with an epilogue)
   const KilnKernel *epi;      // the group root whose elementwise chain runs as the

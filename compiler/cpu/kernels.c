@@ -4,6 +4,8 @@
 // generated code. Semantics match the reference interpreter (ir/interp.c).
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "compiler/cpu/cpu.h"
@@ -15,15 +17,16 @@
 
 static const KilnNode *in_node(KilnKernel *k, int i) { return &k->g->nodes[k->n->in[i]]; }
 
+// Buffers reach a kernel body as parameters (kiln_cpu_shared_kernel): no offset
+// of the plan appears in a body, so the layers' identical kernels share one.
 LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id) {
-  KilnCg *c = k->cg;
-  LLVMValueRef base = k->plan->where[id] == KILN_LOC_WEIGHTS ? k->w : k->a;
-  return kiln_cg_gep(c, c->i8, base, kiln_cg_i64(c, k->plan->offset[id]));
+  return kiln_cpu_body_ptr(k->cg, k->body, k->plan->where[id], k->plan->offset[id],
+                           kiln_node_numel(&k->g->nodes[id]) * 4);
 }
 
 static LLVMValueRef scratch_ptr(KilnKernel *k) {
-  KilnCg *c = k->cg;
-  return kiln_cg_gep(c, c->i8, k->a, kiln_cg_i64(c, k->plan->scratch[k->id]));
+  return kiln_cpu_body_ptr(k->cg, k->body, KILN_LOC_ARENA, k->plan->scratch[k->id],
+                           k->plan->scratch_bytes[k->id]);
 }
 
 static int64_t prod(const int64_t *s, int from, int to) {
@@ -1299,26 +1302,193 @@ static int64_t emit_body(KilnKernel *k) {
   return 0;
 }
 
+typedef struct {
+  const KilnGraph *g;
+  const KilnPlan *p;
+  int32_t id;
+} KernelCtx;
+
+static int64_t kernel_body(KilnCg *c, KilnBody *b, void *ctx) {
+  const KernelCtx *x = ctx;
+  KilnKernel k = {.cg = c, .g = x->g, .plan = x->p, .n = &x->g->nodes[x->id], .id = x->id,
+                  .w = b->w, .a = b->a, .lo = b->lo, .hi = b->hi, .body = b, .out = x->id};
+  return emit_body(&k);
+}
+
 LLVMValueRef kiln_cpu_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
                              int64_t *out_n, int64_t *out_cost) {
-  LLVMTypeRef params[] = {c->ptr, c->ptr, c->i64, c->i64};
-  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 4, 0);
   char name[64];
   snprintf(name, sizeof name, "kiln_k%d_%s", id, kiln_op(g->nodes[id].op)->name);
-  LLVMValueRef fn = LLVMAddFunction(c->mod, name, ft);
-  LLVMSetLinkage(fn, LLVMInternalLinkage);
-  c->fn = fn;
-  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
-  KilnKernel k = {c, g, p, &g->nodes[id], id, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1),
-                  LLVMGetParam(fn, 2), LLVMGetParam(fn, 3), id, NULL};
-  // Kernels read and write disjoint planned buffers: tell LLVM so it vectorizes.
-  for (unsigned i = 0; i < 2; i++) {
-    unsigned kind = LLVMGetEnumAttributeKindForName("noalias", 7);
-    LLVMAddAttributeAtIndex(fn, i + 1, LLVMCreateEnumAttribute(c->ctx, kind, 0));
-  }
-  *out_n = emit_body(&k);
-  LLVMBuildRetVoid(c->b);
+  KernelCtx x = {g, p, id};
+  LLVMValueRef fn = kiln_cpu_shared_kernel(c, name, kernel_body, &x, out_n);
   int64_t f = kiln_op(g->nodes[id].op)->flops(g, &g->nodes[id]);
   *out_cost = f > kiln_node_numel(&g->nodes[id]) ? f : kiln_node_numel(&g->nodes[id]);
   return fn;
+}
+
+//
+// Shared bodies.
+//
+struct KilnShared {
+  int n, cap;
+  char **text;     // each body's IR as printed (its name the same placeholder in all)
+  uint64_t *hash;  // of text
+  LLVMValueRef *fn;
+};
+
+#define BODY_PLACEHOLDER "kiln_body"
+
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = UINT64_C(0xcbf29ce484222325);
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * UINT64_C(0x100000001b3);
+  return h;
+}
+
+static void *grow(void *p, int *cap, int need, size_t size) {
+  if (need <= *cap) return p;
+  *cap = *cap ? *cap * 2 : 16;
+  if (*cap < need) *cap = need;
+  void *q = realloc(p, (size_t)*cap * size);
+  KILN_ASSERT(q);
+  return q;
+}
+
+LLVMValueRef kiln_cpu_body_ptr(KilnCg *c, KilnBody *b, KilnLocKind where, int64_t off, int64_t bytes) {
+  if (where != KILN_LOC_WEIGHTS) where = KILN_LOC_ARENA;
+  int i = 0;
+  while (i < b->n && !(b->slot[i].where == where && b->slot[i].off == off)) i++;
+  if (b->param) {
+    KILN_ASSERT(i < b->n);  // the second pass asks for what the first did
+    return b->param[i];
+  }
+  if (i == b->n) {
+    int cap = b->cap;
+    b->slot = grow(b->slot, &cap, b->n + 1, sizeof *b->slot);
+    b->cap = cap;
+    b->slot[b->n++] = (KilnSlot){where, off, bytes};
+  } else if (bytes > b->slot[i].bytes) {
+    b->slot[i].bytes = bytes;
+  }
+  return kiln_cg_gep(c, c->i8, where == KILN_LOC_WEIGHTS ? b->w : b->a, kiln_cg_i64(c, off));
+}
+
+static void add_attr(KilnCg *c, LLVMValueRef fn, unsigned index, const char *name) {
+  unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
+  LLVMAddAttributeAtIndex(fn, index, LLVMCreateEnumAttribute(c->ctx, kind, 0));
+}
+
+static LLVMValueRef internal_fn(KilnCg *c, const char *name, LLVMTypeRef *params, unsigned n) {
+  LLVMValueRef fn = LLVMAddFunction(c->mod, name, LLVMFunctionType(c->v, params, n, 0));
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  // Kernels read and write disjoint planned buffers: tell LLVM so it vectorizes.
+  add_attr(c, fn, 1, "noalias");
+  add_attr(c, fn, 2, "noalias");
+  return fn;
+}
+
+static int64_t emit_into(KilnCg *c, LLVMValueRef fn, KilnBody *b, KilnBodyFn emit, void *ctx) {
+  unsigned np = LLVMCountParams(fn);
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  b->w = LLVMGetParam(fn, 0);
+  b->a = LLVMGetParam(fn, 1);
+  b->lo = LLVMGetParam(fn, np - 2);
+  b->hi = LLVMGetParam(fn, np - 1);
+  int64_t r = emit(c, b, ctx);
+  LLVMBuildRetVoid(c->b);
+  return r;
+}
+
+static bool overlaps(const KilnSlot *x, const KilnSlot *y) {
+  return x->where == y->where && x->off < y->off + y->bytes && y->off < x->off + x->bytes;
+}
+
+LLVMValueRef kiln_cpu_shared_kernel(KilnCg *c, const char *name, KilnBodyFn emit, void *ctx,
+                                    int64_t *out) {
+  if (!c->shared) {
+    c->shared = calloc(1, sizeof *c->shared);
+    KILN_ASSERT(c->shared);
+  }
+  KilnShared *sh = c->shared;
+  // First pass: which buffers, in which order, into a function thrown away.
+  KilnBody b = {0};
+  LLVMTypeRef p4[] = {c->ptr, c->ptr, c->i64, c->i64};
+  LLVMValueRef tmp = internal_fn(c, BODY_PLACEHOLDER, p4, 4);
+  int64_t r0 = emit_into(c, tmp, &b, emit, ctx);
+  LLVMDeleteFunction(tmp);
+  // Second pass: the body, every buffer a parameter.
+  unsigned n = (unsigned)b.n;
+  LLVMTypeRef *pt = malloc((n + 4) * sizeof *pt);
+  LLVMValueRef *args = malloc((n + 4) * sizeof *args);
+  b.param = malloc((n + 1) * sizeof *b.param);
+  KILN_ASSERT(pt && args && b.param);
+  pt[0] = pt[1] = c->ptr;
+  for (unsigned i = 0; i < n; i++) pt[2 + i] = c->ptr;
+  pt[n + 2] = pt[n + 3] = c->i64;
+  LLVMValueRef body = internal_fn(c, BODY_PLACEHOLDER, pt, n + 4);
+  add_attr(c, body, (unsigned)LLVMAttributeFunctionIndex, "noinline");
+  for (unsigned i = 0; i < n; i++) {
+    b.param[i] = LLVMGetParam(body, 2 + i);
+    bool alone = true;
+    for (unsigned j = 0; j < n && alone; j++) alone = j == i || !overlaps(&b.slot[i], &b.slot[j]);
+    if (alone) add_attr(c, body, 3 + i, "noalias");
+  }
+  int nslots = b.n;
+  *out = emit_into(c, body, &b, emit, ctx);
+  KILN_ASSERT(*out == r0 && b.n == nslots);
+  // An identical body already built: use it.
+  char *text = LLVMPrintValueToString(body);
+  uint64_t h = fnv1a(text);
+  int found = -1;
+  for (int i = 0; i < sh->n && found < 0; i++)
+    if (sh->hash[i] == h && strcmp(sh->text[i], text) == 0) found = i;
+  if (found >= 0) {
+    LLVMDeleteFunction(body);
+    LLVMDisposeMessage(text);
+    body = sh->fn[found];
+  } else {
+    int cap = sh->cap;
+    sh->text = grow(sh->text, &cap, sh->n + 1, sizeof *sh->text);
+    cap = sh->cap;
+    sh->hash = grow(sh->hash, &cap, sh->n + 1, sizeof *sh->hash);
+    cap = sh->cap;
+    sh->fn = grow(sh->fn, &cap, sh->n + 1, sizeof *sh->fn);
+    sh->cap = cap;
+    sh->text[sh->n] = text;
+    sh->hash[sh->n] = h;
+    sh->fn[sh->n++] = body;
+    char bname[96];
+    snprintf(bname, sizeof bname, "%s.body", name);
+    LLVMSetValueName2(body, bname, strlen(bname));
+  }
+  // The wrapper: this kernel's pointers, then the body.
+  LLVMValueRef fn = internal_fn(c, name, p4, 4);
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  LLVMValueRef w = LLVMGetParam(fn, 0), a = LLVMGetParam(fn, 1);
+  args[0] = w;
+  args[1] = a;
+  for (unsigned i = 0; i < n; i++)
+    args[2 + i] = kiln_cg_gep(c, c->i8, b.slot[i].where == KILN_LOC_WEIGHTS ? w : a,
+                              kiln_cg_i64(c, b.slot[i].off));
+  args[n + 2] = LLVMGetParam(fn, 2);
+  args[n + 3] = LLVMGetParam(fn, 3);
+  LLVMBuildCall2(c->b, LLVMGlobalGetValueType(body), body, args, n + 4, "");
+  LLVMBuildRetVoid(c->b);
+  free(pt);
+  free(args);
+  free(b.param);
+  free(b.slot);
+  return fn;
+}
+
+void kiln_cpu_shared_free(KilnCg *c) {
+  KilnShared *sh = c->shared;
+  if (!sh) return;
+  for (int i = 0; i < sh->n; i++) LLVMDisposeMessage(sh->text[i]);
+  free(sh->text);
+  free(sh->hash);
+  free(sh->fn);
+  free(sh);
+  c->shared = NULL;
 }

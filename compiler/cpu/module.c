@@ -399,6 +399,7 @@ void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
 }
 
 void kiln_cpu_module_free(KilnCg *c) {
+  kiln_cpu_shared_free(c);
   LLVMDisposeBuilder(c->b);
   LLVMDisposeModule(c->mod);
   LLVMContextDispose(c->ctx);

@@ -68,6 +68,7 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *p) 
   r.scratch = scratch;
   kiln_memplan(g, &r, a, &p->mem);
   p->scratch = p->mem.scratch;
+  p->scratch_bytes = scratch;
   p->alias = p->mem.alias;
   p->arena_bytes = p->mem.peak;
   p->arena_naive_bytes = p->mem.naive;

@@ -63,30 +63,41 @@ static LLVMValueRef fmul(KilnCg *c, LLVMValueRef x, LLVMValueRef y) { return LLV
 static LLVMValueRef fadd(KilnCg *c, LLVMValueRef x, LLVMValueRef y) { return LLVMBuildFAdd(c->b, x, y, ""); }
 static LLVMValueRef k32(KilnCg *c, double v) { return kiln_cg_f32(c, v); }
 
+typedef struct {
+  const KilnGraph *g;
+  const KilnPlan *p;
+  int32_t id;
+  const KilnTrainDesc *t;
+} UpdateCtx;
+
 // One parameter's update over elements [lo, hi), as PyTorch's optimizers define it:
 //   g = grad * scale (+ wd * p for sgd and adam: L2 in the gradient)
 //   sgd:   v = mu v + g;  g = nesterov ? g + mu v : v  (when mu > 0);  p -= lr g
 //   adam:  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //          p -= lr (m / bias1) / (sqrt(v / bias2) + eps)   (adamw: also p -= lr wd p)
-LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
-                                    const KilnTrainDesc *t) {
-  char name[64];
-  snprintf(name, sizeof name, "kiln_update_%d", id);
-  LLVMValueRef fn = new_kernel(c, name);
-  LLVMValueRef w = LLVMGetParam(fn, 0), a = LLVMGetParam(fn, 1);
+// Its buffers are body parameters (kiln_cpu_shared_kernel): the parameters of a
+// model share one body.
+static int64_t update_body(KilnCg *c, KilnBody *b, void *ctx) {
+  const UpdateCtx *x = ctx;
+  const KilnGraph *g = x->g;
+  const KilnPlan *p = x->p;
+  const KilnTrainDesc *t = x->t;
+  int32_t id = x->id;
+  LLVMValueRef a = b->a;
   LLVMValueRef lr = header_f32(c, a, offsetof(KilnStepHeader, lr));
   LLVMValueRef scale = header_f32(c, a, offsetof(KilnStepHeader, grad_scale));
   const KilnNode *pn = &g->nodes[id];
-  int64_t bytes = (kiln_node_numel(pn) * 4 + 63) & ~(int64_t)63;
-  LLVMValueRef P = at(c, w, p->offset[id]), G = at(c, a, p->offset[g->grads[id]]);
-  LLVMValueRef S0 = p->nstate > 0 ? at(c, w, p->state[id]) : NULL;
-  LLVMValueRef S1 = p->nstate > 1 ? at(c, w, p->state[id] + bytes) : NULL;
+  int64_t size = kiln_node_numel(pn) * 4, bytes = (size + 63) & ~(int64_t)63;
+  LLVMValueRef P = kiln_cpu_body_ptr(c, b, KILN_LOC_WEIGHTS, p->offset[id], size);
+  LLVMValueRef G = kiln_cpu_body_ptr(c, b, KILN_LOC_ARENA, p->offset[g->grads[id]], size);
+  LLVMValueRef S0 = p->nstate > 0 ? kiln_cpu_body_ptr(c, b, KILN_LOC_WEIGHTS, p->state[id], size) : NULL;
+  LLVMValueRef S1 = p->nstate > 1 ? kiln_cpu_body_ptr(c, b, KILN_LOC_WEIGHTS, p->state[id] + bytes, size) : NULL;
   LLVMValueRef b1c = NULL, b2c = NULL;
   if (t->optimizer != KILN_ABI_SGD) {
     b1c = header_f32(c, a, offsetof(KilnStepHeader, bias1));
     b2c = header_f32(c, a, offsetof(KilnStepHeader, bias2));
   }
-  KilnLoop l = kiln_cg_loop_begin(c, LLVMGetParam(fn, 2), LLVMGetParam(fn, 3), "e");
+  KilnLoop l = kiln_cg_loop_begin(c, b->lo, b->hi, "e");
   LLVMValueRef pv = kiln_cg_load(c, c->f32, P, l.index);
   LLVMValueRef gv = fmul(c, kiln_cg_load(c, c->f32, G, l.index), scale);
   bool l2 = t->weight_decay > 0 && t->optimizer != KILN_ABI_ADAMW;
@@ -114,6 +125,14 @@ LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPla
   }
   kiln_cg_store(c, LLVMBuildFSub(c->b, pv, fmul(c, lr, upd), ""), P, l.index);
   kiln_cg_loop_end(c, &l);
-  LLVMBuildRetVoid(c->b);
-  return fn;
+  return 0;
+}
+
+LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                                    const KilnTrainDesc *t) {
+  char name[64];
+  snprintf(name, sizeof name, "kiln_update_%d", id);
+  UpdateCtx x = {g, p, id, t};
+  int64_t unused;
+  return kiln_cpu_shared_kernel(c, name, update_body, &x, &unused);
 }
