@@ -156,6 +156,41 @@ typedef struct {
   int nkernels;
 } Steps;
 
+// The optimizer update of every parameter as one kernel: its iterations are the
+// parameters' elements end to end, so the runtime splits them evenly over its
+// threads in one dispatch. Chunk [lo, hi) runs each parameter's update on the
+// part of its elements the chunk covers.
+static LLVMValueRef update_group(KilnCg *c, const Types *t, const KilnGraph *g, LLVMValueRef *upd,
+                                 int64_t *out_total) {
+  LLVMValueRef fn = LLVMAddFunction(c->mod, "kiln_update", t->kernel_fn);
+  LLVMSetLinkage(fn, LLVMInternalLinkage);
+  c->fn = fn;
+  LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
+  LLVMValueRef lo = LLVMGetParam(fn, 2), hi = LLVMGetParam(fn, 3);
+  int64_t start = 0;
+  for (int i = 0; i < g->nforward; i++) {
+    if (!upd[i]) continue;
+    int64_t ne = kiln_node_numel(&g->nodes[i]);
+    // local range: [max(lo - start, 0), min(hi - start, ne))
+    LLVMValueRef l = LLVMBuildSub(c->b, lo, kiln_cg_i64(c, start), "");
+    LLVMValueRef h = LLVMBuildSub(c->b, hi, kiln_cg_i64(c, start), "");
+    l = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, l, kiln_cg_i64(c, 0), ""), kiln_cg_i64(c, 0), l, "");
+    h = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSGT, h, kiln_cg_i64(c, ne), ""), kiln_cg_i64(c, ne), h, "");
+    LLVMBasicBlockRef run = LLVMAppendBasicBlockInContext(c->ctx, fn, "run");
+    LLVMBasicBlockRef next = LLVMAppendBasicBlockInContext(c->ctx, fn, "next");
+    LLVMBuildCondBr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, l, h, ""), run, next);
+    LLVMPositionBuilderAtEnd(c->b, run);
+    LLVMValueRef args[] = {LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), l, h};
+    LLVMBuildCall2(c->b, t->kernel_fn, upd[i], args, 4, "");
+    LLVMBuildBr(c->b, next);
+    LLVMPositionBuilderAtEnd(c->b, next);
+    start += ne;
+  }
+  LLVMBuildRetVoid(c->b);
+  *out_total = start;
+  return fn;
+}
+
 static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
                         const KilnTrainDesc *train, Steps *out) {
   int n = g->nnodes;
@@ -179,13 +214,12 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
     LLVMValueRef *upd = calloc((size_t)n, sizeof *upd);
     for (int i = 0; i < g->nforward; i++)
       if (g->grads[i] >= 0) upd[i] = kiln_cpu_update_kernel(c, g, p, i, train), out->nkernels++;
+    int64_t total = 0;
+    LLVMValueRef all = update_group(c, t, g, upd, &total);
     out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, 1);
     store_loss(c, p, g->loss, out->train);
     parfor(c, t, out->train, norm, 1, 1);
-    for (int i = 0; i < g->nforward; i++) {
-      int64_t ne = upd[i] ? kiln_node_numel(&g->nodes[i]) : 0;
-      if (upd[i]) parfor(c, t, out->train, upd[i], ne, 10 * ne);
-    }
+    parfor(c, t, out->train, all, total, 10 * total);
     LLVMBuildRetVoid(c->b);
     free(upd);
   }
