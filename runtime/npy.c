@@ -185,37 +185,18 @@ static int header_dict(Cur *c, Header *h) {
   return 0;
 }
 
-// Reads exactly len bytes at offset off; errno is 0 at an early end of file.
-static int read_at(int fd, void *buf, size_t len, off_t off) {
-  char *p = buf;
-  while (len > 0) {
-    ssize_t r = pread(fd, p, len, off);
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) errno = 0;
-    if (r <= 0) return -1;
-    p += r;
-    off += r;
-    len -= (size_t)r;
-  }
-  return 0;
-}
-
-static const char *read_error(void) {
-  return errno ? strerror(errno) : "unexpected end of file";
-}
-
 // Reads the preamble and header; *out_data_off is where the data starts.
 static int read_header(const char *path, int fd, int64_t size, Header *h, int64_t *out_data_off,
                        KilnStatus *st) {
   unsigned char pre[12];
-  if (size < 10 || read_at(fd, pre, 10, 0) != 0 || memcmp(pre, "\x93NUMPY", 6) != 0)
+  if (size < 10 || kiln_rt_read_at(fd, pre, 10, 0) != 0 || memcmp(pre, "\x93NUMPY", 6) != 0)
     return kiln_rt_fail(st, "%s: not a .npy file (no \\x93NUMPY magic at file offset 0)", path);
   int major = pre[6], minor = pre[7];
   if ((major != 1 && major != 2 && major != 3) || minor != 0)
     return kiln_rt_fail(st, "%s: .npy version %d.%d at file offset 6 (expected 1.0, 2.0 or 3.0)",
                         path, major, minor);
   int64_t prefix = major == 1 ? 10 : 12;
-  if (size < prefix || (major > 1 && read_at(fd, pre + 10, 2, 10) != 0))
+  if (size < prefix || (major > 1 && kiln_rt_read_at(fd, pre + 10, 2, 10) != 0))
     return kiln_rt_fail(st, "%s: file ends inside the header length", path);
   int64_t hlen = pre[8] | pre[9] << 8;
   if (major > 1) hlen |= (int64_t)pre[10] << 16 | (int64_t)pre[11] << 24;
@@ -226,8 +207,8 @@ static int read_header(const char *path, int fd, int64_t size, Header *h, int64_
   char *text = malloc(hlen ? (size_t)hlen : 1);
   if (!text) return kiln_rt_fail(st, "%s: out of memory", path);
   int rc = 0;
-  if (read_at(fd, text, (size_t)hlen, prefix) != 0) {
-    rc = kiln_rt_fail(st, "%s: cannot read the header: %s", path, read_error());
+  if (kiln_rt_read_at(fd, text, (size_t)hlen, prefix) != 0) {
+    rc = kiln_rt_fail(st, "%s: cannot read the header: %s", path, kiln_rt_read_error());
   } else {
     Cur c = {path, text, (size_t)hlen, 0, prefix, st};
     rc = header_dict(&c, h);
@@ -277,16 +258,16 @@ static int narrow(const char *path, const Header *h, const unsigned char *src, i
 static int read_data(const char *path, int fd, const Header *h, int64_t data_off, int64_t count,
                      void *out, KilnStatus *st) {
   if (h->itemsize == 4) {
-    if (read_at(fd, out, (size_t)count * 4, data_off) != 0)
-      return kiln_rt_fail(st, "%s: cannot read the data: %s", path, read_error());
+    if (kiln_rt_read_at(fd, out, (size_t)count * 4, data_off) != 0)
+      return kiln_rt_fail(st, "%s: cannot read the data: %s", path, kiln_rt_read_error());
     return 0;
   }
   enum { CHUNK = 4096 };
   unsigned char buf[CHUNK * 8];
   for (int64_t i = 0; i < count; i += CHUNK) {
     int64_t n = count - i < CHUNK ? count - i : CHUNK;
-    if (read_at(fd, buf, (size_t)n * 8, data_off + 8 * i) != 0)
-      return kiln_rt_fail(st, "%s: cannot read the data: %s", path, read_error());
+    if (kiln_rt_read_at(fd, buf, (size_t)n * 8, data_off + 8 * i) != 0)
+      return kiln_rt_fail(st, "%s: cannot read the data: %s", path, kiln_rt_read_error());
     KILN_TRY(narrow(path, h, buf, n, i, (char *)out + 4 * i, st));
   }
   return 0;

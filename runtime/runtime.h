@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "include/kiln/abi.h"
 
@@ -34,6 +35,11 @@ int kiln_rt_fail(KilnStatus *st, const char *fmt, ...) __attribute__((format(pri
 // the folder. On failure PATH is untouched and the temporary file removed.
 int kiln_rt_write_atomic(const char *path, const void *const *parts, const size_t *lens,
                          int nparts, KilnStatus *st);
+
+// Reads exactly len bytes at offset off, retrying short reads and EINTR; -1 on
+// failure, with errno 0 at an early end of file (kiln_rt_read_error words both).
+int kiln_rt_read_at(int fd, void *buf, size_t len, off_t off);
+const char *kiln_rt_read_error(void);
 
 //
 // safetensors.c: the safetensors format (8-byte little-endian header length, a

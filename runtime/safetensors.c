@@ -30,26 +30,6 @@ static const char *dtype_name(int32_t dtype) {
   return dtype == KILN_ABI_I32 ? "I32" : "F32";
 }
 
-// Reads exactly len bytes at offset off, retrying short reads and EINTR. At an
-// early end of file errno is 0: read_error() words both cases.
-static int read_at(int fd, void *buf, size_t len, off_t off) {
-  char *p = buf;
-  while (len > 0) {
-    ssize_t r = pread(fd, p, len, off);
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) errno = 0;
-    if (r <= 0) return -1;
-    p += r;
-    off += r;
-    len -= (size_t)r;
-  }
-  return 0;
-}
-
-static const char *read_error(void) {
-  return errno ? strerror(errno) : "unexpected end of file";
-}
-
 static int parse_dtype(const char *path, const char *name, json_t *v, KilnStEntry *e,
                        KilnStatus *st) {
   const char *s = json_string_value(v);
@@ -223,8 +203,8 @@ static int read_header(const char *path, int fd, int64_t size, KilnStFile *out, 
     return kiln_rt_fail(st, "%s: file is %lld bytes, too short for the 8-byte header length", path,
                         (long long)size);
   unsigned char lenbuf[8];
-  if (read_at(fd, lenbuf, 8, 0) != 0)
-    return kiln_rt_fail(st, "%s: cannot read the header length: %s", path, read_error());
+  if (kiln_rt_read_at(fd, lenbuf, 8, 0) != 0)
+    return kiln_rt_fail(st, "%s: cannot read the header length: %s", path, kiln_rt_read_error());
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = hlen << 8 | lenbuf[i];
   if (hlen > MAX_HEADER)
@@ -237,9 +217,9 @@ static int read_header(const char *path, int fd, int64_t size, KilnStFile *out, 
   char *text = malloc(hlen ? hlen : 1);
   if (!text) return kiln_rt_fail(st, "%s: out of memory for a %llu-byte header", path,
                                  (unsigned long long)hlen);
-  if (read_at(fd, text, hlen, 8) != 0) {
+  if (kiln_rt_read_at(fd, text, hlen, 8) != 0) {
     free(text);
-    return kiln_rt_fail(st, "%s: cannot read the header: %s", path, read_error());
+    return kiln_rt_fail(st, "%s: cannot read the header: %s", path, kiln_rt_read_error());
   }
   json_error_t jerr;
   json_t *root = json_loadb(text, hlen, JSON_REJECT_DUPLICATES, &jerr);
@@ -272,10 +252,10 @@ int kiln_st_read(const char *path, KilnStFile *out, KilnStatus *st) {
     if (!out->data)
       rc = kiln_rt_fail(st, "%s: out of memory for %lld bytes of data", path,
                         (long long)out->data_len);
-    else if (read_at(fd, out->data, (size_t)out->data_len, data_off) != 0)
+    else if (kiln_rt_read_at(fd, out->data, (size_t)out->data_len, data_off) != 0)
       rc = kiln_rt_fail(st, "%s: cannot read %lld bytes of data at file offset %lld: %s", path,
                         (long long)out->data_len, (long long)data_off,
-                        read_error());
+                        kiln_rt_read_error());
   }
   close(fd);
   if (rc != 0) kiln_st_free(out);

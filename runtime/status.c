@@ -116,3 +116,19 @@ int kiln_rt_write_atomic(const char *path, const void *const *parts, const size_
   free(tmp);
   return sync_dir(path, st);
 }
+
+int kiln_rt_read_at(int fd, void *buf, size_t len, off_t off) {
+  char *p = buf;
+  while (len > 0) {
+    ssize_t r = pread(fd, p, len, off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) errno = 0;
+    if (r <= 0) return -1;
+    p += r;
+    off += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+const char *kiln_rt_read_error(void) { return errno ? strerror(errno) : "unexpected end of file"; }
