@@ -8,17 +8,19 @@ case (a model file, its optimizer and a batch size) this script
      NumPy, as bench/forward.py does (same names, same scales, same safetensors
      writer); PyTorch gets the same arrays in the same idiomatic modules;
   2. checks equivalence, before any timing: from those weights and one batch,
-     Kiln takes one step (`PROG train --resume INIT --steps 1 --save AFTER` with
-     a checkpoint this script writes: the weights, zero optimizer state, step 0;
-     the data is exactly one batch, so shuffling can only reorder rows within it)
-     at 1 and at 2 threads, and PyTorch takes one step with the optimizer the
-     model file names (torch.optim.SGD / Adam / AdamW, the same hyper-parameters,
-     clip_grad_norm_, the same learning-rate schedule). Compared: the loss and the
-     gradient norm (Kiln's --log), the gradients (SGD: from the weight change;
-     Adam: Kiln's first moment, (1 - beta1) g, against PyTorch's exp_avg), the
-     second moment, and every updated weight. A float64 copy of the PyTorch step
-     shows how far each side is from exact arithmetic. The script stops on a
-     mismatch;
+     Kiln takes one step (`PROG train --resume INIT --steps 1 --save AFTER`, INIT
+     a checkpoint this script writes: the weights, zero optimizer state, step 0,
+     and the metadata of a checkpoint Kiln itself wrote on the same data; the
+     data is exactly one batch, so shuffling can only reorder rows within it) at
+     1 and at 2 threads, and PyTorch takes one step with the optimizer the model
+     file names (torch.optim.SGD / Adam / AdamW, the same hyper-parameters,
+     clip_grad_norm_, the same learning-rate schedule). Compared: the loss, the
+     learning rate and the gradient norm (Kiln's --log), the gradients (SGD: from
+     the weight change; Adam: Kiln's first moment, (1 - beta1) g, against
+     PyTorch's exp_avg), the second moment, Kiln's update against Adam's rule on
+     its own state, and every updated weight against PyTorch's. A float64 copy of
+     the PyTorch step shows how far each side is from exact arithmetic. The
+     script stops on a mismatch;
   3. times a step at 1 and 2 threads: Kiln with `PROG bench --train`, PyTorch
      with an idiomatic loop (zero_grad, forward, cross_entropy, backward,
      [clip_grad_norm_], step, [scheduler.step]) timed the same way, Kiln's and
@@ -38,11 +40,12 @@ environment as given and --threads N.
 """
 import argparse
 import collections
-import copy
+import json
 import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,14 +53,22 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import forward as fw  # noqa: E402  (sets OMP_WAIT_POLICY before torch is imported)
 
-import json  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 ROOT = fw.ROOT
-run = fw.run
+
+
+def run(cmd):
+    """Runs a command in the environment this script was given; its stdout."""
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=fw.ORIGINAL_ENV)
+    if p.returncode != 0:
+        sys.exit(f"train.py: `{' '.join(cmd)}` failed ({p.returncode}):\n{p.stderr}{p.stdout}")
+    return p.stdout
+
 
 #
 # Cases. steps: optimizer steps per timed unit (the seed MLP's epoch is 10).
@@ -326,6 +337,10 @@ def check_step(case, exe, weights, x, y, data_args, init, work, base_lr):
     if base_lr is not None:
         o["lr"] = base_lr
         lr_args = ["--lr", repr(base_lr)]
+    # PyTorch's sums are ordered by its thread count: one thread, so that the
+    # reference step is the same whatever ran before it.
+    torch.set_num_threads(1)
+    fw.openblas_set_threads(1)
     t_loss, t_norm, t_new, t_grad, t_state = torch_step(case, weights, x, y, torch.float32, o["lr"])
     d_loss, d_norm, d_new, d_grad, d_state = torch_step(case, weights, x, y, torch.float64, o["lr"])
     lr_step = o["lr"] * (o["sched"](0) if o["sched"] else 1.0)
@@ -584,13 +599,15 @@ def main():
     print()
 
     cases = [c for c in CASES if not args.only or args.only == c.key]
-    rng = np.random.default_rng(args.seed)
     rows = []
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="kiln-train-bench-")
     work = args.keep or tmp.name
     os.makedirs(work, exist_ok=True)
     try:
         for case in cases:
+            # One stream per case: the same weights and batches with --only or
+            # --check-only as in a full run.
+            rng = np.random.default_rng([args.seed, [c.key for c in CASES].index(case.key)])
             cwork = os.path.join(work, case.key)
             os.makedirs(cwork, exist_ok=True)
             model = os.path.join(ROOT, case.model)
