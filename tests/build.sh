@@ -7,28 +7,8 @@ set -u
 kiln=$1
 src=$2
 extra=${3:-}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/harness.sh"
 cd "$tmp"
-pass=0
-fail=0
-
-expect() {
-  local name=$1 want=$2
-  shift 2
-  "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local got=$?
-  if [ "$got" -eq "$want" ]; then pass=$((pass + 1)); else
-    fail=$((fail + 1)); echo "FAIL $name: exit $got, expected $want"; head -20 "$tmp/stderr"; fi
-}
-has() {
-  if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-    fail=$((fail + 1)); echo "FAIL $1: '$3' not in $2:"; head -20 "$2"; fi
-}
-same() {
-  if cmp -s "$2" "$3"; then pass=$((pass + 1)); else
-    fail=$((fail + 1)); echo "FAIL $1: $2 and $3 differ"; diff "$2" "$3" | head; fi
-}
 
 cut -d, -f1-5 "$src/models/mlp.csv" >x.csv
 head -23 x.csv >x23.csv  # not a multiple of the batch (10): the last call is padded
@@ -140,5 +120,4 @@ expect batch1-run 0 ./mlp1 infer --input x23.csv
 # One row at a time gives the same logits as ten (to the last printed digit).
 same batch1-same "$tmp/stdout" seed-logits.csv
 
-echo "build: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish build

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `NAME train` and `NAME eval` end to end on the seed MLP: it trains to 95%
-# accuracy (and the digits classifier to 95% on held-out data); 20 steps in one run equal 10 + checkpoint + a new process + 10, to the
-# byte of the checkpoint and the logged losses, after --stop-after and after
+# accuracy (and the digits classifier to 95% on held-out data); 20 steps in one
+# run equal 10 + checkpoint + a new process + 10, to the byte of the checkpoint
+# and the logged losses, after --stop-after and after
 # SIGINT; a second trainer on the same checkpoint is refused; SIGKILL at many
 # points of checkpoint writing leaves the old or the new checkpoint whole; bad
 # data stops with its file and line. The library's train_step trains too, and
@@ -11,33 +12,9 @@ set -u
 kiln=$1
 src=$2
 extra=${3:-}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/harness.sh"
 cd "$tmp"
-pass=0
-fail=0
 
-expect() {
-  local name=$1 want=$2
-  shift 2
-  "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local got=$?
-  if [ "$got" -eq "$want" ]; then pass=$((pass + 1)); else
-    fail=$((fail + 1)); echo "FAIL $name: exit $got, expected $want"; head -20 "$tmp/stderr"; fi
-}
-has() {
-  if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-    fail=$((fail + 1)); echo "FAIL $1: '$3' not in $2:"; head -20 "$2"; fi
-}
-same() {
-  if cmp -s "$2" "$3"; then pass=$((pass + 1)); else
-    fail=$((fail + 1)); echo "FAIL $1: $2 and $3 differ"; diff "$2" "$3" | head; fi
-}
-check() {  # check NAME COMMAND...: passes when the command succeeds
-  local name=$1
-  shift
-  if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $name"; fi
-}
 # The log without samples_per_s (a timing).
 values() { cut -d, -f1-5,7- "$1"; }
 
@@ -187,5 +164,4 @@ expect no-save 1 ./mlp train --checkpoint-every 5
 has no-save-msg "$tmp/stderr" "--checkpoint-every needs --save FILE"
 expect resume-weights 1 ./mlp train --resume "$src/models/mlp.yaml"
 
-echo "train: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish train
