@@ -10,6 +10,7 @@ pkgs=(
   llvm-16-dev          # CPU backend (LLVM C API)
   libopenblas-dev      # large matmuls
   libcmocka-dev        # unit tests
+  valgrind             # the runtime is checked under it
   libjansson-dev       # safetensors headers (JSON)
   python3 python3-numpy   # reference checks in tests (Debian's python3, /usr/bin)
 )

@@ -164,4 +164,13 @@ expect no-save 1 ./mlp train --checkpoint-every 5
 has no-save-msg "$tmp/stderr" "--checkpoint-every needs --save FILE"
 expect resume-weights 1 ./mlp train --resume "$src/models/mlp.yaml"
 
+# The runtime is valgrind-clean on a training run (reads, writes, leaks), in the
+# normal build; the sanitizer build checks the same under ASan instead.
+if [ -z "$extra" ]; then
+  expect valgrind-train 0 valgrind --error-exitcode=9 --leak-check=full -q \
+    ./mlp train --epochs 2 --threads 2 --save vg.safetensors --quiet
+  expect valgrind-infer 0 valgrind --error-exitcode=9 --leak-check=full -q \
+    ./mlp infer --weights vg.safetensors --input x.csv
+fi
+
 finish train
