@@ -60,7 +60,7 @@ int kiln_pass_fuse(KilnGraph *g, FILE *err) {
                               (in_reduction && same_shape(pn, cn))))
         into[p] = root;
       else if (kiln_op_has(pn->op, KILN_OPF_EPILOGUE) && chain && same_shape(pn, cn) &&
-               !has_mm[root] && j == 0)
+               !has_mm[root])
         into[p] = root, has_mm[root] = true;
     }
   }
