@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -21,6 +22,41 @@ char *kiln_test_slurp(const char *path, size_t *out_len) {
   if (out_len) *out_len = s ? (size_t)n : 0;
   fclose(f);
   return s;
+}
+
+const char *kiln_test_join(const char *dir, const char *name) {
+  static char buf[8][512];
+  static int k;
+  k = (k + 1) % 8;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+  return buf[k];
+}
+
+void kiln_test_write(const char *path, const void *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (!f) fail_msg("cannot write %s", path);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  assert_int_equal(fclose(f), 0);
+}
+
+void kiln_test_golden(const char *path, const char *text, size_t len) {
+  if (getenv("KILN_UPDATE_GOLDEN")) {
+    FILE *g = fopen(path, "w");
+    assert_non_null(g);
+    assert_int_equal(fwrite(text, 1, len, g), len);
+    assert_int_equal(fclose(g), 0);
+  }
+  size_t glen = 0;
+  char *want = kiln_test_slurp(path, &glen);
+  if (!want) fail_msg("no golden file %s (KILN_UPDATE_GOLDEN=1 writes it)", path);
+  if (glen != len || memcmp(want, text, len) != 0) {
+    size_t i = 0, line = 1;
+    while (i < len && i < glen && text[i] == want[i]) line += text[i++] == '\n';
+    print_error("differs from %s at line %zu; got:\n%s\nexpected:\n%s\n", path, line, text, want);
+    free(want);
+    fail();
+  }
+  free(want);
 }
 
 const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nstate,

@@ -11,6 +11,15 @@
 // A whole file, NUL-terminated, or NULL when it cannot be read. The caller frees.
 char *kiln_test_slurp(const char *path, size_t *out_len);
 
+// dir/name, in one of eight rotating buffers (a call may use a few at once).
+const char *kiln_test_join(const char *dir, const char *name);
+// Writes len bytes to path, failing the test on any error.
+void kiln_test_write(const char *path, const void *data, size_t len);
+
+// Compares text with the golden file at path (KILN_UPDATE_GOLDEN=1 rewrites the
+// file first); on a difference prints the first differing line and both texts.
+void kiln_test_golden(const char *path, const char *text, size_t len);
+
 // Compiles g (planned with nstate optimizer tensors per parameter, training
 // set-up td or NULL) through the CPU backend at -O3, links it into a shared object
 // in dir and loads it: the test program exports the runtime (ENABLE_EXPORTS).

@@ -36,24 +36,7 @@ static void golden_case(void **state) {
   fclose(err);
   if (rc != 0) print_error("%s:\n%s", c->model, errs);
   assert_int_equal(rc, 0);
-  if (getenv("KILN_UPDATE_GOLDEN")) {
-    FILE *g = fopen(c->golden, "w");
-    assert_non_null(g);
-    fwrite(ir, 1, irlen, g);
-    fclose(g);
-  }
-  size_t glen = 0;
-  char *want = kiln_test_slurp(c->golden, &glen);
-  if (!want) print_error("no golden file %s (KILN_UPDATE_GOLDEN=1 writes it)\n", c->golden);
-  assert_non_null(want);
-  if (glen != irlen || memcmp(want, ir, irlen) != 0) {
-    // Point at the first line that differs.
-    size_t i = 0, line = 1;
-    while (i < irlen && i < glen && ir[i] == want[i]) line += ir[i++] == '\n';
-    print_error("%s differs from %s at line %zu\n", c->model, c->golden, line);
-    fail();
-  }
-  free(want);
+  kiln_test_golden(c->golden, ir, irlen);
   free(ir);
   free(errs);
 }

@@ -57,20 +57,7 @@ static void run(void **state) {
   free(ir);
   ir = text;
   irlen = textlen;
-  if (getenv("KILN_UPDATE_GOLDEN")) {
-    FILE *g = fopen(c->golden, "w");
-    assert_non_null(g);
-    fwrite(ir, 1, irlen, g);
-    fclose(g);
-  }
-  size_t glen = 0;
-  char *want = kiln_test_slurp(c->golden, &glen);
-  if (!want) fail_msg("no golden file %s (KILN_UPDATE_GOLDEN=1 writes it)", c->golden);
-  if (glen != irlen || memcmp(want, ir, irlen) != 0) {
-    print_error("%s after %s:\n%s\nexpected (%s):\n%s\n", c->name, c->pass, ir, c->golden, want);
-    fail();
-  }
-  free(want);
+  kiln_test_golden(c->golden, ir, irlen);
   free(ir);
 }
 

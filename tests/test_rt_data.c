@@ -14,25 +14,13 @@
 #include <unistd.h>
 
 #include "runtime/runtime.h"
+#include "tests/helpers.h"
 
 static char dir[64];
 
-static const char *P(const char *name) {
-  static char buf[4][512];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
+#define P(name) kiln_test_join(dir, (name))
 
-static void put(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(data, 1, len, f), len);
-  assert_int_equal(fclose(f), 0);
-}
-
-static void puts_file(const char *path, const char *text) { put(path, text, strlen(text)); }
+static void puts_file(const char *path, const char *text) { kiln_test_write(path, text, strlen(text)); }
 
 #define EXPECT_ERROR(rc, st, frag)                                                     \
   do {                                                                               \
@@ -270,7 +258,7 @@ static void test_tokens(void **state) {
   KilnData dt;
   unsigned char tok[20];
   for (int i = 0; i < 10; i++) tok[2 * i] = (unsigned char)i, tok[2 * i + 1] = 0;
-  put(P("t.bin"), tok, sizeof tok);
+  kiln_test_write(P("t.bin"), tok, sizeof tok);
   EXPECT_OK(kiln_data_open(&seq, line("tokens\t%s\tidx\ttgt", P("t.bin")), NULL, &dt, &st), st);
   assert_int_equal(dt.kind, KILN_DATA_TOKENS);
   assert_int_equal(dt.n, 3);  // (10 - 1) / 3
@@ -286,14 +274,14 @@ static void test_tokens(void **state) {
   kiln_data_free(&dt);
 
   tok[14] = 16;  // token 7 -> 16: at byte offset 14, outside [0, 16)
-  put(P("bad.bin"), tok, sizeof tok);
+  kiln_test_write(P("bad.bin"), tok, sizeof tok);
   EXPECT_ERROR(kiln_data_open(&seq, line("tokens\t%s\tidx\ttgt", P("bad.bin")), NULL, &dt, &st), st,
                "bad.bin: byte offset 14: token 16 is outside the vocabulary [0, 16) of input 'idx'");
   tok[14] = 0, tok[15] = 1;  // little-endian: 256
-  put(P("bad.bin"), tok, sizeof tok);
+  kiln_test_write(P("bad.bin"), tok, sizeof tok);
   EXPECT_ERROR(kiln_data_open(&seq, line("tokens\t%s\tidx\ttgt", P("bad.bin")), NULL, &dt, &st), st,
                "token 256 is outside");
-  put(P("odd.bin"), tok, 7);
+  kiln_test_write(P("odd.bin"), tok, 7);
   EXPECT_ERROR(kiln_data_open(&seq, line("tokens\t%s\tidx\ttgt", P("odd.bin")), NULL, &dt, &st), st,
                "odd.bin: 7 bytes is not a whole number of uint16 tokens");
 }

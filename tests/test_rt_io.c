@@ -17,25 +17,12 @@
 #include <unistd.h>
 
 #include "runtime/runtime.h"
+#include "tests/helpers.h"
 
 // Every test writes under one fresh temporary folder, removed at the end.
 static char dir[64];
 
-// path in dir; four rotating buffers, so a call may use a few at once.
-static const char *P(const char *name) {
-  static char buf[4][512];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
-
-static void put(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(data, 1, len, f), len);
-  assert_int_equal(fclose(f), 0);
-}
+#define P(name) kiln_test_join(dir, (name))
 
 static char *get(const char *path, size_t *out_len) {
   FILE *f = fopen(path, "rb");
@@ -82,7 +69,7 @@ static bool have_numpy(void) {
 }
 
 static int run_python(const char *script, const char *args) {
-  put(P("check.py"), script, strlen(script));
+  kiln_test_write(P("check.py"), script, strlen(script));
   char cmd[2048];
   snprintf(cmd, sizeof cmd, "%s %s %s", python(), P("check.py"), args);
   return system(cmd);
@@ -98,7 +85,7 @@ static void put_st(const char *path, const char *hdr, size_t datalen) {
   unsigned char *buf = calloc(1, 8 + hl + datalen);
   for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
   memcpy(buf + 8, hdr, hl);
-  put(path, buf, 8 + hl + datalen);
+  kiln_test_write(path, buf, 8 + hl + datalen);
   free(buf);
 }
 
@@ -212,7 +199,7 @@ static void test_st_truncated(void **state) {
   (void)state;
   KilnStatus st = {0};
   KilnStFile f;
-  put(P("t.safetensors"), "\x10\0\0\0\0", 5);
+  kiln_test_write(P("t.safetensors"), "\x10\0\0\0\0", 5);
   EXPECT_ERROR(kiln_st_read(P("t.safetensors"), &f, &st), st,
                "file is 5 bytes, too short for the 8-byte header length");
 
@@ -224,7 +211,7 @@ static void test_st_truncated(void **state) {
                "header length 1000 at file offset 0 runs past the end of the file (10 bytes)");
 
   unsigned char huge[16] = {0, 0, 0, 0, 0, 0, 0, 0x10, '{', '}'};  // 2^60
-  put(P("t.safetensors"), huge, 16);
+  kiln_test_write(P("t.safetensors"), huge, 16);
   EXPECT_ERROR(kiln_st_read(P("t.safetensors"), &f, &st), st, "exceeds the 100000000-byte limit");
 
   // A good file cut inside its data section.
@@ -369,7 +356,7 @@ static void put_npy(const char *path, int major, const char *dict, const void *d
   memset(buf + pre + hl, ' ', total - pre - hl - 1);
   buf[total - 1] = '\n';
   memcpy(buf + total, data, len);
-  put(path, buf, total + len);
+  kiln_test_write(path, buf, total + len);
 }
 
 static void test_npy_round_trip(void **state) {
@@ -487,11 +474,11 @@ static void test_npy_rejections(void **state) {
           sizeof big);
   EXPECT_ERROR(kiln_npy_read(P("bad.npy"), &a, &st), st, "at index 1 does not fit f32");
 
-  put(P("bad.npy"), "\x93NUMPX\x01\x00", 8);
+  kiln_test_write(P("bad.npy"), "\x93NUMPX\x01\x00", 8);
   EXPECT_ERROR(kiln_npy_read(P("bad.npy"), &a, &st), st, "not a .npy file");
-  put(P("bad.npy"), "\x93NUMPY\x04\x00\x10\x00{}", 12);
+  kiln_test_write(P("bad.npy"), "\x93NUMPY\x04\x00\x10\x00{}", 12);
   EXPECT_ERROR(kiln_npy_read(P("bad.npy"), &a, &st), st, ".npy version 4.0 at file offset 6");
-  put(P("bad.npy"), "\x93NUMPY\x01\x00\xff\x00{}", 12);
+  kiln_test_write(P("bad.npy"), "\x93NUMPY\x01\x00\xff\x00{}", 12);
   EXPECT_ERROR(kiln_npy_read(P("bad.npy"), &a, &st), st,
                "header length 255 at file offset 8 is past the end of the file (12 bytes)");
 }
@@ -588,7 +575,7 @@ static void test_npy_python(void **state) {
 //
 
 static int csv(const char *text, bool header, KilnCsv *c, KilnStatus *st) {
-  put(P("t.csv"), text, strlen(text));
+  kiln_test_write(P("t.csv"), text, strlen(text));
   return kiln_csv_read(P("t.csv"), header, c, st);
 }
 
@@ -658,7 +645,7 @@ static void test_csv_rejections(void **state) {
   // Too large: refused from its size alone (the file is sparse, nothing is read).
   KilnStatus st = {0};
   KilnCsv c;
-  put(P("huge.csv"), "1\n", 2);
+  kiln_test_write(P("huge.csv"), "1\n", 2);
   assert_int_equal(truncate(P("huge.csv"), ((off_t)2 << 30) + 1), 0);
   EXPECT_ERROR(kiln_csv_read(P("huge.csv"), false, &c, &st), st,
                "huge.csv: file is 2147483649 bytes, over the 2147483648-byte limit for CSV");

@@ -20,16 +20,11 @@
 #include <unistd.h>
 
 #include "runtime/runtime.h"
+#include "tests/helpers.h"
 
 static char dir[64];
 
-static const char *P(const char *name) {
-  static char buf[8][512];
-  static int k;
-  k = (k + 1) % 8;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
+#define P(name) kiln_test_join(dir, (name))
 
 static char *slurp(const char *path) {
   FILE *f = fopen(path, "rb");
