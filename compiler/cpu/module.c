@@ -23,9 +23,10 @@ static void make_types(KilnCg *c, Types *t) {
   LLVMStructSetBody(t->tensor, tensor, 11, 0);
   LLVMTypeRef desc[] = {c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64,
                         c->i64, c->i64, c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->ptr,
-                        c->ptr, c->ptr, c->i64, c->i64, c->i32, c->i32, c->ptr, c->ptr};
+                        c->ptr, c->ptr, c->i64, c->i64, c->i32, c->i32, c->ptr, c->ptr,
+                        c->ptr, c->ptr, c->i64};
   t->desc = LLVMStructCreateNamed(c->ctx, "KilnModelDesc");
-  LLVMStructSetBody(t->desc, desc, 27, 0);
+  LLVMStructSetBody(t->desc, desc, 30, 0);
   LLVMTypeRef train[] = {c->i32, c->i32, f64,    f64,    f64,    f64,    f64,    f64,
                          c->i32, c->i32, c->i64, f64,    c->i64, f64,    c->i64, c->i64,
                          f64,    f64,    c->ptr, c->ptr, c->i32, c->i32, c->i32, c->i32};
@@ -419,12 +420,13 @@ void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
       st.train ? st.train : LLVMConstNull(c->ptr), st.eval ? st.eval : LLVMConstNull(c->ptr),
       kiln_cg_i64(c, g->loss >= 0 ? p->offset[g->loss] : 0), kiln_cg_i64(c, p->opt_bytes),
       i32c(c, nopt), i32c(c, 0), opt_array(c, &t, g, p, o->train, &nopt_check),
-      o->train ? train_desc(c, &t, o->train) : LLVMConstNull(c->ptr)};
+      o->train ? train_desc(c, &t, o->train) : LLVMConstNull(c->ptr), LLVMConstNull(c->ptr),
+      LLVMConstNull(c->ptr), kiln_cg_i64(c, 0)};
   char name[256];
   snprintf(name, sizeof name, "kiln_model_%s", g->name);
   LLVMValueRef desc = LLVMAddGlobal(c->mod, t.desc, name);
   KILN_ASSERT(nopt_check == nopt);
-  LLVMSetInitializer(desc, LLVMConstNamedStruct(t.desc, fields, 27));
+  LLVMSetInitializer(desc, LLVMConstNamedStruct(t.desc, fields, 30));
   LLVMSetGlobalConstant(desc, 1);
   if (o->library) library_api(c, g, p, inputs, ni, desc, st.train != NULL);
   else LLVMAddAlias2(c->mod, t.desc, 0, desc, "kiln_main_model");

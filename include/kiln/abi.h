@@ -9,11 +9,15 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 #define KILN_ABI_MAX_RANK 6
 
 enum { KILN_ABI_F32 = 0, KILN_ABI_I32 = 1 };
-enum { KILN_ABI_LIVE = 1 };
+enum {
+  KILN_ABI_LIVE = 1,    // an input the forward pass reads
+  KILN_ABI_STATE = 2,   // decode state (key/value cache, recurrent state): kept between
+                        // calls in the arena, zeroed to start a sequence
+};
 
 // Initializers, numbered as in the IR (zeros, ones, normal, uniform, xavier, kaiming).
 enum {
@@ -35,7 +39,7 @@ typedef struct {
   int64_t offset;     // bytes from the start of its block (weights or arena)
   int64_t bytes;
   int32_t init;       // params only
-  int32_t flags;      // KILN_ABI_LIVE: an input the forward pass reads
+  int32_t flags;      // KILN_ABI_LIVE, KILN_ABI_STATE (inputs only)
   double init_a, init_b;
   int64_t bound;      // i32 inputs used as indices: every value must be in [0, bound); 0: none
 } KilnTensorDesc;
@@ -101,7 +105,8 @@ typedef struct {
   int32_t pad_;
 } KilnTrainDesc;
 
-typedef struct {
+typedef struct KilnModelDesc KilnModelDesc;
+struct KilnModelDesc {
   uint32_t abi_version;       // KILN_ABI_VERSION
   uint32_t flags;
   const char *name;           // model name
@@ -126,6 +131,14 @@ typedef struct {
   int32_t nopt, pad_;
   const KilnTensorDesc *opt;  // optimizer state tensors ("adam.m.NAME", "sgd.v.NAME", ...)
   const KilnTrainDesc *train;
-} KilnModelDesc;
+  // Generation (language models: an i32 token input [batch, T] and logits
+  // [batch, T, vocab]); NULL otherwise. Both share the parameter block's layout.
+  // decode: one token at a time (inputs: the token [1, 1] and its position [1, 1],
+  //         then the state tensors), its state in its own arena.
+  // window: the forward pass for one sequence [1, T], recomputing everything.
+  const KilnModelDesc *decode;
+  const KilnModelDesc *window;
+  int64_t context;            // decode: positions its state holds (the model's T)
+};
 
 #endif
