@@ -84,7 +84,11 @@ CASES = [
     Case("mlp784", "mlp 784-512-512-10, Adam", "bench/models/mlp784_train.yaml", 128, 1, 20, 3,
          (None,)),
     Case("gpt", "gpt 4x256 ctx 128, AdamW + clip", "models/gpt.yaml", 16, 1, 5, 2, (None, 3e-2)),
+    Case("lstm", "lstm char LM 128-256 seq 64, Adam + clip", "models/lstm.yaml", 32, 1, 10, 2,
+         (None,)),
 ]
+# Time steps of the text models' windows.
+SEQ = {"gpt": 128, "lstm": 64}
 
 # The optimizers the model files name, as PyTorch spells them. `PROG info` prints
 # Kiln's reading of the model's train section next to these, so the two are seen
@@ -109,11 +113,42 @@ OPTIM = {
     "gpt": dict(kind="adamw", lr=3e-4, wd=0.1, clip=1.0, sched=gpt_lr_lambda,
                 torch="AdamW(lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1), "
                       "clip_grad_norm_(1.0), LambdaLR(cosine, warmup 100, 2000 steps)"),
+    "lstm": dict(kind="adam", lr=2e-3, wd=0.0, clip=1.0, sched=None,
+                 torch="Adam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8), clip_grad_norm_(1.0)"),
 }
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 
+class LSTMLM(nn.Module):
+    """models/lstm.yaml: embedding, one LSTM layer, dense head. The layer is
+    PyTorch's own (torch.lstm, what nn.LSTM runs) on Kiln's parameters, named and
+    laid out as Kiln's: weight_ih [I, 4H] and weight_hh [H, 4H] are handed over
+    transposed (views), and Kiln's one bias stands for bias_ih (bias_hh is zero);
+    the gate order is i f g o in both."""
+
+    def __init__(self, vocab=96, embed=128, hidden=256):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, embed)
+        self.rnn = nn.Module()
+        self.rnn.l0 = nn.Module()
+        self.rnn.l0.weight_ih = nn.Parameter(torch.empty(embed, 4 * hidden))
+        self.rnn.l0.weight_hh = nn.Parameter(torch.empty(hidden, 4 * hidden))
+        self.rnn.l0.bias = nn.Parameter(torch.empty(4 * hidden))
+        self.register_buffer("bias_hh", torch.zeros(4 * hidden), persistent=False)
+        self.logits = nn.Linear(hidden, vocab)
+        self.hidden = hidden
+
+    def forward(self, idx):
+        x, l0 = self.emb(idx), self.rnn.l0
+        h0 = x.new_zeros(1, x.shape[0], self.hidden)
+        weights = [l0.weight_ih.t(), l0.weight_hh.t(), l0.bias, self.bias_hh]
+        y, _, _ = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
+        return self.logits(y)
+
+
 def torch_model(case):
+    if case.key == "lstm":
+        return LSTMLM()
     if case.key == "mlp":
         return fw.MLP([("dense_0", 5, 16, nn.Sigmoid()), ("logits", 16, 2, None)])
     if case.key == "mlp784":
@@ -175,12 +210,12 @@ def make_batch(case, rng, work):
         np.save(xp, x)
         np.save(yp, y)
         return x, y, ["--data", f"x={xp}", "--data", f"label={yp}"]
-    # GPT: models/gpt.yaml trains on text. B windows of 128 characters plus one
-    # make exactly B samples (windows at 0, 128, ...; target = input shifted by
+    # GPT and LSTM: the models train on text. B windows of T characters plus one
+    # make exactly B samples (windows at 0, T, ...; target = input shifted by
     # one). A character's id is its rank among the distinct bytes of the file.
     # The same file is given as --eval-data, so that the model's val_split holds
     # nothing out of the one batch.
-    T = 128
+    T = SEQ[case.key]
     raw = rng.integers(0, 96, size=case.batch * T + 1)
     text = bytes(int(b) + 32 for b in raw)
     vocab = sorted(set(text))
@@ -540,8 +575,8 @@ def torch_timed_fn(case, weights, rng):
         x = torch.from_numpy(rng.standard_normal((case.batch, 784)).astype(np.float32))
         y = torch.from_numpy(rng.integers(0, 10, size=case.batch))
     else:
-        x = torch.from_numpy(rng.integers(0, 96, size=(case.batch, 128)))
-        y = torch.from_numpy(rng.integers(0, 96, size=(case.batch, 128)))
+        x = torch.from_numpy(rng.integers(0, 96, size=(case.batch, SEQ[case.key])))
+        y = torch.from_numpy(rng.integers(0, 96, size=(case.batch, SEQ[case.key])))
     return lambda: tr.step(x, y)
 
 
@@ -575,7 +610,7 @@ def main():
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--runs-scale", type=float, default=1.0,
                     help="multiply every case's runs per repetition by this")
-    ap.add_argument("--only", default="", help="run only cases whose key (mlp, mlp784, gpt) is this")
+    ap.add_argument("--only", default="", help="run only cases whose key (mlp, mlp784, gpt, lstm) is this")
     ap.add_argument("--check-only", action="store_true", help="check equivalence, time nothing")
     ap.add_argument("--keep", default="", help="keep the built programs and files in this folder")
     ap.add_argument("--seed", type=int, default=1)

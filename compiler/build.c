@@ -129,6 +129,8 @@ static void header_tensor(FILE *f, const char *model, const KilnNode *n) {
   fputs("}\n", f);
 }
 
+static bool header_generate;  // the model was built with text generation
+
 static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
   const KilnGraph *g = &m->graph;
   const char *n = m->name;
@@ -140,7 +142,7 @@ static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
              " * (pkg-config --libs %s). All functions return 0 on success or -1 with a\n"
              " * message in %s_last_error(). A context is used by one thread at a time. */\n",
           n, n, KILN_VERSION, m->path, n, n, n);
-  fprintf(f, "#ifndef %s_H\n#define %s_H\n\n#include <stdint.h>\n\n", up, up);
+  fprintf(f, "#ifndef %s_H\n#define %s_H\n\n#include <stddef.h>\n#include <stdint.h>\n\n", up, up);
   fprintf(f, "#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
   fprintf(f, "typedef struct %s_ctx %s_ctx;\n\n", n, n);
   for (int i = 0; i < m->ninputs; i++)
@@ -154,6 +156,11 @@ static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
   fprintf(f, "int %s_load_weights(%s_ctx *ctx, const char *path);\n", n, n);
   fprintf(f, "int %s_save_weights(%s_ctx *ctx, const char *path);\n", n, n);
   fprintf(f, "const char *%s_last_error(const %s_ctx *ctx);\n", n, n);
+  fprintf(f, "/* Profiling: from begin to end every kernel is timed; end prints a table\n"
+             " * (time, FLOPs, bytes, roofline) on stderr and writes the table as CSV and a\n"
+             " * Chrome trace to the files named at begin (NULL: none). docs/profiling.md. */\n");
+  fprintf(f, "int %s_profile_begin(%s_ctx *ctx, const char *csv, const char *trace);\n", n, n);
+  fprintf(f, "int %s_profile_end(%s_ctx *ctx);\n", n, n);
   fprintf(f, "/* Inference on one batch: inputs, then outputs, each a full tensor of the\n"
              " * size above (row-major). */\n");
   fprintf(f, "int %s_forward(%s_ctx *ctx", n, n);
@@ -184,6 +191,18 @@ static void write_header(FILE *f, const KilnModel *m, const KilnPlan *p) {
     fprintf(f, ", float *loss);\n");
     fprintf(f, "int %s_save_state(%s_ctx *ctx, const char *path);\n", n, n);
     fprintf(f, "int %s_load_state(%s_ctx *ctx, const char *path);\n", n, n);
+  }
+  if (header_generate) {
+    fprintf(f, "\n/* Text generation. The prompt's characters must be in the vocabulary of the\n"
+               " * weights loaded last (train stores it there; without, the model's training\n"
+               " * text gives it). Writes up to tokens characters, at most out_size - 1, and a\n"
+               " * NUL to out; returns how many it wrote, or -1. Each token is one step over\n"
+               " * the key/value caches or recurrent state. temperature 0: greedy; top_k 0:\n"
+               " * sample among all. */\n");
+    fprintf(f, "typedef struct {\n  int tokens;\n  double temperature;\n  int top_k;\n"
+               "  uint64_t seed;\n} %s_sampling;\n", n);
+    fprintf(f, "int %s_generate(%s_ctx *ctx, const char *prompt, const %s_sampling *s, char *out,\n"
+               "    size_t out_size);\n", n, n, n);
   }
   fprintf(f, "\n#ifdef __cplusplus\n}\n#endif\n\n#endif\n");
 }
@@ -314,6 +333,89 @@ static int opt_state_count(const KilnTrainCfg *c) {
   return c->momentum > 0 ? 1 : 0;
 }
 
+//
+// Generation. A language model (an i32 token input [batch, T] that an embedding
+// reads, and logits [batch, T, vocab] as its first output) is lowered twice more
+// (compiler.h, KilnGenMode): a decode model and a batch-1 window model, built into
+// the same object with the main model's parameter layout.
+//
+typedef struct {
+  KilnModel m;
+  KilnPlan plan;
+} GenModel;
+
+// T of the token input when m is a language model, else 0.
+static int64_t lm_context(const KilnModel *m) {
+  const KilnGraph *g = &m->graph;
+  if (g->noutputs < 1) return 0;
+  const KilnNode *out = &g->nodes[g->outputs[0]];
+  for (int i = 0; i < m->ninputs; i++) {
+    const KilnNode *x = &g->nodes[m->inputs[i]];
+    bool read = false;
+    for (int j = 0; j < g->nnodes; j++)
+      read |= g->nodes[j].op == KILN_OP_EMBEDDING && g->nodes[j].in[0] == m->inputs[i];
+    if (read && x->dtype == KILN_I32 && x->rank == 2 && out->dtype == KILN_F32 && out->rank == 3 &&
+        out->shape[0] == x->shape[0] && out->shape[1] == x->shape[1])
+      return x->shape[1];
+  }
+  return 0;
+}
+
+// Gives the sub-model's parameters the main model's offsets (matched by name and
+// shape); -1 when one has no match.
+static int share_params(const KilnModel *main, const KilnPlan *mp, GenModel *sub, char *why,
+                        size_t len) {
+  const KilnGraph *g = &sub->m.graph;
+  for (int i = 0; i < g->nnodes; i++) {
+    const KilnNode *n = &g->nodes[i];
+    if (n->op != KILN_OP_PARAM) continue;
+    int32_t j = kiln_graph_find(&main->graph, n->name);
+    const KilnNode *x = j >= 0 ? &main->graph.nodes[j] : NULL;
+    if (!x || x->op != KILN_OP_PARAM || x->rank != n->rank ||
+        memcmp(x->shape, n->shape, sizeof(int64_t) * (size_t)n->rank) != 0) {
+      snprintf(why, len, "its parameter '%s' differs from the model's", n->name);
+      return -1;
+    }
+    sub->plan.offset[i] = mp->offset[j];
+  }
+  sub->plan.weights_bytes = mp->weights_bytes;
+  return 0;
+}
+
+// Lowers, optimizes and plans one generation model. A model that cannot generate
+// (its layers cannot run one token at a time) still builds: a warning says why.
+static int gen_model(KilnDiag *d, const KilnModel *main, const KilnPlan *mp,
+                     const KilnBuildOpts *o, KilnGenMode mode, int64_t context, int level,
+                     GenModel *out) {
+  char *msg = NULL, why[512] = "";
+  size_t len = 0;
+  FILE *f = open_memstream(&msg, &len);
+  if (!f) return -1;
+  KilnDiag gd;
+  kiln_diag_init(&gd, f);
+  int rc = kiln_model_load_gen(&out->m, &gd, o->model, o->dims, o->ndims, mode, context);
+  if (rc == 0) {
+    out->m.graph.loss = -1;  // generation needs the logits only
+    KilnPipelineOpts po = {.out = f, .training = false, .level = level};
+    rc = kiln_pipeline_run(&out->m.graph, &po, f);
+  }
+  if (rc == 0) {
+    kiln_plan_build(&out->m.graph, &out->m.arena, 0, &out->plan);
+    rc = share_params(main, mp, out, why, sizeof why);
+  }
+  fclose(f);
+  if (rc != 0) {
+    if (!why[0] && msg) snprintf(why, sizeof why, "%.*s", (int)strcspn(msg, "\n"), msg);
+    fprintf(d->out, "%s: warning: '%s' is built without text generation: %s\n", o->model,
+            main->name, why);
+  }
+  free(msg);
+  return rc;
+}
+
+static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOpts *o,
+                const GenModel *dec, const GenModel *win, int64_t context);
+
 static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
   // A model with a loss is compiled for training too: autodiff runs.
   bool training = m->graph.loss >= 0;
@@ -326,9 +428,25 @@ static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
                          .level = o->graph_level >= 0 ? o->graph_level
                                   : o->opt_level < 2 ? o->opt_level : 2,
                          .time_passes = o->time_passes};
+  int64_t context = lm_context(m);
   TRY(kiln_pipeline_run(&m->graph, &po, d->out));
   KilnPlan plan;
   kiln_plan_build(&m->graph, &m->arena, opt_state_count(&m->train), &plan);
+  GenModel dec = {0}, win = {0};
+  bool gen = context > 0 &&
+             gen_model(d, m, &plan, o, KILN_GEN_DECODE, context, po.level, &dec) == 0 &&
+             gen_model(d, m, &plan, o, KILN_GEN_WINDOW, context, po.level, &win) == 0;
+  int rc = emit(d, m, &plan, o, gen ? &dec : NULL, gen ? &win : NULL, context);
+  kiln_model_free(&dec.m);
+  kiln_model_free(&win.m);
+  return rc;
+}
+
+// Code generation, then the object, executable or library.
+static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOpts *o,
+                const GenModel *dec, const GenModel *win, int64_t context) {
+  bool training = m->graph.loss >= 0;
+  KilnPlan plan = *pl;
   KilnTrainDesc td;
   train_desc(m, &td);
   char err[1024];
@@ -338,6 +456,9 @@ static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
   KilnCg cg = {0};
   KilnModuleOpts mo = {KILN_VERSION, o->emit == KILN_BUILD_LIB, m->train.seed, tm,
                        training ? &td : NULL};
+  if (dec)
+    mo.decode = &dec->m.graph, mo.window = &win->m.graph, mo.decode_plan = &dec->plan,
+    mo.window_plan = &win->plan, mo.context = context;
   kiln_cpu_module(&cg, &m->graph, &plan, &mo);
   char tmpdir[] = "/tmp/kiln-build-XXXXXX", obj[4096];
   if (!mkdtemp(tmpdir)) {
@@ -358,7 +479,8 @@ static int compile(KilnDiag *d, KilnModel *m, const KilnBuildOpts *o) {
   else if (direct && rename(tmpout, o->output) != 0)
     rc = build_error(d, "cannot write %s: %s", o->output, strerror(errno));
   else if (o->emit == KILN_BUILD_EXE) rc = link_exe(d, obj, o->output);
-  else if (o->emit == KILN_BUILD_LIB) rc = write_lib(d, m, &plan, obj, o->output);
+  else if (o->emit == KILN_BUILD_LIB)
+    header_generate = dec != NULL, rc = write_lib(d, m, &plan, obj, o->output);
   if (rc != 0 && direct) unlink(tmpout);
   remove_tree(tmpdir);
   return rc;

@@ -2,7 +2,8 @@
 // (format version 1) and its lowering to IR, the summary `kiln check` prints.
 //
 // Sections follow the files of compiler/: diag.c, yaml.c, expr.c, model.c,
-// values.c, lower.c, layers.c, config.c, build.c, summary.c (main.c is the driver).
+// values.c, lower.c, layers.c, config.c, build.c, workload.c, summary.c (main.c is
+// the driver).
 #ifndef KILN_COMPILER_H
 #define KILN_COMPILER_H
 
@@ -151,6 +152,12 @@ typedef struct {
   bool shuffle;
 } KilnDataCfg;
 
+// Lowering for generation (compiler/build.c compiles a language model three times):
+// DECODE takes one token per call at position `decode.position`, with a key/value
+// cache per attention and h, c per LSTM kept as state inputs; WINDOW is the model
+// for one sequence (batch 1), recomputing everything.
+typedef enum { KILN_GEN_NONE, KILN_GEN_DECODE, KILN_GEN_WINDOW } KilnGenMode;
+
 typedef struct {
   KilnArena arena;             // everything below lives here
   const char *path;            // the model file
@@ -162,6 +169,9 @@ typedef struct {
   int ninputs;
   KilnTrainCfg train;
   KilnDataCfg data;
+  KilnGenMode gen;
+  int64_t context;             // DECODE: positions the caches hold
+  int32_t position;            // DECODE: the position input, else -1
 } KilnModel;
 
 typedef struct {
@@ -173,6 +183,10 @@ typedef struct {
 // The model must be freed with kiln_model_free whatever the result.
 int kiln_model_load(KilnModel *m, KilnDiag *d, const char *path, const KilnDimOverride *ov,
                     int nov);
+// The same for generation: every input gets batch 1 (DECODE: and one position);
+// dims named by the token input's shape are overridden to match.
+int kiln_model_load_gen(KilnModel *m, KilnDiag *d, const char *path, const KilnDimOverride *ov,
+                        int nov, KilnGenMode gen, int64_t context);
 void kiln_model_free(KilnModel *m);
 
 //
@@ -225,6 +239,9 @@ int32_t kiln_lower_emit(KilnLower *l, KilnOp op, const int32_t *in, int nin, con
                         const KilnAttrs *attr, KilnLoc loc);
 int32_t kiln_lower_param(KilnLower *l, const char *local, const int64_t *shape, int rank,
                          KilnInit init, KilnLoc loc);
+// An input node; state: decode state the step reads and writes (DECODE only).
+int32_t kiln_lower_input(KilnLower *l, const char *local, KilnDType dt, const int64_t *shape,
+                         int rank, bool state, KilnLoc loc);
 
 //
 // layers.c: layer ops (dense, embedding, ...) that create parameters.
@@ -273,6 +290,20 @@ typedef struct {
 } KilnBuildOpts;
 
 int kiln_build(KilnDiag *d, const KilnBuildOpts *o);
+
+//
+// workload.c: `kiln profile`: build, then run the model's default workload (training
+// steps when it has a loss, else forward passes) with the profiler on.
+//
+typedef struct {
+  KilnBuildOpts build;      // the model and how to compile it; output and emit are set
+  int steps;                // timed steps (bench runs)
+  int threads;              // 0: every CPU
+  char *const *pass;        // options handed to the program (--profile-out FILE, ...)
+  int npass;
+} KilnProfileRunOpts;
+
+int kiln_profile_run(KilnDiag *d, const KilnProfileRunOpts *o);
 
 //
 // summary.c: what `kiln check` prints for a valid model.

@@ -147,8 +147,13 @@ static int32_t lower_position(KilnLower *l, const KilnYaml *attrs, const int32_t
   if (attr_init(l, attrs, (KilnInit){KILN_INIT_NORMAL, 0.02, 0}, &init) != 0) return -1;
   if (expect_f32(l, in[0], 2, "position_embedding", loc) != 0) return -1;
   const KilnNode *x = node(l, in[0]);
-  const int64_t *shape = &x->shape[x->rank - 2];
+  int64_t shape[2] = {x->shape[x->rank - 2], x->shape[x->rank - 1]};
+  if (l->m->gen == KILN_GEN_DECODE) shape[0] = l->m->context;
   int32_t pos = kiln_lower_param(l, sub(l, name, "weight"), shape, 2, init, loc);
+  if (l->m->gen == KILN_GEN_DECODE) {  // the row of the position being decoded
+    int32_t ein[2] = {l->m->position, pos};
+    pos = kiln_lower_emit(l, KILN_OP_EMBEDDING, ein, 2, sub(l, name, "row"), NULL, loc);
+  }
   int32_t add_in[2] = {in[0], pos};
   return kiln_lower_emit(l, KILN_OP_ADD, add_in, 2, name, NULL, loc);
 }
@@ -201,7 +206,15 @@ static int32_t lower_lstm(KilnLower *l, const KilnYaml *attrs, const int32_t *in
     int32_t args[4] = {x, kiln_lower_param(l, sub(l, pn, "weight_ih"), ih, 2, init, loc),
                        kiln_lower_param(l, sub(l, pn, "weight_hh"), hh, 2, init, loc),
                        kiln_lower_param(l, sub(l, pn, "bias"), &b, 1, init, loc)};
-    x = kiln_lower_emit(l, KILN_OP_LSTM, args, 4, i == layers - 1 ? name : pn, NULL, loc);
+    const char *out = i == layers - 1 ? name : pn;
+    if (l->m->gen == KILN_GEN_DECODE) {  // h and c carried from the previous token
+      int64_t st[3] = {2, node(l, x)->shape[0], h};
+      int32_t sargs[5] = {args[0], args[1], args[2], args[3],
+                          kiln_lower_input(l, sub(l, pn, "state"), KILN_F32, st, 3, true, loc)};
+      x = sargs[4] < 0 ? -1 : kiln_lower_emit(l, KILN_OP_LSTM_STEP, sargs, 5, out, NULL, loc);
+    } else {
+      x = kiln_lower_emit(l, KILN_OP_LSTM, args, 4, out, NULL, loc);
+    }
   }
   return x;
 }
@@ -228,6 +241,7 @@ static int32_t lower_attention(KilnLower *l, const KilnYaml *attrs, const int32_
     return -1;
   }
   KilnInit init = {KILN_INIT_XAVIER, 0, 0};
+  int64_t cache[3] = {x->shape[0], l->m->context, d};  // x moves as nodes are added
   int32_t qkv = linear(l, in[0], 3 * d, bias, init, sub(l, name, "qkv"), sub(l, name, "qkv"), loc);
   if (qkv < 0) return -1;
   static const char *const parts[] = {"q", "k", "v"};
@@ -236,7 +250,22 @@ static int32_t lower_attention(KilnLower *l, const KilnYaml *attrs, const int32_
     KilnAttrs s = {.axis = -1, .start = i * d, .end = (i + 1) * d};
     qkv3[i] = kiln_lower_emit(l, KILN_OP_SLICE, &qkv, 1, sub(l, name, parts[i]), &s, loc);
   }
-  int32_t att = kiln_lower_emit(l, KILN_OP_ATTENTION, qkv3, 3, sub(l, name, "attn"), &a, loc);
+  int32_t att;
+  if (l->m->gen == KILN_GEN_DECODE) {  // one query against the keys and values so far
+    if (!a.causal) {
+      kiln_error(l->d, loc, "attention without 'causal: true' sees later positions, so it cannot "
+                            "decode one token at a time");
+      return -1;
+    }
+    int32_t args[6] = {qkv3[0], qkv3[1], qkv3[2],
+                       kiln_lower_input(l, sub(l, name, "k_cache"), KILN_F32, cache, 3, true, loc),
+                       kiln_lower_input(l, sub(l, name, "v_cache"), KILN_F32, cache, 3, true, loc),
+                       l->m->position};
+    att = args[3] < 0 || args[4] < 0 ? -1
+          : kiln_lower_emit(l, KILN_OP_ATTENTION_DECODE, args, 6, sub(l, name, "attn"), &a, loc);
+  } else {
+    att = kiln_lower_emit(l, KILN_OP_ATTENTION, qkv3, 3, sub(l, name, "attn"), &a, loc);
+  }
   if (att < 0) return -1;
   return linear(l, att, d, bias, init, sub(l, name, "proj"), name, loc);
 }

@@ -274,6 +274,18 @@ int32_t kiln_lower_param(KilnLower *l, const char *local, const int64_t *shape, 
   return id;
 }
 
+int32_t kiln_lower_input(KilnLower *l, const char *local, KilnDType dt, const int64_t *shape,
+                         int rank, bool state, KilnLoc loc) {
+  KilnAttrs a = {.state = state};
+  int32_t id = kiln_lower_emit(l, KILN_OP_INPUT, NULL, 0, local, &a, loc);
+  if (id < 0) return -1;
+  KilnNode *n = &l->m->graph.nodes[id];
+  n->dtype = dt;
+  n->rank = rank;
+  memcpy(n->shape, shape, sizeof(int64_t) * (size_t)rank);
+  return id;
+}
+
 static int32_t constant(KilnLower *l, const KilnYaml *v, double value) {
   KilnAttrs a = {.value = value};
   int32_t id = kiln_lower_emit(l, KILN_OP_CONST, NULL, 0, default_name(l, "const"), &a, v->loc);
@@ -749,17 +761,19 @@ static int lower_inputs(KilnLower *l, const KilnYaml *y) {
       bad++;
       continue;
     }
-    int32_t id = kiln_lower_emit(l, KILN_OP_INPUT, NULL, 0, name, NULL, k->loc);
+    // Generation: one sequence; when decoding, one position of it.
+    if (m->gen != KILN_GEN_NONE && rank >= 2) shape[0] = 1;
+    if (m->gen == KILN_GEN_DECODE && rank >= 2) shape[1] = 1;
+    int32_t id = kiln_lower_input(l, name, dt, shape, rank, false, k->loc);
     if (id < 0 || bind(l, name, id, k->loc) != 0) {
       bad++;
       continue;
     }
-    KilnNode *n = &m->graph.nodes[id];
-    n->dtype = dt;
-    n->rank = rank;
-    memcpy(n->shape, shape, sizeof(int64_t) * (size_t)rank);
     m->inputs[m->ninputs++] = id;
   }
+  if (m->gen == KILN_GEN_DECODE && !bad)
+    m->position = kiln_lower_input(l, "decode.position", KILN_I32, (int64_t[]){1, 1}, 2, false,
+                                   y->loc);
   return bad ? -1 : 0;
 }
 

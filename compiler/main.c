@@ -7,6 +7,7 @@
 
 #include "compiler/compiler.h"
 #include "passes/passes.h"
+#include "runtime/runtime.h"
 
 #define MAX_DIMS 64
 
@@ -16,6 +17,8 @@ static void usage(FILE *f) {
         "commands:\n"
         "  check     parse, validate and shape a model; print its summary\n"
         "  build     compile a model into an executable or a static library\n"
+        "  profile   build a model and print the time, FLOPs and roofline of each kernel\n"
+        "  peak      this machine's FMA and memory peaks (the profile's roofline)\n"
         "  help      show this help\n"
         "  version   show the version\n"
         "\n"
@@ -290,6 +293,119 @@ out:
   return rc;
 }
 
+static void profile_usage(FILE *f) {
+  fputs("usage: kiln profile [options] MODEL.yaml\n"
+        "\n"
+        "Builds the model for this CPU and runs its default workload with every kernel\n"
+        "timed: training steps (the whole step on a random batch) when the model has a\n"
+        "loss, else forward passes. Prints a table per kernel: time, FLOPs, bytes,\n"
+        "achieved GFLOP/s and GB/s, and percent of the roofline bound (docs/profiling.md).\n"
+        "\n"
+        "options:\n"
+        "  --steps N              timed steps, after 2 warm-up steps (default: 10)\n"
+        "  --threads N            threads (default: every CPU)\n"
+        "  --profile-out FILE     also a Chrome trace (Perfetto, chrome://tracing)\n"
+        "  --profile-csv FILE     also the table as CSV\n"
+        "  --peak-gflops F        one core's FMA peak, GFLOP/s (default: `kiln peak`)\n"
+        "  --peak-gbs F           memory bandwidth, GB/s (default: `kiln peak`)\n"
+        "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
+        "  --cpu=NAME, -O0 .. -O3 as for kiln build\n"
+        "  -h, --help             show this help\n",
+        f);
+}
+
+static bool parse_int(const char *opt, const char *s, int min, int *out) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (!*s || *end || v < min || v > 1000000) {
+    fprintf(stderr, "kiln profile: --%s takes a whole number >= %d, got '%s'\n", opt, min, s);
+    return false;
+  }
+  *out = (int)v;
+  return true;
+}
+
+static int cmd_profile(int argc, char **argv) {
+  enum { STEPS = 256, THREADS, PASS };
+  static const struct option longs[] = {
+      {"steps", required_argument, NULL, STEPS}, {"threads", required_argument, NULL, THREADS},
+      {"profile-out", required_argument, NULL, PASS}, {"profile-csv", required_argument, NULL, PASS},
+      {"peak-gflops", required_argument, NULL, PASS}, {"peak-gbs", required_argument, NULL, PASS},
+      {"dim", required_argument, NULL, 'D'},   {"cpu", required_argument, NULL, 'C'},
+      {"help", no_argument, NULL, 'h'},        {0}};
+  KilnDimOverride dims[MAX_DIMS];
+  char *pass[16];
+  KilnProfileRunOpts o = {.build = {.cpu = "native", .opt_level = 3, .graph_level = -1,
+                                    .dims = dims},
+                          .steps = 10, .pass = pass};
+  int c, idx, rc = 2;
+  while ((c = getopt_long(argc, argv, "O:h", longs, &idx)) != -1) {
+    switch (c) {
+    case STEPS: if (!parse_int("steps", optarg, 1, &o.steps)) goto out; break;
+    case THREADS: if (!parse_int("threads", optarg, 0, &o.threads)) goto out; break;
+    case PASS: {  // handed to the program as --NAME=VALUE
+      size_t len = strlen(longs[idx].name) + strlen(optarg) + 4;
+      char *arg = o.npass < 16 ? malloc(len) : NULL;
+      if (!arg) goto out;
+      snprintf(arg, len, "--%s=%s", longs[idx].name, optarg);
+      pass[o.npass++] = arg;
+      break;
+    }
+    case 'C': o.build.cpu = optarg; break;
+    case 'O': if (parse_level(optarg, &o.build.opt_level) != 0) goto out; break;
+    case 'D':
+      if (o.build.ndims == MAX_DIMS || parse_dim(optarg, &dims[o.build.ndims]) != 0) {
+        fprintf(stderr, "kiln: --dim expects NAME=VALUE with VALUE >= 1, got '%s'\n", optarg);
+        goto out;
+      }
+      o.build.ndims++;
+      break;
+    case 'h': profile_usage(stdout); rc = 0; goto out;
+    default: profile_usage(stderr); goto out;
+    }
+  }
+  if (optind != argc - 1) {
+    fputs(optind >= argc ? "kiln profile: no model file given\n" : "kiln profile: give one model file\n",
+          stderr);
+    profile_usage(stderr);
+    goto out;
+  }
+  o.build.model = argv[optind];
+  KilnDiag d;
+  kiln_diag_init(&d, stderr);
+  d.color = isatty(STDERR_FILENO);
+  rc = kiln_profile_run(&d, &o) == 0 ? 0 : 1;
+out:
+  for (int i = 0; i < o.build.ndims; i++) free((char *)dims[i].name);
+  for (int i = 0; i < o.npass; i++) free(pass[i]);
+  return rc;
+}
+
+static int cmd_peak(int argc, char **argv) {
+  bool measure = argc == 2 && !strcmp(argv[1], "--measure");
+  if (argc > 1 && !measure) {
+    bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+    fputs("usage: kiln peak [--measure]\n"
+          "\nPrints this machine's peaks, the roofline of profiles: one core's f32 FMA\n"
+          "throughput and the memory bandwidth (one thread, every CPU), measured once and\n"
+          "cached; --measure measures again and rewrites the cache.\n", help ? stdout : stderr);
+    return help ? 0 : 2;
+  }
+  KilnStatus st = {0};
+  KilnPeak p;
+  char path[4096];
+  bool cached = kiln_peak_cache_path(path, sizeof path) == 0;
+  int rc = measure ? kiln_peak_measure(&p, &st) : kiln_peak_get(&p, stderr, &st);
+  if (rc == 0 && measure && cached) rc = kiln_peak_write(path, &p, &st);
+  if (rc != 0) {
+    fprintf(stderr, "kiln peak: error: %s\n", st.msg);
+    return 1;
+  }
+  kiln_peak_print(&p, stdout);
+  if (cached) printf("cache:      %s\n", path);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
@@ -306,6 +422,8 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(cmd, "check")) return cmd_check(argc - 1, argv + 1);
   if (!strcmp(cmd, "build")) return cmd_build(argc - 1, argv + 1);
+  if (!strcmp(cmd, "profile")) return cmd_profile(argc - 1, argv + 1);
+  if (!strcmp(cmd, "peak")) return cmd_peak(argc - 1, argv + 1);
   fprintf(stderr, "kiln: unknown command '%s'\n", cmd);
   usage(stderr);
   return 2;

@@ -130,9 +130,45 @@ static const char *dir_of(KilnArena *a, const char *path) {
   return kiln_arena_printf(a, "%.*s", (int)(slash - path), path);
 }
 
+// Generation: the dims named by the shape of the first i32 input of rank 2 (the
+// tokens, [batch, time]) become 1 (time only when decoding), replacing the caller's
+// values for them.
+static int gen_overrides(KilnModel *m, const KilnYaml *root, const KilnDimOverride *ov, int nov,
+                         const KilnDimOverride **out) {
+  const KilnYaml *in = kiln_yaml_get(root, "inputs");
+  KilnDimOverride *all = kiln_arena_alloc(&m->arena, (size_t)(nov + 2) * sizeof *all);
+  int n = 0;
+  for (int i = 0; in && in->kind == KILN_YAML_MAP && i < in->n; i++) {
+    const KilnYaml *t = kiln_yaml_get(in->items[i], "dtype"), *sh = kiln_yaml_get(in->items[i], "shape");
+    if (in->items[i]->kind != KILN_YAML_MAP || !t || !sh || t->kind != KILN_YAML_SCALAR ||
+        strcmp(t->str, "i32") != 0 || sh->kind != KILN_YAML_SEQ || sh->n != 2)
+      continue;
+    for (int j = 0; j < (m->gen == KILN_GEN_DECODE ? 2 : 1); j++)
+      if (sh->items[j]->kind == KILN_YAML_SCALAR && kiln_name_problem(sh->items[j]->str) == NULL)
+        all[n++] = (KilnDimOverride){sh->items[j]->str, 1};
+    break;
+  }
+  int ngen = n;
+  for (int i = 0; i < nov; i++) {
+    bool replaced = false;
+    for (int j = 0; j < ngen; j++) replaced |= strcmp(all[j].name, ov[i].name) == 0;
+    if (!replaced) all[n++] = ov[i];
+  }
+  *out = all;
+  return n;
+}
+
 int kiln_model_load(KilnModel *m, KilnDiag *d, const char *path, const KilnDimOverride *ov,
                     int nov) {
+  return kiln_model_load_gen(m, d, path, ov, nov, KILN_GEN_NONE, 0);
+}
+
+int kiln_model_load_gen(KilnModel *m, KilnDiag *d, const char *path, const KilnDimOverride *ov,
+                        int nov, KilnGenMode gen, int64_t context) {
   memset(m, 0, sizeof(*m));
+  m->gen = gen;
+  m->context = context;
+  m->position = -1;
   m->path = kiln_arena_strdup(&m->arena, path);
   m->dir = dir_of(&m->arena, m->path);
   m->name = "model";
@@ -145,6 +181,7 @@ int kiln_model_load(KilnModel *m, KilnDiag *d, const char *path, const KilnDimOv
   if (!root) return -1;
   int top = check_top(m, d, root);
   m->graph.name = m->name;
+  if (gen != KILN_GEN_NONE) nov = gen_overrides(m, root, ov, nov, &ov);
   if (read_dims(m, d, kiln_yaml_get(root, "dims"), ov, nov) != 0 || top != 0) return -1;
   int bad = kiln_lower_model(m, d, root) != 0;
   const KilnYaml *v;

@@ -17,14 +17,28 @@ struct KilnArenaBlock {
 static KilnArenaBlock *new_block(KilnArenaBlock *prev, size_t need) {
   size_t size = need > BLOCK_MIN ? need : BLOCK_MIN;
   KilnArenaBlock *b = malloc(sizeof(*b) + size);
-  if (!b) {
-    fprintf(stderr, "kiln: out of memory (%zu bytes)\n", size);
-    abort();
-  }
+  if (!b) kiln_out_of_memory(size);
   b->prev = prev;
   b->size = size;
   b->used = 0;
   return b;
+}
+
+_Noreturn void kiln_out_of_memory(size_t bytes) {
+  fprintf(stderr, "kiln: out of memory (%zu bytes)\n", bytes);
+  exit(1);
+}
+
+void *kiln_xmalloc(size_t size) {
+  void *p = malloc(size ? size : 1);
+  if (!p) kiln_out_of_memory(size);
+  return p;
+}
+
+void *kiln_xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) kiln_out_of_memory(n * size);
+  return p;
 }
 
 void *kiln_arena_alloc(KilnArena *a, size_t size) {

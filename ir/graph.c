@@ -107,8 +107,8 @@ static int32_t renumber(const int32_t *index, const int32_t *final, int32_t id) 
 // the loss or a gradient refers to (after replacement) must be kept.
 void kiln_graph_rewrite(KilnGraph *g, const int32_t *map, const bool *keep) {
   int n = g->nnodes;
-  int32_t *final = malloc((size_t)n * sizeof *final), *index = malloc((size_t)n * sizeof *index);
-  KILN_ASSERT(final && index);
+  int32_t *final = kiln_xmalloc((size_t)n * sizeof *final);
+  int32_t *index = kiln_xmalloc((size_t)n * sizeof *index);
   int kept = 0, kept_forward = 0;
   for (int i = 0; i < n; i++) {
     KILN_ASSERT(map[i] >= 0 && map[i] <= i);

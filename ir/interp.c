@@ -367,10 +367,27 @@ static int run_embedding(Run *r, const KilnNode *n, double *out) {
 //
 // Sequence ops.
 //
-// lstm(x [B,T,I], w_ih [I,4H], w_hh [H,4H], b [4H]) -> [B,T,H], gate order i f g o:
-//   h = c = 0;  for t: z = x_t w_ih + h w_hh + b
+// One lstm time step of one sequence, unit by unit, gate order i f g o:
+//   z = x_t w_ih + h w_hh + b (hp NULL: h = 0)
 //   i = sigmoid(z[0:H]), f = sigmoid(z[H:2H]), g = tanh(z[2H:3H]), o = sigmoid(z[3H:4H])
-//   c = f * c + i * g;  h = o * tanh(c);  out[:, t, :] = h.
+//   c = f * c + i * g;  ht = o * tanh(c).
+static void lstm_cell(const double *xt, const double *hp, const double *w_ih, const double *w_hh,
+                      const double *bias, int64_t ni, int64_t h, double *c, double *ht) {
+  for (int64_t u = 0; u < h; u++) {
+    double z[4];  // i f g o pre-activations of unit u
+    for (int gate = 0; gate < 4; gate++) {
+      int64_t col = gate * h + u;
+      z[gate] = bias[col];
+      for (int64_t k = 0; k < ni; k++) z[gate] += xt[k] * w_ih[k * 4 * h + col];
+      for (int64_t k = 0; hp && k < h; k++) z[gate] += hp[k] * w_hh[k * 4 * h + col];
+    }
+    c[u] = sigmoid(z[1]) * c[u] + sigmoid(z[0]) * tanh_(z[2]);
+    ht[u] = sigmoid(z[3]) * tanh_(c[u]);
+  }
+}
+
+// lstm(x [B,T,I], w_ih [I,4H], w_hh [H,4H], b [4H]) -> [B,T,H]: h = c = 0, then
+// lstm_cell for t = 0..T-1, out[:, t, :] = h.
 static int run_lstm(Run *r, const KilnNode *n, double *out) {
   const KilnNode *x = arg(r, n, 0);
   const double *xv = in(r, n, 0), *w_ih = in(r, n, 1), *w_hh = in(r, n, 2), *bias = in(r, n, 3);
@@ -379,24 +396,28 @@ static int run_lstm(Run *r, const KilnNode *n, double *out) {
   KILN_ASSERT(c != NULL);
   for (int64_t b = 0; b < nb; b++) {
     memset(c, 0, (size_t)h * sizeof *c);
-    for (int64_t t = 0; t < nt; t++) {
-      const double *xt = xv + (b * nt + t) * ni;               // [I]
-      const double *hp = t ? out + (b * nt + t - 1) * h : NULL;  // [H], NULL: h = 0
-      double *ht = out + (b * nt + t) * h;                      // [H]
-      for (int64_t u = 0; u < h; u++) {
-        double z[4];  // i f g o pre-activations of unit u
-        for (int gate = 0; gate < 4; gate++) {
-          int64_t col = gate * h + u;
-          z[gate] = bias[col];
-          for (int64_t k = 0; k < ni; k++) z[gate] += xt[k] * w_ih[k * 4 * h + col];
-          for (int64_t k = 0; hp && k < h; k++) z[gate] += hp[k] * w_hh[k * 4 * h + col];
-        }
-        c[u] = sigmoid(z[1]) * c[u] + sigmoid(z[0]) * tanh_(z[2]);
-        ht[u] = sigmoid(z[3]) * tanh_(c[u]);
-      }
-    }
+    for (int64_t t = 0; t < nt; t++)
+      lstm_cell(xv + (b * nt + t) * ni, t ? out + (b * nt + t - 1) * h : NULL, w_ih, w_hh, bias,
+                ni, h, c, out + (b * nt + t) * h);
   }
   free(c);
+  return 0;
+}
+
+// lstm_step(x, w_ih, w_hh, b, state [2,B,H]): as lstm, but h and c start from
+// state[0, b] and state[1, b], and the last step's h and c are written back there.
+static int run_lstm_step(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *x = arg(r, n, 0);
+  const double *xv = in(r, n, 0), *w_ih = in(r, n, 1), *w_hh = in(r, n, 2), *bias = in(r, n, 3);
+  double *st = r->v[n->in[4]];
+  int64_t nb = x->shape[0], nt = x->shape[1], ni = x->shape[2], h = n->shape[2];
+  for (int64_t b = 0; b < nb; b++) {
+    double *hs = st + b * h, *c = st + (nb + b) * h;
+    for (int64_t t = 0; t < nt; t++)
+      lstm_cell(xv + (b * nt + t) * ni, t ? out + (b * nt + t - 1) * h : hs, w_ih, w_hh, bias, ni,
+                h, c, out + (b * nt + t) * h);
+    memcpy(hs, out + (b * nt + nt - 1) * h, (size_t)h * sizeof *hs);
+  }
   return 0;
 }
 
@@ -436,6 +457,26 @@ static int run_attention(Run *r, const KilnNode *n, double *out) {
         attend(in(r, n, 0) + at + i * d, in(r, n, 1) + at, in(r, n, 2) + at, d,
                n->attr.causal ? i : nt - 1, dh, 1.0 / sqrt((double)dh), out + at + i * d);
     }
+  }
+  return 0;
+}
+
+// attention_decode(q, k, v [B,1,D], k_cache, v_cache [B,C,D], position [1,1]):
+// with p the position (clamped to [0, C)), first k_cache[b, p] = k[b, 0] and
+// v_cache[b, p] = v[b, 0]; then query q[b, 0] attends to cache positions 0..p,
+// per head, as run_attention's row p does for a causal sequence.
+static int run_attention_decode(Run *r, const KilnNode *n, double *out) {
+  const KilnNode *kc = arg(r, n, 3);
+  int64_t nb = kc->shape[0], nc = kc->shape[1], d = kc->shape[2], heads = n->attr.heads;
+  int64_t dh = d / heads, p = (int64_t)in(r, n, 5)[0];
+  p = p < 0 ? 0 : p >= nc ? nc - 1 : p;
+  double *kv = r->v[n->in[3]], *vv = r->v[n->in[4]];
+  for (int64_t b = 0; b < nb; b++) {
+    memcpy(kv + (b * nc + p) * d, in(r, n, 1) + b * d, (size_t)d * sizeof *kv);
+    memcpy(vv + (b * nc + p) * d, in(r, n, 2) + b * d, (size_t)d * sizeof *vv);
+    for (int64_t hd = 0; hd < heads; hd++)
+      attend(in(r, n, 0) + b * d + hd * dh, kv + b * nc * d + hd * dh, vv + b * nc * d + hd * dh, d,
+             p, dh, 1.0 / sqrt((double)dh), out + b * d + hd * dh);
   }
   return 0;
 }
@@ -743,6 +784,8 @@ static int run_node(Run *r, const KilnNode *n, double *out) {
   case KILN_OP_CROSS_ENTROPY: return run_cross_entropy(r, n, out);
   case KILN_OP_MSE: return run_mse(r, n, out);
   case KILN_OP_BCE: return run_bce(r, n, out);
+  case KILN_OP_ATTENTION_DECODE: return run_attention_decode(r, n, out);
+  case KILN_OP_LSTM_STEP: return run_lstm_step(r, n, out);
   case KILN_OP_LAYERNORM_DX: return run_layernorm_dx(r, n, out);
   case KILN_OP_LAYERNORM_DGAMMA: return run_layernorm_dgamma(r, n, out);
   case KILN_OP_EMBEDDING_GRAD: return run_embedding_grad(r, n, out);

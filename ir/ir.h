@@ -6,7 +6,7 @@
 // about properties (fusion kind, flags, arity) and never test op names.
 //
 // Sections follow the files of ir/: arena.c, ops.c, shape.c, graph.c, print.c,
-// dot.c, verify.c.
+// dot.c, verify.c, cost.c.
 #ifndef KILN_IR_H
 #define KILN_IR_H
 
@@ -36,6 +36,11 @@ typedef struct {
 } KilnArenaMark;
 
 void *kiln_arena_alloc(KilnArena *a, size_t size);  // zeroed, 16-byte aligned
+// Out of memory ends the compiler with a message and exit status 1, the status of
+// any failed command, instead of a crash; these never return NULL.
+_Noreturn void kiln_out_of_memory(size_t bytes);
+void *kiln_xmalloc(size_t size);
+void *kiln_xcalloc(size_t n, size_t size);
 char *kiln_arena_strdup(KilnArena *a, const char *s);
 char *kiln_arena_printf(KilnArena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -70,6 +75,8 @@ enum {
                                 // element count and order): memory planning shares the
                                 // buffer and no kernel runs
   KILN_OPF_EPILOGUE = 1 << 8,   // its kernel can apply elementwise ops to its output rows
+  KILN_OPF_STATE = 1 << 9,      // also writes its state inputs in place (a key/value cache,
+                                // a recurrent state): decoding one token at a time
 };
 
 // Initializers of parameters.
@@ -104,6 +111,7 @@ typedef struct {
   bool keepdims;                // reductions
   bool causal;                  // attention
   bool trans_a, trans_b;        // matmul
+  bool state;                   // input: decode state, kept between calls (KILN_OPF_STATE)
   KilnInit init;                // param
 } KilnAttrs;
 
@@ -177,6 +185,9 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(CROSS_ENTROPY, "cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_cross_entropy, NULL, flops_softmax, attrs_none) \
   X(MSE, "mse", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem3, attrs_none) \
   X(BCE, "binary_cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem8, attrs_none) \
+  /* Decoding, made by the front end for generation. */                                     \
+  X(ATTENTION_DECODE, "attention_decode", 6, 6, OPAQUE, INTERNAL | STATE, shape_attention_decode, NULL, flops_attention_decode, attrs_attention) \
+  X(LSTM_STEP, "lstm_step", 5, 5, OPAQUE, INTERNAL | STATE, shape_lstm_step, NULL, flops_lstm, attrs_none) \
   /* Gradient ops, made by autodiff. Elementwise ones take (x, dy). */                      \
   X(GELU_GRAD, "gelu_grad", 2, 2, ELEMWISE, INTERNAL | INPLACE, shape_grad_elem, sc_gelu_grad, flops_elem8, attrs_none) \
   X(SILU_GRAD, "silu_grad", 2, 2, ELEMWISE, INTERNAL | INPLACE, shape_grad_elem, sc_silu_grad, flops_elem8, attrs_none) \
@@ -293,6 +304,21 @@ void kiln_graph_dot(const KilnGraph *g, FILE *f);
 //
 // Returns the number of problems found, each written as one line to f (if not NULL).
 int kiln_graph_verify(const KilnGraph *g, FILE *f);
+
+//
+// cost.c: one kernel as the profiler shows it: the fusion group rooted at a node
+// (the root and every node fused into it).
+//
+typedef struct {
+  const char *name;   // the root's name
+  const char *ops;    // the group's ops in graph order, '+'-joined ("matmul+add+gelu")
+  const char *loc;    // the root's YAML location "file.yaml:LINE:COL", or ""
+  int64_t flops;      // the op table's FLOPs of every node of the group
+  int64_t bytes;      // inputs read from outside the group plus the root's output
+} KilnKernelCost;
+
+// Strings are allocated in g->arena.
+void kiln_kernel_cost(const KilnGraph *g, int32_t root, KilnKernelCost *out);
 
 //
 // interp.c: the reference interpreter. Every op in plain C, in double precision,

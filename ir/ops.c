@@ -168,6 +168,14 @@ static int64_t flops_attention(const KilnGraph *g, const KilnNode *n) {
   return add(mul(4, mul(square, d)), mul(5, mul(square, n->attr.heads)));
 }
 
+// One query against every cached position (the cost at a full cache).
+static int64_t flops_attention_decode(const KilnGraph *g, const KilnNode *n) {
+  const KilnNode *kc = arg(g, n, 3);
+  if (kc->rank != 3) return 0;
+  int64_t cells = mul(kc->shape[0], kc->shape[1]);
+  return add(mul(4, mul(cells, kc->shape[2])), mul(5, mul(cells, n->attr.heads)));
+}
+
 // Backward passes: about twice the forward's work (two products per forward one).
 static int64_t flops_lstm_grad(const KilnGraph *g, const KilnNode *n) {
   const KilnNode *x = arg(g, n, 0), *whh = arg(g, n, 2);
@@ -229,6 +237,7 @@ static const KilnAttrSpec attrs_attention[] = {
 #define INTERNAL KILN_OPF_INTERNAL
 #define EPILOGUE KILN_OPF_EPILOGUE
 #define VIEW KILN_OPF_VIEW
+#define STATE KILN_OPF_STATE
 
 const KilnOpInfo kiln_ops[] = {
 #define X(op, spelling, lo, hi, fuse, flags, shape, scalar, flops, attrs) \
@@ -246,6 +255,7 @@ const KilnOpInfo kiln_ops[] = {
 #undef INTERNAL
 #undef EPILOGUE
 #undef VIEW
+#undef STATE
 
 _Static_assert(sizeof kiln_ops / sizeof kiln_ops[0] == KILN_OP_COUNT,
                "kiln_ops must have one entry per KilnOp");

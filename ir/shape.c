@@ -441,6 +441,37 @@ int kiln_shape_attention(const KilnGraph *g, KilnNode *n, char *err, size_t errl
   return set(n, KILN_F32, q->shape, 3, err, errlen);
 }
 
+// attention_decode(q, k, v [B,1,D], k_cache, v_cache [B,C,D], position i32 [1,1]):
+// one new query per sequence against a cache of C positions -> [B,1,D].
+int kiln_shape_attention_decode(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  KilnNode one = *n;
+  one.nin = 3;
+  if (kiln_shape_attention(g, &one, err, errlen) != 0) return -1;
+  const KilnNode *q = arg(g, n, 0), *kc = arg(g, n, 3), *vc = arg(g, n, 4), *pos = arg(g, n, 5);
+  if (q->shape[1] != 1)
+    return fail(err, errlen, "attention_decode takes one position at a time, got %s", str(q));
+  if (kc->dtype != KILN_F32 || kc->rank != 3 || kc->shape[0] != q->shape[0] ||
+      kc->shape[2] != q->shape[2] || !same_shape(kc, vc) || vc->dtype != KILN_F32)
+    return fail(err, errlen, "attention_decode caches must be f32[%lld, positions, %lld], got %s and %s",
+                (long long)q->shape[0], (long long)q->shape[2], str(kc), str(vc));
+  if (pos->dtype != KILN_I32 || kiln_node_numel(pos) != 1)
+    return fail(err, errlen, "attention_decode position must be one i32, got %s", str(pos));
+  return set(n, KILN_F32, q->shape, 3, err, errlen);
+}
+
+// lstm_step(x [B,T,I], w_ih, w_hh, b, state f32 [2,B,H]): lstm from the state's
+// h and c rather than zeros, leaving the last step's h and c in it -> [B,T,H].
+int kiln_shape_lstm_step(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
+  KilnNode fwd = *n;
+  fwd.nin = 4;
+  if (kiln_shape_lstm(g, &fwd, err, errlen) != 0) return -1;
+  const KilnNode *st = arg(g, n, 4);
+  int64_t want[3] = {2, fwd.shape[0], fwd.shape[2]};
+  if (st->dtype != KILN_F32 || st->rank != 3 || memcmp(st->shape, want, sizeof want) != 0)
+    return fail(err, errlen, "lstm_step state must be f32%s, got %s", dims(want, 3), str(st));
+  return set(n, KILN_F32, fwd.shape, 3, err, errlen);
+}
+
 // cross_entropy(logits f32 [..., C], labels i32 [...]) -> f32 scalar.
 int kiln_shape_cross_entropy(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
   const KilnNode *lg = arg(g, n, 0), *lb = arg(g, n, 1);

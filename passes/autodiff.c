@@ -345,6 +345,7 @@ static void rule(Ad *a, const KilnNode *n, int32_t dy, int32_t *dx) {
   case KILN_OP_GELU_GRAD: case KILN_OP_SILU_GRAD: case KILN_OP_CLAMP_GRAD:
   case KILN_OP_LAYERNORM_DX: case KILN_OP_LAYERNORM_DGAMMA: case KILN_OP_EMBEDDING_GRAD:
   case KILN_OP_LSTM_GRAD: case KILN_OP_ATTENTION_GRAD: case KILN_OP_CROSS_ENTROPY_GRAD:
+  case KILN_OP_ATTENTION_DECODE: case KILN_OP_LSTM_STEP:
   case KILN_OP_COUNT:
     break;
   }

@@ -40,16 +40,16 @@ int kiln_pass_cse(KilnGraph *g, FILE *err) {
   (void)err;
   size_t n = (size_t)g->nnodes, cap = 16;
   while (cap < 2 * n) cap *= 2;
-  int32_t *table = malloc(cap * sizeof *table), *map = malloc((n ? n : 1) * sizeof *map);
-  bool *keep = malloc((n ? n : 1) * sizeof *keep);
-  KILN_ASSERT(table && map && keep);
+  int32_t *table = kiln_xmalloc(cap * sizeof *table);
+  int32_t *map = kiln_xmalloc((n ? n : 1) * sizeof *map);
+  bool *keep = kiln_xmalloc((n ? n : 1) * sizeof *keep);
   for (size_t i = 0; i < cap; i++) table[i] = -1;
   int merged = 0;
   for (int32_t i = 0; i < (int32_t)n; i++) {
     const KilnNode *x = &g->nodes[i];
     map[i] = i;
     keep[i] = true;
-    if (x->op == KILN_OP_INPUT || x->op == KILN_OP_PARAM) continue;
+    if (x->op == KILN_OP_INPUT || x->op == KILN_OP_PARAM || kiln_op_has(x->op, KILN_OPF_STATE)) continue;
     for (uint64_t h = hash(x, map) & (cap - 1);; h = (h + 1) & (cap - 1)) {
       if (table[h] < 0) {
         table[h] = i;

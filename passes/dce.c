@@ -8,9 +8,8 @@
 int kiln_pass_dce(KilnGraph *g, FILE *err) {
   (void)err;
   int n = g->nnodes;
-  bool *keep = calloc((size_t)n, sizeof *keep);
-  int32_t *map = malloc((size_t)n * sizeof *map);
-  KILN_ASSERT(keep && map);
+  bool *keep = kiln_xcalloc((size_t)n, sizeof *keep);
+  int32_t *map = kiln_xmalloc((size_t)n * sizeof *map);
   for (int i = 0; i < g->noutputs; i++) keep[g->outputs[i]] = true;
   if (g->loss >= 0) keep[g->loss] = true;
   for (int i = 0; g->grads && i < g->nforward; i++)

@@ -33,9 +33,8 @@ int kiln_pass_fuse(KilnGraph *g, FILE *err) {
   (void)err;
   int n = g->nnodes;
   int32_t *into = kiln_arena_alloc(g->arena, (size_t)(n ? n : 1) * sizeof *into);
-  int *uses = calloc((size_t)(n ? n : 1), sizeof *uses);
-  bool *pinned = calloc((size_t)(n ? n : 1), sizeof *pinned), *has_mm = calloc((size_t)(n ? n : 1), 1);
-  KILN_ASSERT(uses && pinned && has_mm);
+  int *uses = kiln_xcalloc((size_t)n, sizeof *uses);
+  bool *pinned = kiln_xcalloc((size_t)n, sizeof *pinned), *has_mm = kiln_xcalloc((size_t)n, 1);
   for (int i = 0; i < n; i++) {
     into[i] = -1;
     for (int j = 0; j < g->nodes[i].nin; j++) uses[g->nodes[i].in[j]]++;

@@ -216,9 +216,8 @@ static int64_t best_fit(const KilnMemBuf *bufs, const int32_t *placed, int np, i
 
 static void pack(KilnMemPlan *p, int64_t base) {
   int nb = p->nbufs;
-  Key *order = malloc((size_t)(nb ? nb : 1) * sizeof *order);
-  int32_t *placed = malloc((size_t)(nb ? nb : 1) * sizeof *placed);
-  KILN_ASSERT(order && placed);
+  Key *order = kiln_xcalloc((size_t)nb, sizeof *order);
+  int32_t *placed = kiln_xcalloc((size_t)nb, sizeof *placed);
   for (int i = 0; i < nb; i++) order[i] = (Key){p->bufs[i].bytes, p->bufs[i].first, i};
   qsort(order, (size_t)nb, sizeof *order, by_size);
   p->peak = base;
@@ -238,8 +237,7 @@ static void pack(KilnMemPlan *p, int64_t base) {
 // The most bytes live at one step: no packing of these buffers needs less.
 static int64_t live_bound(const KilnMemPlan *p, int nnodes) {
   int steps = nnodes + 2;  // -1 .. nnodes
-  int64_t *delta = calloc((size_t)steps + 1, sizeof *delta);
-  KILN_ASSERT(delta);
+  int64_t *delta = kiln_xcalloc((size_t)steps + 1, sizeof *delta);
   for (int i = 0; i < p->nbufs; i++) {
     delta[p->bufs[i].first + 1] += p->bufs[i].bytes;
     delta[p->bufs[i].last + 2] -= p->bufs[i].bytes;
@@ -261,9 +259,8 @@ void kiln_memplan(const KilnGraph *g, const KilnMemReq *r, KilnArena *a, KilnMem
   p->alias = kiln_arena_alloc(a, (size_t)m * sizeof *p->alias);
   p->buf = kiln_arena_alloc(a, (size_t)m * sizeof *p->buf);
   p->bufs = kiln_arena_alloc(a, (size_t)(2 * m) * sizeof *p->bufs);  // a value and a scratch each
-  Planner pl = {g, r, p, malloc((size_t)m * sizeof(int32_t)), calloc((size_t)m, sizeof(bool)),
-                2 * m};
-  KILN_ASSERT(pl.last && pl.grouped);
+  Planner pl = {g, r, p, kiln_xcalloc((size_t)m, sizeof(int32_t)),
+                kiln_xcalloc((size_t)m, sizeof(bool)), 2 * m};
   for (int i = 0; i < n; i++) p->offset[i] = p->scratch[i] = -1, p->alias[i] = p->buf[i] = -1;
   last_reads(&pl);
   assign_buffers(&pl);

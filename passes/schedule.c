@@ -42,11 +42,7 @@ typedef struct {
   int norder;
 } Sched;
 
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  KILN_ASSERT(p);
-  return p;
-}
+static void *xcalloc(size_t n, size_t size) { return kiln_xcalloc(n, size); }
 
 static bool is_view(const Sched *s, int32_t i) {
   const KilnNode *n = &s->g->nodes[i];

@@ -65,6 +65,7 @@ static int32_t simplify(KilnGraph *g, int32_t i) {
   case KILN_OP_GELU_GRAD: case KILN_OP_SILU_GRAD: case KILN_OP_CLAMP_GRAD:
   case KILN_OP_LAYERNORM_DX: case KILN_OP_LAYERNORM_DGAMMA: case KILN_OP_EMBEDDING_GRAD:
   case KILN_OP_LSTM_GRAD: case KILN_OP_ATTENTION_GRAD: case KILN_OP_CROSS_ENTROPY_GRAD:
+  case KILN_OP_ATTENTION_DECODE: case KILN_OP_LSTM_STEP:
   case KILN_OP_COUNT:
     return i;
   }
@@ -74,9 +75,9 @@ static int32_t simplify(KilnGraph *g, int32_t i) {
 int kiln_pass_simplify(KilnGraph *g, FILE *err) {
   (void)err;
   int n = g->nnodes, changed = 0;
-  int32_t *map = malloc((size_t)n * sizeof *map);
-  bool *keep = malloc((size_t)n * sizeof *keep), *named = calloc((size_t)n, sizeof *named);
-  KILN_ASSERT(map && keep && named);
+  int32_t *map = kiln_xmalloc((size_t)n * sizeof *map);
+  bool *keep = kiln_xmalloc((size_t)n * sizeof *keep);
+  bool *named = kiln_xcalloc((size_t)n, sizeof *named);
   // Outputs and the loss keep their nodes: their names are the program's interface.
   for (int i = 0; i < g->noutputs; i++) named[g->outputs[i]] = true;
   if (g->loss >= 0) named[g->loss] = true;

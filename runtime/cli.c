@@ -32,6 +32,8 @@ static void usage(FILE *f) {
           "  infer   run the model on inputs from CSV or .npy files\n"
           "  info    parameters, FLOPs, inputs, outputs and planned memory\n"
           "  bench   forward latency and throughput (median of runs)\n"
+          "  generate  continue a prompt, token by token (language models)\n"
+          "  peak    this machine's FMA and memory peaks, for --profile's roofline\n"
           "\n"
           "Run '%s <command> --help' for a command's options.\n",
           M->name, M->name, M->kiln_version, M->target, M->name);
@@ -40,6 +42,55 @@ static void usage(FILE *f) {
 static int fail(const KilnStatus *st) {
   fprintf(stderr, "%s: error: %s\n", M->name, st->msg);
   return 1;
+}
+
+//
+// Profiling options, shared by train, infer and bench (docs/profiling.md).
+//
+enum { PROFILE = 512, PROFILE_OUT, PROFILE_CSV, PEAK_GFLOPS, PEAK_GBS };
+#define PROFILE_OPTIONS                                                                     \
+  {"profile", no_argument, NULL, PROFILE}, {"profile-out", required_argument, NULL, PROFILE_OUT}, \
+      {"profile-csv", required_argument, NULL, PROFILE_CSV},                                \
+      {"peak-gflops", required_argument, NULL, PEAK_GFLOPS},                                \
+      {"peak-gbs", required_argument, NULL, PEAK_GBS}
+#define PROFILE_HELP                                                                        \
+  "  --profile          time every kernel; the table goes to standard error\n"              \
+  "  --profile-out FILE also a Chrome trace (Perfetto, chrome://tracing)\n"                 \
+  "  --profile-csv FILE also the table as CSV\n"                                            \
+  "  --peak-gflops F    one core's FMA peak in GFLOP/s (default: measured, see peak)\n"     \
+  "  --peak-gbs F       memory bandwidth in GB/s (default: measured)\n"
+
+typedef struct {
+  bool on;
+  KilnProfileOpts o;
+} Profile;
+
+// 1: opt was a profiling option, taken; 0: it is not one; -1: a bad value.
+static int profile_option(Profile *p, int opt, const char *arg) {
+  double *peak = opt == PEAK_GFLOPS ? &p->o.peak_gflops : &p->o.peak_gbs;
+  char *end;
+  switch (opt) {
+  case PROFILE: break;
+  case PROFILE_OUT: p->o.trace = arg; break;
+  case PROFILE_CSV: p->o.csv = arg; break;
+  case PEAK_GFLOPS:
+  case PEAK_GBS:
+    *peak = strtod(arg, &end);
+    if (!*arg || *end || !(*peak > 0) || !isfinite(*peak)) {
+      fprintf(stderr, "%s: --%s takes a positive number, got '%s'\n", M->name,
+              opt == PEAK_GFLOPS ? "peak-gflops" : "peak-gbs", arg);
+      return -1;
+    }
+    return 1;
+  default: return 0;
+  }
+  p->on = true;
+  p->o.table = stderr;
+  return 1;
+}
+
+static int profile_begin(const Profile *p, KilnCtx *c, KilnStatus *st) {
+  return p->on ? kiln_rt_profile_begin(c, &p->o, st) : 0;
 }
 
 //
@@ -239,7 +290,7 @@ static void infer_usage(FILE *f) {
           "  --output FILE      write there instead of standard output: CSV, or .npy\n"
           "                     (one output, shape [rows, ...]; with --argmax, i32)\n"
           "  --argmax           print the index of the largest output value per row\n"
-          "  --threads N        threads (default: all CPUs)\n",
+          "  --threads N        threads (default: all CPUs)\n" PROFILE_HELP,
           M->name, (long long)M->batch);
 }
 
@@ -250,8 +301,10 @@ static int cmd_infer(int argc, char **argv) {
                                        {"argmax", no_argument, NULL, 'a'},
                                        {"threads", required_argument, NULL, 't'},
                                        {"help", no_argument, NULL, 'h'},
+                                       PROFILE_OPTIONS,
                                        {0}};
   const char *weights = NULL, *output = NULL;
+  Profile prof = {0};
   bool argmax = false;
   int threads = 0, nfeeds = 0, opt;
   Feed feeds[16];
@@ -264,7 +317,11 @@ static int cmd_infer(int argc, char **argv) {
     case 'a': argmax = true; break;
     case 't': threads = atoi(optarg); break;
     case 'h': infer_usage(stdout); return 0;
-    default: infer_usage(stderr); return 2;
+    default: {
+      int taken = profile_option(&prof, opt, optarg);
+      if (taken < 0) return 2;
+      if (taken == 0) return infer_usage(stderr), 2;
+    }
     }
   }
   if (nfeeds == 0) {
@@ -311,6 +368,7 @@ static int cmd_infer(int argc, char **argv) {
     kiln_rt_fail(&st, "out of memory for %lld outputs", (long long)(rows * per));
     goto done;
   }
+  if (profile_begin(&prof, c, &st) != 0) goto done;
   for (int64_t r0 = 0; r0 < rows; r0 += M->batch) {
     int64_t n = rows - r0 < M->batch ? rows - r0 : M->batch;
     for (int i = 0; i < nfeeds; i++)
@@ -328,6 +386,7 @@ static int cmd_infer(int argc, char **argv) {
     if (kiln_npy_write(output, argmax ? KILN_ABI_I32 : KILN_ABI_F32, shape, rank, all, &st) != 0)
       goto done;
   }
+  if (c && kiln_rt_profile_end(c, &st) != 0) goto done;
   rc = 0;
 done:
   free(all);
@@ -367,9 +426,11 @@ static int cmd_bench(int argc, char **argv) {
                                        {"threads", required_argument, NULL, 't'},
                                        {"train", no_argument, NULL, 'T'},
                                        {"help", no_argument, NULL, 'h'},
+                                       PROFILE_OPTIONS,
                                        {0}};
   const char *weights = NULL;
   int runs = 50, warmup = 5, threads = 0, opt;
+  Profile prof = {0};
   bool train = false;
   while ((opt = getopt_long(argc, argv, "w:r:t:h", opts, NULL)) != -1) {
     switch (opt) {
@@ -380,12 +441,17 @@ static int cmd_bench(int argc, char **argv) {
     case 't': threads = atoi(optarg); break;
     case 'h':
       printf("usage: %s bench [--train] [--weights FILE] [--runs N] [--warmup N] [--threads N]\n"
+             "                  [--profile] [--profile-out FILE] [--profile-csv FILE]\n"
              "\nTimes the forward pass (or with --train one optimizer step: forward, loss,\n"
              "backward, update) on random inputs: median, min and max of N runs (each of\n"
-             "enough calls to last about a millisecond), after warm-up runs.\n",
+             "enough calls to last about a millisecond), after warm-up runs. With\n"
+             "--profile, the timed runs are profiled.\n\n" PROFILE_HELP,
              M->name);
       return 0;
-    default: return 2;
+    default: {
+      int taken = profile_option(&prof, opt, optarg);
+      if (taken <= 0) return 2;
+    }
     }
   }
   if (runs < 1 || warmup < 0) {
@@ -412,11 +478,17 @@ static int cmd_bench(int argc, char **argv) {
   double one = kiln_now() - t0;
   int reps = one > 1e-3 ? 1 : (int)(1e-3 / (one > 1e-8 ? one : 1e-8)) + 1;
   double *t = malloc((size_t)runs * sizeof *t);
+  if (profile_begin(&prof, c, &st) != 0) {
+    free(t);
+    kiln_ctx_destroy(c);
+    return fail(&st);
+  }
   for (int i = 0; i < runs; i++) {
     double s = kiln_now();
     for (int j = 0; j < reps; j++) bench_call(c, train);
     t[i] = (kiln_now() - s) / reps;
   }
+  int prc = kiln_rt_profile_end(c, &st);
   double med = kiln_median(t, runs);
   printf("model %s, batch %lld, %d threads, %d runs x %d calls\n", M->name, (long long)M->batch,
          kiln_pool_threads(c->pool), runs, reps);
@@ -427,6 +499,35 @@ static int cmd_bench(int argc, char **argv) {
   printf("\n");
   free(t);
   kiln_ctx_destroy(c);
+  return prc ? fail(&st) : 0;
+}
+
+//
+// peak
+//
+static int cmd_peak(int argc, char **argv) {
+  bool measure = argc > 1 && !strcmp(argv[1], "--measure");
+  if (argc > 2 || (argc == 2 && !measure)) {
+    bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+    fprintf(help ? stdout : stderr,
+            "usage: %s peak [--measure]\n"
+            "\nPrints this machine's peaks, the roofline of --profile: one core's f32 FMA\n"
+            "throughput and the memory bandwidth (one thread, every CPU), measured once and\n"
+            "cached; --measure measures again and rewrites the cache.\n", M->name);
+    return help ? 0 : 2;
+  }
+  KilnStatus st = {0};
+  KilnPeak p;
+  char path[4096];
+  bool cached = kiln_peak_cache_path(path, sizeof path) == 0;
+  if (measure) {
+    if (kiln_peak_measure(&p, &st) != 0 || (cached && kiln_peak_write(path, &p, &st) != 0))
+      return fail(&st);
+  } else if (kiln_peak_get(&p, stderr, &st) != 0) {
+    return fail(&st);
+  }
+  kiln_peak_print(&p, stdout);
+  if (cached) printf("cache:      %s\n", path);
   return 0;
 }
 
@@ -489,7 +590,8 @@ static void train_usage(FILE *f) {
           "                        split\n"
           "  --print-every N       progress lines every N steps when not on a terminal\n"
           "  --threads N           threads (default: all CPUs)\n"
-          "  --quiet               only the final summary\n",
+          "  --quiet               only the final summary\n"
+          "\nprofiling (every step, evaluation too):\n" PROFILE_HELP,
           M->name, (long long)M->batch);
 }
 
@@ -505,8 +607,9 @@ static int cmd_train(int argc, char **argv) {
       {"data", required_argument, NULL, DATA}, {"eval-data", required_argument, NULL, EDATA},
       {"print-every", required_argument, NULL, PRINT},
       {"threads", required_argument, NULL, THREADS}, {"quiet", no_argument, NULL, QUIET},
-      {"help", no_argument, NULL, HELP}, {0}};
+      {"help", no_argument, NULL, HELP}, PROFILE_OPTIONS, {0}};
   KilnTrainOpts o = {.bar = isatty(STDOUT_FILENO)};
+  Profile prof = {0};
   int64_t threads = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -547,7 +650,11 @@ static int cmd_train(int argc, char **argv) {
       break;
     }
     case HELP: case 'h': train_usage(stdout); return 0;
-    default: train_usage(stderr); return 2;
+    default: {
+      int taken = profile_option(&prof, opt, optarg);
+      if (taken < 0) return 2;
+      if (taken == 0) return train_usage(stderr), 2;
+    }
     }
     if (!ok) return 2;
   }
@@ -560,6 +667,7 @@ static int cmd_train(int argc, char **argv) {
     return 2;
   }
   o.threads = (int)(threads > 4096 ? 4096 : threads);
+  o.profile = prof.on ? &prof.o : NULL;
   KilnStatus st = {0};
   int rc = kiln_train(M, &o, stdout, &st);
   if (rc == KILN_TRAIN_INTERRUPTED) {
@@ -617,6 +725,129 @@ static int cmd_eval(int argc, char **argv) {
   return kiln_eval(M, &o, stdout, &st) ? fail(&st) : 0;
 }
 
+//
+// generate
+//
+static void generate_usage(FILE *f) {
+  fprintf(f,
+          "usage: %s generate [--weights FILE] [--prompt TEXT] [options]\n"
+          "\n"
+          "Writes the prompt and then --tokens more characters to standard output, each as it\n"
+          "is made; timing goes to standard error. Each new token costs one step: the model's\n"
+          "key/value caches (attention) or h and c (LSTM) carry the context.\n"
+          "\n"
+          "  --weights FILE     weights or checkpoint from train (also its vocabulary)\n"
+          "  --prompt TEXT      text to continue (default: a newline)\n"
+          "  --tokens N         characters to generate (default 200)\n"
+          "  --temperature T    0: greedy, always the most likely (default 0.8)\n"
+          "  --top-k K          sample among the K most likely (default 0: all)\n"
+          "  --seed S           the sampling stream (default 1)\n"
+          "  --no-cache         recompute the whole context for every token instead\n"
+          "  --threads N        worker threads (default: every CPU)\n" PROFILE_HELP,
+          M->name);
+}
+
+static void emit_char(int32_t id, void *user) {
+  const KilnVocab *v = user;
+  putchar(v->sym[id]);
+  fflush(stdout);
+}
+
+static int cmd_generate(int argc, char **argv) {
+  enum { NO_CACHE = 600, TOP_K, TEMPERATURE };
+  static const struct option opts[] = {{"weights", required_argument, NULL, 'w'},
+                                       {"prompt", required_argument, NULL, 'p'},
+                                       {"tokens", required_argument, NULL, 'n'},
+                                       {"temperature", required_argument, NULL, TEMPERATURE},
+                                       {"top-k", required_argument, NULL, TOP_K},
+                                       {"seed", required_argument, NULL, 's'},
+                                       {"no-cache", no_argument, NULL, NO_CACHE},
+                                       {"threads", required_argument, NULL, 't'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       PROFILE_OPTIONS,
+                                       {0}};
+  const char *weights = NULL, *prompt = NULL;
+  int64_t count = 200, top_k = 0, threads = 0;
+  KilnSampling smp = {.temperature = 0.8, .seed = 1};
+  bool window = false;
+  Profile prof = {0};
+  int opt;
+  char *end;
+  while ((opt = getopt_long(argc, argv, "w:p:n:s:t:h", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'w': weights = optarg; break;
+    case 'p': prompt = optarg; break;
+    case 'n': if (!parse_count("tokens", optarg, 0, &count)) return 2; break;
+    case TOP_K: if (!parse_count("top-k", optarg, 0, &top_k)) return 2; break;
+    case 's': if (!parse_seed(optarg, &smp.seed)) return 2; break;
+    case 't': if (!parse_count("threads", optarg, 1, &threads)) return 2; break;
+    case NO_CACHE: window = true; break;
+    case TEMPERATURE:
+      smp.temperature = strtod(optarg, &end);
+      if (!*optarg || *end || !(smp.temperature >= 0) || !isfinite(smp.temperature)) {
+        fprintf(stderr, "%s: --temperature takes a number >= 0, got '%s'\n", M->name, optarg);
+        return 2;
+      }
+      break;
+    case 'h': generate_usage(stdout); return 0;
+    default: {
+      int taken = profile_option(&prof, opt, optarg);
+      if (taken < 0) return 2;
+      if (taken == 0) return generate_usage(stderr), 2;
+    }
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "%s generate: unexpected argument '%s'\n", M->name, argv[optind]);
+    return 2;
+  }
+  smp.top_k = top_k > INT32_MAX ? INT32_MAX : (int)top_k;
+  KilnStatus st = {0};
+  KilnVocab vocab;
+  KilnCtx *c = NULL;
+  KilnGen *g = NULL;
+  int32_t *ids = NULL;
+  int rc = 1;
+  if (!M->decode) {
+    kiln_rt_fail(&st, "model '%s' cannot generate text: it is not a language model (an i32 token "
+                 "input [batch, time] read by an embedding, logits [batch, time, vocab] first), "
+                 "or its layers cannot run one token at a time (kiln build said why)", M->name);
+    goto done;
+  }
+  if (kiln_gen_vocab(M, weights, &vocab, &st) != 0) goto done;
+  if (!prompt) prompt = vocab.id['\n'] >= 0 ? "\n" : (const char[]){(char)vocab.sym[0], 0};
+  size_t np = strlen(prompt);
+  if (np == 0) {
+    kiln_rt_fail(&st, "--prompt is empty: generation continues at least one character");
+    goto done;
+  }
+  if (!(ids = malloc(np * sizeof *ids))) {
+    kiln_rt_fail(&st, "out of memory");
+    goto done;
+  }
+  if (kiln_gen_encode(&vocab, prompt, ids, &st) != 0) goto done;
+  if (!(c = kiln_ctx_create(M, (int)threads, &st))) goto done;
+  if (weights && kiln_ctx_load(c, weights, &st) != 0) goto done;
+  if (!(g = kiln_gen_create(c, window, &st))) goto done;
+  if (profile_begin(&prof, kiln_gen_ctx(g), &st) != 0) goto done;
+  fputs(prompt, stdout);
+  double t0 = kiln_now();
+  if (kiln_gen_run(g, ids, (int64_t)np, count, &smp, emit_char, &vocab, &st) != 0) goto done;
+  double t = kiln_now() - t0;
+  putchar('\n');
+  fflush(stdout);
+  if (kiln_rt_profile_end(kiln_gen_ctx(g), &st) != 0) goto done;
+  fprintf(stderr, "%s: %zu prompt + %lld generated tokens in %.1f ms: %.3f ms per generated token (%s)\n",
+          M->name, np, (long long)count, t * 1e3, count ? t * 1e3 / (double)count : 0.0,
+          window ? "whole context recomputed" : "cached state");
+  rc = 0;
+done:
+  free(ids);
+  kiln_gen_destroy(g);
+  kiln_ctx_destroy(c);
+  return rc ? fail(&st) : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
@@ -636,6 +867,8 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
   if (!strcmp(cmd, "infer")) return cmd_infer(argc - 1, argv + 1);
   if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+  if (!strcmp(cmd, "peak")) return cmd_peak(argc - 1, argv + 1);
+  if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
   fprintf(stderr, "%s: unknown command '%s'\n", M->name, cmd);
   usage(stderr);
   return 2;

@@ -65,8 +65,32 @@ KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st) {
   return c;
 }
 
+KilnCtx *kiln_ctx_create_view(const KilnModelDesc *d, KilnCtx *owner, KilnStatus *st) {
+  KilnCtx *c = calloc(1, sizeof *c);
+  if (!c || !(c->arena = alloc64(d->arena_bytes))) {
+    free(c);
+    kiln_rt_fail(st, "out of memory allocating %lld bytes of activations", (long long)d->arena_bytes);
+    return NULL;
+  }
+  c->d = d;
+  c->owner = owner;
+  c->weights = owner->weights;
+  c->pool = owner->pool;
+  c->header = header_reserved(d);
+  c->seed = owner->seed;
+  return c;
+}
+
 void kiln_ctx_destroy(KilnCtx *c) {
   if (!c) return;
+  kiln_rt_profile_end(c, NULL);
+  if (c->owner) {
+    free(c->arena);
+    free(c);
+    return;
+  }
+  kiln_gen_destroy(c->gen);
+  free(c->vocab);
   if (c->pool) kiln_pool_destroy(c->pool);
   free(c->weights);
   free(c->arena);
@@ -196,7 +220,7 @@ void kiln_ctx_forward(KilnCtx *c) {
     h->training = 0;
     h->step = (int32_t)c->step;
   }
-  c->d->forward(c->weights, c->arena, c);
+  kiln_rt_run_step(c, c->d->forward, "forward");
 }
 
 typedef struct {
@@ -210,9 +234,14 @@ static void run_job(void *ctx, int64_t lo, int64_t hi) {
 }
 
 void kiln_rt_parallel_for(void *rt, KilnKernelFn kernel, char *weights, char *arena, int64_t n,
-                          int64_t cost) {
+                          int64_t cost, int32_t index) {
   KilnCtx *c = rt;
-  if (n < 2 || cost < PARALLEL_MIN_COST || kiln_pool_threads(c->pool) < 2) {
+  bool serial = n < 2 || cost < PARALLEL_MIN_COST || kiln_pool_threads(c->pool) < 2;
+  if (c->prof) {
+    kiln_prof_launch(c, kernel, weights, arena, n, !serial, index);
+    return;
+  }
+  if (serial) {
     kernel(weights, arena, 0, n);
     return;
   }

@@ -1,6 +1,7 @@
 // The C API of a generated library (NAME.h): thin wrappers that keep the last error
 // in the context, so callers get a message and not just a status.
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/runtime.h"
@@ -18,9 +19,57 @@ void kiln_lib_destroy(const KilnModelDesc *d, KilnCtx *c) {
 }
 
 int kiln_lib_load(const KilnModelDesc *d, KilnCtx *c, const char *path) {
-  (void)d;
   c->st.code = 0;
-  return kiln_ctx_load(c, path, &c->st);
+  KILN_TRY(kiln_ctx_load(c, path, &c->st));
+  if (!d->decode) return 0;
+  KilnVocab v;
+  bool found;
+  KILN_TRY(kiln_ckpt_vocab(path, &v, &found, &c->st));
+  if (found && !c->vocab && !(c->vocab = malloc(sizeof *c->vocab)))
+    return kiln_rt_fail(&c->st, "out of memory");
+  if (found) *c->vocab = v;
+  return 0;
+}
+
+// As the header's NAME_sampling.
+typedef struct {
+  int tokens;
+  double temperature;
+  int top_k;
+  uint64_t seed;
+} LibSampling;
+
+static void lib_emit(int32_t id, void *user) {
+  int32_t *ids = user;
+  ids[1 + ids[0]++] = id;
+}
+
+int kiln_lib_generate(const KilnModelDesc *d, KilnCtx *c, const char *prompt, const LibSampling *s,
+                      char *out, size_t cap) {
+  c->st.code = 0;
+  if (!c->vocab) {  // no weights with a vocabulary: the training text's
+    KilnVocab v;
+    KILN_TRY(kiln_gen_vocab(d, NULL, &v, &c->st));
+    if (!(c->vocab = malloc(sizeof *c->vocab))) return kiln_rt_fail(&c->st, "out of memory");
+    *c->vocab = v;
+  }
+  if (!c->gen && !(c->gen = kiln_gen_create(c, false, &c->st))) return -1;
+  if (!prompt || !s || !out || cap < 1 || s->tokens < 0 || !(s->temperature >= 0))
+    return kiln_rt_fail(&c->st, "generate: needs a prompt, sampling with tokens >= 0 and "
+                        "temperature >= 0, and room for at least the final NUL");
+  size_t np = strlen(prompt);
+  int64_t n = (int64_t)cap - 1 < s->tokens ? (int64_t)cap - 1 : s->tokens;
+  int32_t *ids = malloc((np + (size_t)n + 1) * sizeof *ids), *gen = ids ? ids + np : NULL;
+  if (!ids) return kiln_rt_fail(&c->st, "out of memory");
+  KilnSampling smp = {s->temperature, s->top_k, s->seed};
+  gen[0] = 0;
+  int rc = kiln_gen_encode(c->vocab, prompt, ids, &c->st);
+  if (rc == 0) rc = kiln_gen_run(c->gen, ids, (int64_t)np, n, &smp, lib_emit, gen, &c->st);
+  for (int32_t i = 0; rc == 0 && i < gen[0]; i++) out[i] = (char)c->vocab->sym[gen[1 + i]];
+  out[rc == 0 ? gen[0] : 0] = 0;
+  int made = gen[0];
+  free(ids);
+  return rc == 0 ? made : -1;
 }
 
 int kiln_lib_save(const KilnModelDesc *d, KilnCtx *c, const char *path) {
@@ -80,4 +129,19 @@ int kiln_lib_load_state(const KilnModelDesc *d, KilnCtx *c, const char *path) {
   c->st.code = 0;
   KilnCkptState s;
   return kiln_ckpt_load(c, path, &s, &c->st);
+}
+
+// Profiling: from begin to end every kernel is timed; end prints the table on
+// standard error and writes the CSV and trace files named at begin (NULL: none).
+int kiln_lib_profile_begin(const KilnModelDesc *d, KilnCtx *c, const char *csv, const char *trace) {
+  (void)d;
+  c->st.code = 0;
+  KilnProfileOpts o = {.table = stderr, .csv = csv, .trace = trace};
+  return kiln_rt_profile_begin(c, &o, &c->st);
+}
+
+int kiln_lib_profile_end(const KilnModelDesc *d, KilnCtx *c) {
+  (void)d;
+  c->st.code = 0;
+  return kiln_rt_profile_end(c, &c->st);
 }

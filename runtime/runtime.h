@@ -2,8 +2,8 @@
 // pthreads, jansson (safetensors headers) and CBLAS only.
 //
 // Sections follow the files of runtime/: status.c, safetensors.c, npy.c, csv.c,
-// rng.c, pool.c, clock.c, context.c, data.c, checkpoint.c, train.c, eval.c, lib.c,
-// cli.c.
+// rng.c, pool.c, clock.c, context.c, profile.c, peak.c, data.c, generate.c, checkpoint.c,
+// train.c, eval.c, lib.c, cli.c.
 #ifndef KILN_RUNTIME_H
 #define KILN_RUNTIME_H
 
@@ -152,11 +152,18 @@ typedef struct KilnCtx {
   double lr;              // the schedule's base rate; default d->train->lr
   int64_t total_steps;    // the schedule's length; 0: unknown (cosine holds lr)
   KilnStatus st;          // last error, for the library API
+  struct KilnProfile *prof;  // profile.c: kernel timings while profiling, else NULL
+  struct KilnCtx *owner;  // a view (kiln_ctx_create_view): whose weights and pool these are
+  struct KilnGen *gen;    // the library's generator, made at its first use
+  struct KilnVocab *vocab;  // the library: the vocabulary of the weights loaded last
 } KilnCtx;
 
 // threads <= 0: all online CPUs. Parameters are initialized from the model's seed.
 KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st);
 void kiln_ctx_destroy(KilnCtx *c);
+// A context for d (a sub-model of owner's: decode, window) that uses owner's
+// weights and threads and has an arena of its own. Destroy it before owner.
+KilnCtx *kiln_ctx_create_view(const KilnModelDesc *d, KilnCtx *owner, KilnStatus *st);
 // Initializes every parameter from seed and zeroes the optimizer state.
 void kiln_ctx_init_params(KilnCtx *c, uint64_t seed);
 // Checks a safetensors file against the model: every parameter (and, with opt,
@@ -180,13 +187,73 @@ int kiln_ctx_check_all_inputs(KilnCtx *c, KilnStatus *st);
 void kiln_ctx_forward(KilnCtx *c);
 
 //
+// profile.c: kernel timings. While a context profiles, every kernel launch is timed
+// (CLOCK_MONOTONIC around the launch: the wall time of the kernel on all its
+// threads) and added to its kernel's totals; with a trace, each launch, each
+// worker's chunk and each step is also kept as an event in a buffer allocated at
+// begin, so a step still allocates nothing. At end the table goes to o.table,
+// optionally as CSV, and the trace as Chrome trace event JSON. Off, the cost is
+// one branch per launch.
+//
+typedef struct {
+  FILE *table;            // the table (stderr), or NULL
+  const char *csv;        // the table as CSV, or NULL
+  const char *trace;      // Chrome trace event JSON, or NULL
+  int64_t max_events;     // trace events kept (0: 1 << 20); later ones are counted, dropped
+  double peak_gflops;     // > 0: one core's FMA peak, GFLOP/s, instead of the measured one
+  double peak_gbs;        // > 0: memory bandwidth, GB/s, instead of the measured one
+  bool no_peak;           // neither measure nor read the peaks: no roofline columns
+} KilnProfileOpts;
+
+typedef struct KilnProfile KilnProfile;
+
+// Starts profiling c (restarting if it was). The peaks come from the options, the
+// cache or a measurement (peak.c), announced on o->table when measured.
+int kiln_rt_profile_begin(KilnCtx *c, const KilnProfileOpts *o, KilnStatus *st);
+// Stops, writes the table and the files the options name, and frees the profile.
+// Without a profile running, does nothing.
+int kiln_rt_profile_end(KilnCtx *c, KilnStatus *st);
+// Runs one step function of c's model; while profiling, the step is timed and
+// kept (kind: "forward", "train_step", ...; a static string).
+void kiln_rt_run_step(KilnCtx *c, KilnStepFn fn, const char *kind);
+// One timed kernel launch of kiln_rt_parallel_for: over the pool when parallel.
+void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t n, bool parallel,
+                      int32_t index);
+
+//
+// peak.c: what this machine can do, for the roofline. One core's f32 FMA
+// throughput (an AVX-512, AVX2 or scalar loop of independent FMAs, whichever the
+// CPU has) and streaming bandwidth (a triad a = b + s c over arrays far larger
+// than the caches), with one thread and with every CPU. Measured once and cached
+// as JSON in $XDG_CACHE_HOME/kiln/peak.json (else ~/.cache/kiln/peak.json).
+//
+typedef struct {
+  double gflops_core;     // one core's FMA peak, GFLOP/s
+  double gbs_core;        // one thread streaming, GB/s
+  double gbs;             // every CPU streaming, GB/s
+  int cpus;               // the CPUs the last figure used
+  char isa[16];           // the FMA loop's instructions: "avx512", "avx2", "scalar"
+  char cpu[128];          // the CPU's model name, to tell a cache of another machine
+} KilnPeak;
+
+int kiln_peak_measure(KilnPeak *out, KilnStatus *st);
+// The cache file's path into buf; -1 when neither XDG_CACHE_HOME nor HOME is set.
+int kiln_peak_cache_path(char *buf, size_t len);
+// The cached peaks when the cache holds this CPU's, else measured and cached (the
+// measurement announced on note, if not NULL). A cache that cannot be written
+// is not an error: the peaks are still measured.
+int kiln_peak_get(KilnPeak *out, FILE *note, KilnStatus *st);
+int kiln_peak_write(const char *path, const KilnPeak *p, KilnStatus *st);
+void kiln_peak_print(const KilnPeak *p, FILE *f);
+
+//
 // data.c: training and evaluation data. A source is one line of KilnTrainDesc's
 // format (csv, npy, text, tokens); it is read whole, checked (ragged rows, NaN and
 // infinities, non-integers for i32 inputs, ids outside an input's bound: each error
 // names the file and line or offset) and served as samples: rows of CSV and .npy,
 // windows of text and tokens. Every input of the model must be fed.
 //
-typedef struct {
+typedef struct KilnVocab {
   int n;                    // symbols
   unsigned char sym[256];   // id -> byte, ascending
   int16_t id[256];          // byte -> id; -1: not in the vocabulary
@@ -239,6 +306,32 @@ void kiln_data_shuffle(int64_t *idx, int64_t n, uint64_t rng);
 void kiln_vocab_escape(const KilnVocab *v, char *out);
 int kiln_vocab_parse(const char *s, KilnVocab *out);   // -1: not an escaped vocabulary
 void kiln_vocab_from_bytes(const unsigned char *present, KilnVocab *out);  // present[256]
+
+//
+// generate.c: text from a language model (d->decode, d->window), token by token.
+//
+typedef struct {
+  double temperature;     // 0: greedy, the most likely token every time
+  int top_k;              // sample among the k most likely; 0: among all
+  uint64_t seed;          // the sampling stream
+} KilnSampling;
+
+typedef struct KilnGen KilnGen;
+
+// Generation with c's weights and threads: the decode model (one step per token,
+// its state kept), or with window the window model (the context recomputed).
+KilnGen *kiln_gen_create(KilnCtx *c, bool window, KilnStatus *st);
+void kiln_gen_destroy(KilnGen *g);
+KilnCtx *kiln_gen_ctx(KilnGen *g);  // the sub-model's context (to profile it)
+// Reads the prompt, then makes count tokens, handing each to emit as it comes.
+int kiln_gen_run(KilnGen *g, const int32_t *prompt, int64_t nprompt, int64_t count,
+                 const KilnSampling *s, void (*emit)(int32_t id, void *user), void *user,
+                 KilnStatus *st);
+// The vocabulary of the weights file (its metadata) or else of the model's
+// training text.
+int kiln_gen_vocab(const KilnModelDesc *d, const char *weights, KilnVocab *out, KilnStatus *st);
+// text's bytes as ids (ids holds strlen(text)); -1 naming a byte not in v.
+int kiln_gen_encode(const KilnVocab *v, const char *text, int32_t *ids, KilnStatus *st);
 
 //
 // checkpoint.c: a checkpoint is one safetensors file: the parameters under their
@@ -303,6 +396,7 @@ typedef struct {
   int threads;
   bool quiet;                   // no progress, only the summary
   bool bar;                     // a progress bar (a terminal), else plain lines
+  const KilnProfileOpts *profile;  // profile every step of the run; NULL: off
 } KilnTrainOpts;
 
 enum { KILN_TRAIN_INTERRUPTED = -2 };
@@ -354,5 +448,9 @@ int kiln_lib_train_step(KilnCtx *c, const void *const *ins, float *out_loss);
 // Weights, optimizer state and the step count, in the checkpoint format.
 int kiln_lib_save_state(const KilnModelDesc *d, KilnCtx *c, const char *path);
 int kiln_lib_load_state(const KilnModelDesc *d, KilnCtx *c, const char *path);
+// Profiling (profile.c) between begin and end: the table on standard error at end,
+// and the CSV and trace files named at begin (NULL: none).
+int kiln_lib_profile_begin(const KilnModelDesc *d, KilnCtx *c, const char *csv, const char *trace);
+int kiln_lib_profile_end(const KilnModelDesc *d, KilnCtx *c);
 
 #endif

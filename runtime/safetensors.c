@@ -4,10 +4,13 @@
 //
 // Reading is strict and happens in two steps: the header is parsed and every entry
 // checked against the file's size before the data section is allocated, so a
-// corrupt or hostile file costs at most the header's (bounded) size.
+// corrupt or hostile file costs at most the header's (bounded) size. Every F32
+// value must be finite: weights holding NaN or an infinity are refused when read,
+// not discovered as a NaN loss after the first step.
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -234,6 +237,22 @@ static int read_header(const char *path, int fd, int64_t size, KilnStFile *out, 
   return rc;
 }
 
+static int check_finite(const char *path, const KilnStFile *f, int64_t data_off, KilnStatus *st) {
+  for (int i = 0; i < f->n; i++) {
+    const KilnStEntry *e = &f->entries[i];
+    if (e->dtype != KILN_ABI_F32) continue;
+    for (int64_t j = 0; j < (e->end - e->begin) / ITEMSIZE; j++) {
+      float v;
+      memcpy(&v, f->data + e->begin + ITEMSIZE * j, sizeof v);
+      if (!isfinite(v))
+        return kiln_rt_fail(st, "%s: tensor '%s' holds %s at element %lld (file offset %lld)",
+                            path, e->name, isnan(v) ? "NaN" : "an infinity", (long long)j,
+                            (long long)(data_off + e->begin + ITEMSIZE * j));
+    }
+  }
+  return 0;
+}
+
 int kiln_st_read(const char *path, KilnStFile *out, KilnStatus *st) {
   memset(out, 0, sizeof *out);
   int fd = open(path, O_RDONLY);
@@ -246,8 +265,9 @@ int kiln_st_read(const char *path, KilnStFile *out, KilnStatus *st) {
     rc = kiln_rt_fail(st, "%s: not a regular file", path);
   else
     rc = read_header(path, fd, (int64_t)sb.st_size, out, st);
+  int64_t data_off = 0;
   if (rc == 0) {
-    int64_t data_off = (int64_t)sb.st_size - out->data_len;
+    data_off = (int64_t)sb.st_size - out->data_len;
     out->data = malloc(out->data_len ? (size_t)out->data_len : 1);
     if (!out->data)
       rc = kiln_rt_fail(st, "%s: out of memory for %lld bytes of data", path,
@@ -258,6 +278,7 @@ int kiln_st_read(const char *path, KilnStFile *out, KilnStatus *st) {
                         kiln_rt_read_error());
   }
   close(fd);
+  if (rc == 0) rc = check_finite(path, out, data_off, st);
   if (rc != 0) kiln_st_free(out);
   return rc;
 }
@@ -344,11 +365,15 @@ static json_t *build_header(const char *path, const KilnTensorDesc *descs, const
   for (int k = 0; k < n && !bad; k++) {
     const KilnTensorDesc *d = &descs[ord[k].i];
     json_t *shape = json_array();
-    for (int j = 0; j < d->rank; j++) json_array_append_new(shape, json_integer(d->shape[j]));
-    json_t *e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", dtype_name(d->dtype), "shape", shape,
-                          "data_offsets", (json_int_t)off, (json_int_t)(off + bytes[ord[k].i]));
+    bad = !shape;
+    for (int j = 0; j < d->rank && !bad; j++)
+      bad = json_array_append_new(shape, json_integer(d->shape[j])) != 0;
+    json_t *e = bad ? NULL : json_pack("{s:s, s:O, s:[I, I]}", "dtype", dtype_name(d->dtype),
+                                       "shape", shape, "data_offsets", (json_int_t)off,
+                                       (json_int_t)(off + bytes[ord[k].i]));
+    json_decref(shape);
     off += bytes[ord[k].i];
-    bad = json_object_set_new(root, d->name, e) != 0;
+    bad = !e || json_object_set_new(root, d->name, e) != 0;
   }
   if (bad) {
     json_decref(root);
@@ -360,9 +385,19 @@ static json_t *build_header(const char *path, const KilnTensorDesc *descs, const
 }
 
 // Header text padded with spaces so that the data section starts 8-byte aligned.
+// The text is parsed back and compared with root: jansson can drop part of its
+// output when an allocation fails mid-dump, and a header missing a field must not
+// replace a good file.
 static char *header_text(json_t *root, size_t *out_len) {
   char *text = json_dumps(root, JSON_COMPACT);
   if (!text) return NULL;
+  json_t *back = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+  bool same = back && json_equal(back, root);
+  json_decref(back);
+  if (!same) {
+    free(text);
+    return NULL;
+  }
   size_t len = strlen(text), padded = (len + 7) & ~(size_t)7;
   char *buf = malloc(padded ? padded : 1);
   if (buf) {

@@ -67,22 +67,27 @@ static int sync_dir(const char *path, KilnStatus *st) {
 }
 
 // Writes every part to the open temporary file, syncs and closes it. Closes fd
-// whatever happens.
-static int fill_tmp(int fd, const char *tmp, const void *const *parts, const size_t *lens,
-                    int nparts, KilnStatus *st) {
+// whatever happens. Each failure says that path itself is unchanged: what a user
+// whose disk filled up needs to know first.
+static int fill_tmp(int fd, const char *path, const char *tmp, const void *const *parts,
+                    const size_t *lens, int nparts, KilnStatus *st) {
   for (int i = 0; i < nparts; i++) {
     if (lens[i] && write_all(fd, parts[i], lens[i]) != 0) {
-      kiln_rt_fail(st, "%s: write failed: %s", tmp, strerror(errno));
+      kiln_rt_fail(st, "%s: writing '%s' failed: %s (%s is unchanged)", path, tmp, strerror(errno),
+                   path);
       close(fd);
       return -1;
     }
   }
   if (fsync(fd) != 0) {
-    kiln_rt_fail(st, "%s: fsync failed: %s", tmp, strerror(errno));
+    kiln_rt_fail(st, "%s: syncing '%s' failed: %s (%s is unchanged)", path, tmp, strerror(errno),
+                 path);
     close(fd);
     return -1;
   }
-  if (close(fd) != 0) return kiln_rt_fail(st, "%s: close failed: %s", tmp, strerror(errno));
+  if (close(fd) != 0)
+    return kiln_rt_fail(st, "%s: closing '%s' failed: %s (%s is unchanged)", path, tmp,
+                        strerror(errno), path);
   return 0;
 }
 
@@ -98,17 +103,19 @@ int kiln_rt_write_atomic(const char *path, const void *const *parts, const size_
   unlink(tmp);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_TRUNC, 0666);
   if (fd < 0) {
-    kiln_rt_fail(st, "%s: cannot create temporary file '%s': %s", path, tmp, strerror(errno));
+    kiln_rt_fail(st, "%s: cannot create temporary file '%s': %s (%s is unchanged)", path, tmp,
+                 strerror(errno), path);
     free(tmp);
     return -1;
   }
-  if (fill_tmp(fd, tmp, parts, lens, nparts, st) != 0) {
+  if (fill_tmp(fd, path, tmp, parts, lens, nparts, st) != 0) {
     unlink(tmp);
     free(tmp);
     return -1;
   }
   if (rename(tmp, path) != 0) {
-    kiln_rt_fail(st, "%s: cannot rename '%s' over it: %s", path, tmp, strerror(errno));
+    kiln_rt_fail(st, "%s: cannot rename '%s' over it: %s (%s is unchanged)", path, tmp,
+                 strerror(errno), path);
     unlink(tmp);
     free(tmp);
     return -1;

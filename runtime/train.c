@@ -6,6 +6,7 @@
 // A checkpoint records the step, the epoch and batch within it, and the epoch's
 // shuffling state, so a resumed run takes exactly the steps the uninterrupted one
 // would have taken (on the same threads count: kernels may split reductions by it).
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -58,14 +59,14 @@ static KilnStepHeader *set_header(KilnCtx *c, int training) {
 
 float kiln_ctx_train_step(KilnCtx *c) {
   KilnStepHeader *h = set_header(c, 1);
-  c->d->train_step(c->weights, c->arena, c);
+  kiln_rt_run_step(c, c->d->train_step, "train_step");
   c->step++;
   return h->loss;
 }
 
 float kiln_ctx_eval_step(KilnCtx *c) {
   KilnStepHeader *h = set_header(c, 0);
-  c->d->eval_step(c->weights, c->arena, c);
+  kiln_rt_run_step(c, c->d->eval_step, "eval_step");
   return h->loss;
 }
 
@@ -371,8 +372,16 @@ static void log_row(Run *r, int64_t epoch, float loss, double secs, bool evaluat
   fputc('\n', r->log);
 }
 
+// The log's rows so far reach the file, or the run stops: a full disk must not
+// silently cost the record of a run.
+static int flush_log(Run *r, KilnStatus *st) {
+  if (r->log && (fflush(r->log) != 0 || ferror(r->log)))
+    return kiln_rt_fail(st, "cannot write %s: %s", r->o->log, strerror(errno));
+  return 0;
+}
+
 static int checkpoint(Run *r, KilnStatus *st) {
-  if (r->log) fflush(r->log);
+  KILN_TRY(flush_log(r, st));
   KILN_TRY(kiln_ckpt_save(r->c, r->save, &r->cs, st));
   r->last_ckpt = r->c->step;
   return 0;
@@ -415,7 +424,7 @@ static int after_step(Run *r, float loss, double secs, KilnStatus *st) {
 static int summary(Run *r, KilnStatus *st) {
   double secs = kiln_now() - r->t0;
   int64_t steps = r->c->step - r->first;
-  if (r->save) KILN_TRY(checkpoint(r, st));
+  KILN_TRY(r->save ? checkpoint(r, st) : flush_log(r, st));
   break_line(r);
   FILE *f = r->out;
   double mean = r->epoch_n ? r->epoch_sum / (double)r->epoch_n : r->last_epoch_mean;
@@ -489,6 +498,7 @@ int kiln_train(const KilnModelDesc *d, const KilnTrainOpts *o, FILE *out, KilnSt
     return 0;
   }
   if (rc == 0) rc = open_log(&r, st);
+  if (rc == 0 && o->profile) rc = kiln_rt_profile_begin(r.c, o->profile, st);
   if (rc == 0) {
     start_line(&r);
     struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = 0}, old;
@@ -497,6 +507,8 @@ int kiln_train(const KilnModelDesc *d, const KilnTrainOpts *o, FILE *out, KilnSt
     sigaction(SIGINT, &sa, &old);
     rc = loop(&r, st);
     sigaction(SIGINT, &old, NULL);
+    KilnStatus pst = {0};
+    if (kiln_rt_profile_end(r.c, &pst) != 0 && rc == 0) rc = -1, *st = pst;
     if (rc != 0) break_line(&r);
   }
   if (rc != 0 && r.log) fflush(r.log);

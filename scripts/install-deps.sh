@@ -12,6 +12,7 @@ pkgs=(
   libcmocka-dev        # unit tests
   valgrind             # the runtime is checked under it
   libjansson-dev       # safetensors headers (JSON)
+  clang-16 libclang-rt-16-dev   # libFuzzer harnesses (tests/fuzz, scripts/fuzz.sh)
   python3 python3-numpy   # reference checks in tests (Debian's python3, /usr/bin)
 )
 

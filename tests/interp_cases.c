@@ -221,10 +221,19 @@ static void finish(void) {
     values[i] = kiln_arena_alloc(&cur.arena, (size_t)kiln_node_numel(n) * sizeof(double));
     if (n->op == KILN_OP_INPUT || n->op == KILN_OP_PARAM)
       for (int64_t j = 0; j < kiln_node_numel(n); j++) values[i][j] = draw(cur.fill[i], cur.k[i]);
+    if (n->op == KILN_OP_CONST) values[i][0] = n->attr.value;  // as the run will
   }
   const KilnNode *n = &g->nodes[last];
   double *given = kiln_arena_alloc(&cur.arena, (size_t)kiln_node_numel(n) * sizeof(double));
   memcpy(given, values[last], (size_t)kiln_node_numel(n) * sizeof(double));
+  // Inputs are written before the run: decoding ops update their state inputs.
+  bool source = kiln_op(n->op)->fuse == KILN_FUSE_SOURCE;
+  int nin = source ? (n->op == KILN_OP_CONST ? 0 : 1) : n->nin;
+  for (int k = 0; k < nin; k++) {
+    const KilnNode *x = source ? n : &g->nodes[n->in[k]];
+    snprintf(file, sizeof file, "c%04d_in%d.npy", ncases, k);
+    write_npy(file, x, source ? given : values[n->in[k]], x->dtype == KILN_I32);
+  }
   if (kiln_interp_run(g, values, &cur.opts, err, sizeof err))
     die("case %d (%s): %s", ncases, kiln_op(n->op)->name, err);
 
@@ -232,14 +241,7 @@ static void finish(void) {
           ncases, kiln_op(n->op)->name, last, cur.opts.training ? "true" : "false",
           (unsigned long long)cur.opts.seed);
   fputs(", \"inputs\": [", jsonl);
-  bool source = kiln_op(n->op)->fuse == KILN_FUSE_SOURCE;
-  int nin = source ? (n->op == KILN_OP_CONST ? 0 : 1) : n->nin;
-  for (int k = 0; k < nin; k++) {
-    const KilnNode *x = source ? n : &g->nodes[n->in[k]];
-    snprintf(file, sizeof file, "c%04d_in%d.npy", ncases, k);
-    write_npy(file, x, source ? given : values[n->in[k]], x->dtype == KILN_I32);
-    fprintf(jsonl, "%s\"%s\"", k ? ", " : "", file);
-  }
+  for (int k = 0; k < nin; k++) fprintf(jsonl, "%s\"c%04d_in%d.npy\"", k ? ", " : "", ncases, k);
   snprintf(file, sizeof file, "c%04d_out.npy", ncases);
   write_npy(file, n, values[last], false);
   fprintf(jsonl, "], \"output\": \"%s\", \"out_shape\": [", file);
@@ -578,6 +580,40 @@ static void embedding_cases(void) {
   }
 }
 
+// Decoding ops from random states: lstm_step over 1 and 3 steps; attention_decode
+// at positions 0, mid-cache and the last one.
+static void decode_cases(void) {
+  static const int64_t steps[][4] = {{1, 1, 2, 3}, {2, 3, 4, 2}};  // B, T, I, H
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    const int64_t *c = steps[i];
+    char x[64], w_ih[64], w_hh[64], b[64], st[64];
+    snprintf(x, sizeof x, "f32[%lld,%lld,%lld]", (long long)c[0], (long long)c[1], (long long)c[2]);
+    snprintf(w_ih, sizeof w_ih, "f32[%lld,%lld]", (long long)c[2], (long long)(4 * c[3]));
+    snprintf(w_hh, sizeof w_hh, "f32[%lld,%lld]", (long long)c[3], (long long)(4 * c[3]));
+    snprintf(b, sizeof b, "f32[%lld]", (long long)(4 * c[3]));
+    snprintf(st, sizeof st, "f32[2,%lld,%lld]", (long long)c[0], (long long)c[3]);
+    begin();
+    int32_t xs = src(x, F_SIGNED), wi = src(w_ih, F_SIGNED), wh = src(w_hh, F_SIGNED);
+    int32_t bs = src(b, F_SIGNED);
+    OP(KILN_OP_LSTM_STEP, xs, wi, wh, bs, src(st, F_SIGNED));
+    finish();
+  }
+  static const int64_t att[][5] = {{1, 4, 6, 2, 1}, {2, 5, 6, 3, 5}, {1, 3, 4, 1, 3}};  // B, C, D, heads, pos bound
+  for (size_t i = 0; i < sizeof att / sizeof att[0]; i++) {
+    const int64_t *c = att[i];
+    char one[64], cache[64];
+    snprintf(one, sizeof one, "f32[%lld,1,%lld]", (long long)c[0], (long long)c[2]);
+    snprintf(cache, sizeof cache, "f32[%lld,%lld,%lld]", (long long)c[0], (long long)c[1], (long long)c[2]);
+    begin();
+    int32_t q = src(one, F_SIGNED), k = src(one, F_SIGNED), v = src(one, F_SIGNED);
+    int32_t kc = src(cache, F_SIGNED), vc = src(cache, F_SIGNED);
+    int32_t y = OP(KILN_OP_ATTENTION_DECODE, q, k, v, kc, vc, src_k("i32[1,1]", F_INT, c[4]));
+    A(y)->heads = c[3];
+    A(y)->causal = true;
+    finish();
+  }
+}
+
 static void lstm_cases(void) {
   static const int64_t cases[][4] = {{1, 1, 1, 1}, {2, 3, 4, 5}, {3, 7, 2, 1}, {1, 5, 3, 2},
                                      {2, 17, 1, 3}};  // B, T, I, H
@@ -785,6 +821,7 @@ int main(int argc, char **argv) {
   embedding_cases();
   lstm_cases();
   attention_cases();
+  decode_cases();
   loss_cases();
   grad_elem_cases();
   layernorm_grad_cases();

@@ -127,6 +127,40 @@ def lstm(ins, a, case):
     return out
 
 
+def lstm_step(ins, a, case):
+    """lstm from state[0] (h) and state[1] (c) instead of zeros."""
+    x, w_ih, w_hh, b, st = ins
+    H = w_hh.shape[0]
+    h, c = st[0].copy(), st[1].copy()
+    out = np.zeros((x.shape[0], x.shape[1], H))
+    for t in range(x.shape[1]):
+        z = x[:, t, :] @ w_ih + h @ w_hh + b
+        i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
+        g, o = np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        out[:, t, :] = h
+    return out
+
+
+def attention_decode(ins, a, case):
+    """The new k, v written at position p of the caches, then q attends to 0..p."""
+    q, k, v, kc, vc, pos = ins
+    kc, vc = kc.copy(), vc.copy()
+    p = int(pos.reshape(-1)[0])
+    kc[:, p, :], vc[:, p, :] = k[:, 0, :], v[:, 0, :]
+    heads = a["heads"]
+    dh = q.shape[2] // heads
+    out = np.zeros(q.shape)
+    for hd in range(heads):
+        cols = slice(hd * dh, (hd + 1) * dh)
+        for b in range(q.shape[0]):
+            s = kc[b, :p + 1, cols] @ q[b, 0, cols] / np.sqrt(dh)
+            e = np.exp(s - s.max())
+            out[b, 0, cols] = (e / e.sum()) @ vc[b, :p + 1, cols]
+    return out
+
+
 def softmax_rows(s, mask):
     """Softmax over the last axis leaving out masked entries (p = 0 there).
     Shifted by the largest real part, so it also holds for complex s."""
@@ -287,6 +321,8 @@ REF = {
     "embedding": lambda ins, a, case: ins[1][ins[0].astype(np.int64)],
     "lstm": lstm,
     "attention": attention,
+    "lstm_step": lstm_step,
+    "attention_decode": attention_decode,
     "cross_entropy": cross_entropy,
     "mse": lambda ins, a, case: np.mean((ins[0] - ins[1]) ** 2),
     "binary_cross_entropy": bce,

@@ -264,11 +264,32 @@ static void sequence_ops(void **state) {
   (void)state;
   op_case(KILN_OP_LSTM, NOATTR, -1, 1, 4, F(2, 5, 3), F(3, 16), F(4, 16), F(16));
   op_case(KILN_OP_LSTM, NOATTR, -1, 1, 4, F(3, 4, 7), F(7, 20), F(5, 20), F(20));
+  // Large enough that the runtime splits 3 sequences over 2 threads (2 + 1); hidden
+  // 36 is no multiple of a vector's width; one time step.
+  op_case(KILN_OP_LSTM, NOATTR, -1, 1, 4, F(3, 6, 9), F(9, 144), F(36, 144), F(144));
+  op_case(KILN_OP_LSTM, NOATTR, -1, 1, 4, F(3, 1, 5), F(5, 80), F(20, 80), F(80));
+  // Decoding (test_generate checks them against whole sequences): lstm_step from a
+  // random state, over one and several steps; attention_decode at a random position
+  // of a cache of random keys and values, 2 and 3 heads.
+  op_case(KILN_OP_LSTM_STEP, NOATTR, -1, 1, 5, F(2, 1, 5), F(5, 24), F(6, 24), F(24), F(2, 2, 6));
+  op_case(KILN_OP_LSTM_STEP, NOATTR, -1, 1, 5, F(3, 4, 7), F(7, 20), F(5, 20), F(20), F(2, 3, 5));
+  op_case(KILN_OP_ATTENTION_DECODE, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 6, F(1, 1, 8),
+          F(1, 1, 8), F(1, 1, 8), F(1, 5, 8), F(1, 5, 8), I(1, 1));
+  op_case(KILN_OP_ATTENTION_DECODE, (KilnAttrs){.heads = 3, .causal = true}, -1, 1, 6, F(2, 1, 15),
+          F(2, 1, 15), F(2, 1, 15), F(2, 7, 15), F(2, 7, 15), I(1, 1));
   op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 1}, -1, 1, 3, F(2, 5, 4), F(2, 5, 4), F(2, 5, 4));
   op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 3, F(2, 7, 6),
           F(2, 7, 6), F(2, 7, 6));
   op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 4, .causal = true}, -2, 2, 3, F(1, 9, 16),
           F(1, 9, 16), F(1, 9, 16));
+  // Several blocks of 32 query rows, the last one partial, and row lengths that
+  // are not multiples of the 16-lane reductions; head widths 8, 64 and odd 5.
+  op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 2}, -1, 1, 3, F(2, 37, 16), F(2, 37, 16),
+          F(2, 37, 16));
+  op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 3, F(1, 70, 128),
+          F(1, 70, 128), F(1, 70, 128));
+  op_case(KILN_OP_ATTENTION, (KilnAttrs){.heads = 3, .causal = true}, -2, 2, 3, F(3, 33, 15),
+          F(3, 33, 15), F(3, 33, 15));
 }
 
 static void losses(void **state) {
@@ -440,6 +461,11 @@ static void gradient_ops(void **state) {
   op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(1, 1, 1), F(1, 4), F(1, 4), F(4), F(1, 1, 1));
   op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(2, 5, 3), F(3, 16), F(4, 16), F(16), F(2, 5, 4));
   op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(3, 4, 7), F(7, 20), F(5, 20), F(20), F(3, 4, 5));
+  // Split over threads as the forward above; 144 gate columns are two blocks of
+  // the weight phase, the second partial; one time step.
+  op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(3, 6, 9), F(9, 144), F(36, 144), F(144),
+          F(3, 6, 36));
+  op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(3, 1, 5), F(5, 80), F(20, 80), F(80), F(3, 1, 20));
   op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 1}, -1, 1, 4, F(2, 5, 4), F(2, 5, 4),
           F(2, 5, 4), F(2, 5, 4));
   op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 4, F(2, 7, 6),
@@ -449,6 +475,13 @@ static void gradient_ops(void **state) {
   // Large enough that the runtime splits (batch, head) pairs over its threads.
   op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 4}, -1, 1, 4, F(2, 16, 32),
           F(2, 16, 32), F(2, 16, 32), F(2, 16, 32));
+  // As the forward's: blocks (the last partial), causal and not, heads 8, 64, 5 wide.
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 2}, -1, 1, 4, F(2, 37, 16), F(2, 37, 16),
+          F(2, 37, 16), F(2, 37, 16));
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 2, .causal = true}, -1, 1, 4, F(1, 70, 128),
+          F(1, 70, 128), F(1, 70, 128), F(1, 70, 128));
+  op_case(KILN_OP_ATTENTION_GRAD, (KilnAttrs){.heads = 3, .causal = true}, -2, 2, 4, F(3, 33, 15),
+          F(3, 33, 15), F(3, 33, 15), F(3, 33, 15));
 }
 
 // Every op with a kernel has been compared; adding an op without a case fails here.

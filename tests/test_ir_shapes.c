@@ -470,6 +470,30 @@ static void test_attention(void **state) {
   bad(t, n, "attention query must be f32[batch, time, dim], got f32[2,8]");
 }
 
+// Decoding ops: one position against caches; lstm from a state [2, B, H].
+static void test_decode_ops(void **state) {
+  T *t = *state;
+  int32_t q = in(t, "f32[2,1,8]"), c = in(t, "f32[2,6,8]"), p = in(t, "i32[1,1]");
+  int32_t q5 = in(t, "f32[2,5,8]"), c7 = in(t, "f32[2,6,7]"), pf = in(t, "f32[1,1]");
+  int32_t n = NODE(t, KILN_OP_ATTENTION_DECODE, q, q, q, c, c, p);
+  attr(t, n)->heads = 2;
+  ok(t, n, "f32[2,1,8]");
+  n = NODE(t, KILN_OP_ATTENTION_DECODE, q5, q5, q5, c, c, p);
+  attr(t, n)->heads = 2;
+  bad(t, n, "attention_decode takes one position at a time, got f32[2,5,8]");
+  n = NODE(t, KILN_OP_ATTENTION_DECODE, q, q, q, c7, c7, p);
+  attr(t, n)->heads = 2;
+  bad(t, n, "attention_decode caches must be f32[2, positions, 8], got f32[2,6,7] and f32[2,6,7]");
+  n = NODE(t, KILN_OP_ATTENTION_DECODE, q, q, q, c, c, pf);
+  attr(t, n)->heads = 2;
+  bad(t, n, "attention_decode position must be one i32, got f32[1,1]");
+  int32_t x = in(t, "f32[2,1,3]"), wih = in(t, "f32[3,16]"), whh = in(t, "f32[4,16]");
+  int32_t b = in(t, "f32[16]"), st = in(t, "f32[2,2,4]"), st3 = in(t, "f32[2,3,4]");
+  ok(t, NODE(t, KILN_OP_LSTM_STEP, x, wih, whh, b, st), "f32[2,1,4]");
+  bad(t, NODE(t, KILN_OP_LSTM_STEP, x, wih, whh, b, st3),
+      "lstm_step state must be f32[2,2,4], got f32[2,3,4]");
+}
+
 static void test_cross_entropy(void **state) {
   T *t = *state;
   int32_t lg = in(t, "f32[4,10]"), lb = in(t, "i32[4]"), v = in(t, "f32[10]"), s = in(t, "i32[]");
@@ -870,7 +894,7 @@ int main(void) {
       FIXTURE(test_softmax),     FIXTURE(test_layernorm),     FIXTURE(test_matmul),
       FIXTURE(test_reshape),     FIXTURE(test_transpose),     FIXTURE(test_concat),
       FIXTURE(test_slice),       FIXTURE(test_broadcast),     FIXTURE(test_embedding),
-      FIXTURE(test_lstm),        FIXTURE(test_attention),     FIXTURE(test_cross_entropy),
+      FIXTURE(test_lstm),        FIXTURE(test_attention),     FIXTURE(test_decode_ops), FIXTURE(test_cross_entropy),
       FIXTURE(test_mse_bce),     FIXTURE(test_grad_ops),     FIXTURE(test_flops),
       cmocka_unit_test(test_scalar_semantics),
       cmocka_unit_test(test_scalar_edges),

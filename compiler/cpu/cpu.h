@@ -1,7 +1,7 @@
 // The CPU backend: every kernel an LLVM function built with the LLVM C API over the
 // static shapes of the IR, optimized for the target CPU and emitted as an object.
 //
-// Sections follow the files of compiler/cpu/: plan.c, loops.c, kernels.c,
+// Sections follow the files of compiler/cpu/: plan.c, loops.c, kernels.c, lstm.c, attention.c,
 // train.c, module.c, target.c.
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
@@ -130,6 +130,7 @@ struct KilnKernel {
                               // fusion group's root for a matmul with an epilogue)
   const KilnKernel *epi;      // the group root whose elementwise chain runs as the
                               // matmul's epilogue, or NULL
+  int phase;                  // which of the node's kernels (kiln_cpu_kernel_phases)
 };
 
 // Emits the kernel for node id into the module; returns the function and the
@@ -137,10 +138,42 @@ struct KilnKernel {
 // estimate (FLOPs or bytes) in *out_cost.
 LLVMValueRef kiln_cpu_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
                              int64_t *out_n, int64_t *out_cost);
+// Most nodes run one kernel. A node whose work has parts that must not overlap in
+// time (lstm_grad: back through time per sequence, then weight gradients summed
+// over all sequences) runs several, one after the other, each split over the
+// threads on its own. kiln_cpu_kernel builds phase 0; this builds phase `phase`.
+#define KILN_CPU_MAX_PHASES 2
+int kiln_cpu_kernel_phases(const KilnNode *n);
+LLVMValueRef kiln_cpu_kernel_phase(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                                   int phase, int64_t *out_n, int64_t *out_cost);
 // Scalar semantics of an elementwise op in LLVM IR, matching the op table's.
 LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x);
 // A pointer to node id's storage (weights or arena) inside a kernel.
 LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id);
+
+//
+// lstm.c: the lstm layer and its gradient (two phases), products in cblas_sgemm
+// (kernels.c dispatches to these).
+//
+int64_t kiln_cpu_lstm(KilnKernel *k);
+int64_t kiln_cpu_lstm_grad(KilnKernel *k);
+// Floats of scratch the kernel of node n (lstm or lstm_grad) needs.
+int64_t kiln_cpu_lstm_scratch(const KilnGraph *g, const KilnNode *n);
+
+//
+// attention.c: scaled dot-product attention and its gradient, in blocks of
+// query rows (kernels.c dispatches to these).
+//
+int64_t kiln_cpu_attention(KilnKernel *k);
+int64_t kiln_cpu_attention_grad(KilnKernel *k);
+// Floats of scratch the kernel of node n (attention or attention_grad) needs.
+int64_t kiln_cpu_attention_scratch(const KilnNode *n);
+
+//
+// decode.c: kernels of the decoding ops (attention_decode, lstm_step).
+//
+int64_t kiln_cpu_emit_attention_decode(KilnKernel *k);
+int64_t kiln_cpu_emit_lstm_step(KilnKernel *k);
 
 //
 // train.c: the gradient-norm kernel and the optimizer updates (after autodiff).
@@ -148,6 +181,8 @@ LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id);
 LLVMValueRef kiln_cpu_norm_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, double clip);
 LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
                                     const KilnTrainDesc *t);
+void kiln_cpu_update_work(const KilnTrainDesc *t, int nstate, int64_t *out_flops,
+                          int64_t *out_tensors);
 
 //
 // module.c: the model's module: kernels, the forward step, the descriptor and
@@ -159,6 +194,11 @@ typedef struct {
   uint64_t seed;
   LLVMTargetMachineRef tm; // its data layout and triple go into the module
   const KilnTrainDesc *train;  // optimizer and data; NULL: inference only
+  // Generation (NULL: none): the one-token decode model, with its cache length, and
+  // the batch-1 window model; both with the main model's parameter layout.
+  const KilnGraph *decode, *window;
+  const KilnPlan *decode_plan, *window_plan;
+  int64_t context;
 } KilnModuleOpts;
 
 // Builds the whole model into c->mod (created here with c->ctx, c->b).

@@ -24,11 +24,6 @@ LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id) {
                            kiln_node_numel(&k->g->nodes[id]) * 4);
 }
 
-static LLVMValueRef scratch_ptr(KilnKernel *k) {
-  return kiln_cpu_body_ptr(k->cg, k->body, KILN_LOC_ARENA, k->plan->scratch[k->id],
-                           k->plan->scratch_bytes[k->id]);
-}
-
 static int64_t prod(const int64_t *s, int from, int to) {
   int64_t p = 1;
   for (int i = from; i < to; i++) p *= s[i];
@@ -74,7 +69,6 @@ static KilnLoop upto(KilnCg *c, int64_t n, const char *name) {
 }
 
 // f32 arithmetic, a load, and the index a * stride + b, for the long kernels.
-static LLVMValueRef fadd(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFAdd(c->b, a, b, ""); }
 static LLVMValueRef fsub(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFSub(c->b, a, b, ""); }
 static LLVMValueRef fmul(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFMul(c->b, a, b, ""); }
 static LLVMValueRef ld(KilnCg *c, LLVMValueRef base, LLVMValueRef idx) {
@@ -162,6 +156,7 @@ LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x) {
   case KILN_OP_ATTENTION: case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE:
   case KILN_OP_LAYERNORM_DX: case KILN_OP_LAYERNORM_DGAMMA: case KILN_OP_EMBEDDING_GRAD:
   case KILN_OP_LSTM_GRAD: case KILN_OP_ATTENTION_GRAD: case KILN_OP_CROSS_ENTROPY_GRAD:
+  case KILN_OP_ATTENTION_DECODE: case KILN_OP_LSTM_STEP:
   case KILN_OP_COUNT:
     break;
   }
@@ -869,314 +864,6 @@ static int64_t emit_matmul(KilnKernel *k) {
   return emit_matmul_loops(k, &mm);
 }
 
-//
-// lstm: parallel over batch rows. Scratch per row: h [H], c [H], z [4H].
-//
-static int64_t emit_lstm(KilnKernel *k) {
-  KilnCg *c = k->cg;
-  const KilnNode *o = k->n;
-  int64_t bsz = o->shape[0], T = o->shape[1], H = o->shape[2], I = in_node(k, 0)->shape[2];
-  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), Wi = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef Wh = kiln_cpu_ptr(k, o->in[2]), Bv = kiln_cpu_ptr(k, o->in[3]);
-  LLVMValueRef Y = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
-  KilnLoop b = kiln_cg_loop_begin(c, k->lo, k->hi, "b");
-  LLVMValueRef sb = kiln_cg_mul(c, b.index, kiln_cg_i64(c, 6 * H));
-  LLVMValueRef hs = sb, cs = kiln_cg_add(c, sb, kiln_cg_i64(c, H)), zs = kiln_cg_add(c, sb, kiln_cg_i64(c, 2 * H));
-  KilnLoop z0 = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, 2 * H), "z0");
-  kiln_cg_store(c, kiln_cg_f32(c, 0), S, kiln_cg_add(c, hs, z0.index));
-  kiln_cg_loop_end(c, &z0);
-  KilnLoop t = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, T), "t");
-  LLVMValueRef row = kiln_cg_add(c, kiln_cg_mul(c, b.index, kiln_cg_i64(c, T)), t.index);
-  // z = bias + x_t W_ih + h W_hh
-  KilnLoop zi = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, 4 * H), "zi");
-  kiln_cg_store(c, kiln_cg_load(c, c->f32, Bv, zi.index), S, kiln_cg_add(c, zs, zi.index));
-  kiln_cg_loop_end(c, &zi);
-  for (int pass = 0; pass < 2; pass++) {
-    int64_t n = pass ? H : I;
-    LLVMValueRef W = pass ? Wh : Wi;
-    KilnLoop i = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, n), "i");
-    LLVMValueRef xv = pass ? kiln_cg_load(c, c->f32, S, kiln_cg_add(c, hs, i.index))
-                           : kiln_cg_load(c, c->f32, X, kiln_cg_add(c, kiln_cg_mul(c, row, kiln_cg_i64(c, I)), i.index));
-    LLVMValueRef wrow = kiln_cg_mul(c, i.index, kiln_cg_i64(c, 4 * H));
-    KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, 4 * H), "j");
-    LLVMValueRef zi2 = kiln_cg_add(c, zs, j.index);
-    LLVMValueRef w = kiln_cg_load(c, c->f32, W, kiln_cg_add(c, wrow, j.index));
-    LLVMValueRef zv = kiln_cg_load(c, c->f32, S, zi2);
-    kiln_cg_store(c, LLVMBuildFAdd(c->b, zv, LLVMBuildFMul(c->b, xv, w, ""), ""), S, zi2);
-    kiln_cg_loop_end(c, &j);
-    kiln_cg_loop_end(c, &i);
-  }
-  // gates i, f, g, o; c = f c + i g; h = o tanh(c)
-  KilnLoop u = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, H), "u");
-  LLVMValueRef g4[4];
-  for (int q = 0; q < 4; q++) {
-    LLVMValueRef zv = kiln_cg_load(c, c->f32, S, kiln_cg_add(c, zs, kiln_cg_add(c, u.index, kiln_cg_i64(c, q * H))));
-    g4[q] = q == 2 ? tanh_f(c, zv) : sigmoid(c, zv);
-  }
-  LLVMValueRef ci = kiln_cg_add(c, cs, u.index);
-  LLVMValueRef cn = LLVMBuildFAdd(c->b, LLVMBuildFMul(c->b, g4[1], kiln_cg_load(c, c->f32, S, ci), ""),
-                                  LLVMBuildFMul(c->b, g4[0], g4[2], ""), "");
-  kiln_cg_store(c, cn, S, ci);
-  LLVMValueRef hn = LLVMBuildFMul(c->b, g4[3], tanh_f(c, cn), "");
-  kiln_cg_store(c, hn, S, kiln_cg_add(c, hs, u.index));
-  kiln_cg_store(c, hn, Y, kiln_cg_add(c, kiln_cg_mul(c, row, kiln_cg_i64(c, H)), u.index));
-  kiln_cg_loop_end(c, &u);
-  kiln_cg_loop_end(c, &t);
-  kiln_cg_loop_end(c, &b);
-  (void)bsz;
-  return o->shape[0];
-}
-
-//
-// attention: parallel over (batch, head). For query i: scores against keys j (j <= i
-// when causal), scaled by 1/sqrt(dh), softmax, weighted sum of values.
-//
-static int64_t emit_attention(KilnKernel *k) {
-  KilnCg *c = k->cg;
-  const KilnNode *o = k->n;
-  int64_t T = o->shape[1], D = o->shape[2], H = o->attr.heads, dh = D / H;
-  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), Y = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
-  KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
-  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh.index, kiln_cg_i64(c, H), "");
-  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh.index, kiln_cg_i64(c, H), ""), kiln_cg_i64(c, dh));
-  LLVMValueRef sbase = kiln_cg_mul(c, bh.index, kiln_cg_i64(c, T));
-  LLVMValueRef bbase = kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, T * D)), col);
-  KilnLoop i = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, T), "i");
-  LLVMValueRef qrow = kiln_cg_add(c, bbase, kiln_cg_mul(c, i.index, kiln_cg_i64(c, D)));
-  LLVMValueRef jend = o->attr.causal ? kiln_cg_add(c, i.index, kiln_cg_i64(c, 1)) : kiln_cg_i64(c, T);
-  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum"), dot = acc_new(c, 0, "dot");
-  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "j");
-  LLVMValueRef krow = kiln_cg_add(c, bbase, kiln_cg_mul(c, j.index, kiln_cg_i64(c, D)));
-  LLVMBuildStore(c->b, kiln_cg_f32(c, 0), dot);
-  KilnLoop d = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, dh), "d");
-  LLVMValueRef p = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, Q, kiln_cg_add(c, qrow, d.index)),
-                                 kiln_cg_load(c, c->f32, K, kiln_cg_add(c, krow, d.index)), "");
-  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, dot), p, ""), dot);
-  kiln_cg_loop_end(c, &d);
-  LLVMValueRef s = LLVMBuildFMul(c->b, acc_get(c, dot), kiln_cg_f32(c, 1.0 / sqrt((double)dh)), "");
-  kiln_cg_store(c, s, S, kiln_cg_add(c, sbase, j.index));
-  LLVMValueRef m = acc_get(c, mx);
-  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, s, m, s, m), mx);
-  kiln_cg_loop_end(c, &j);
-  LLVMValueRef mval = acc_get(c, mx);
-  KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "e");
-  LLVMValueRef si = kiln_cg_add(c, sbase, e.index);
-  LLVMValueRef ev = kiln_cg_exp(c, LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, S, si), mval, ""));
-  kiln_cg_store(c, ev, S, si);
-  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), ev, ""), sum);
-  kiln_cg_loop_end(c, &e);
-  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), acc_get(c, sum), "");
-  KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, dh), "z");
-  kiln_cg_store(c, kiln_cg_f32(c, 0), Y, kiln_cg_add(c, qrow, z.index));
-  kiln_cg_loop_end(c, &z);
-  KilnLoop v = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "v");
-  LLVMValueRef pw = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, S, kiln_cg_add(c, sbase, v.index)), inv, "");
-  LLVMValueRef vrow = kiln_cg_add(c, bbase, kiln_cg_mul(c, v.index, kiln_cg_i64(c, D)));
-  KilnLoop dd = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, dh), "dd");
-  LLVMValueRef yi = kiln_cg_add(c, qrow, dd.index);
-  LLVMValueRef acc = LLVMBuildFAdd(c->b, kiln_cg_load(c, c->f32, Y, yi),
-      LLVMBuildFMul(c->b, pw, kiln_cg_load(c, c->f32, V, kiln_cg_add(c, vrow, dd.index)), ""), "");
-  kiln_cg_store(c, acc, Y, yi);
-  kiln_cg_loop_end(c, &dd);
-  kiln_cg_loop_end(c, &v);
-  kiln_cg_loop_end(c, &i);
-  kiln_cg_loop_end(c, &bh);
-  return o->shape[0] * H;
-}
-
-// attention_grad (ir/interp.c): dq, dk, dv into the [3, B, T, D] output, parallel
-// over (batch, head), which own disjoint columns of all three. Query row i
-// recomputes its probabilities p_j as the forward does, then with dp_j = dy_i . v_j
-// and ds_j = p_j (dp_j - sum_l p_l dp_l) scale: dq_i = sum_j ds_j k_j,
-// dk_j += ds_j q_i, dv_j += p_j dy_i. Scratch per (batch, head): p and dp [T].
-static int64_t emit_attention_grad(KilnKernel *k) {
-  KilnCg *c = k->cg;
-  const KilnNode *o = k->n;
-  int64_t B = o->shape[1], T = o->shape[2], D = o->shape[3], H = o->attr.heads, dh = D / H;
-  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), DY = kiln_cpu_ptr(k, o->in[3]);
-  LLVMValueRef DQ = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
-  LLVMValueRef DK = kiln_cg_gep(c, c->f32, DQ, kiln_cg_i64(c, B * T * D));
-  LLVMValueRef DV = kiln_cg_gep(c, c->f32, DQ, kiln_cg_i64(c, 2 * B * T * D));
-  LLVMValueRef scale = kiln_cg_f32(c, 1.0 / sqrt((double)dh));
-  KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
-  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh.index, kiln_cg_i64(c, H), "");
-  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh.index, kiln_cg_i64(c, H), ""), kiln_cg_i64(c, dh));
-  LLVMValueRef bbase = ix(c, bi, T * D, col);                  // row 0 of this sequence and head
-  LLVMValueRef pb = kiln_cg_mul(c, bh.index, kiln_cg_i64(c, 2 * T)), dpb = kiln_cg_add(c, pb, kiln_cg_i64(c, T));
-  KilnLoop zt = upto(c, T, "zt");
-  KilnLoop zc = upto(c, dh, "zc");
-  LLVMValueRef zat = ix(c, zt.index, D, kiln_cg_add(c, bbase, zc.index));
-  kiln_cg_store(c, kiln_cg_f32(c, 0), DK, zat);
-  kiln_cg_store(c, kiln_cg_f32(c, 0), DV, zat);
-  kiln_cg_loop_end(c, &zc);
-  kiln_cg_loop_end(c, &zt);
-  KilnLoop i = upto(c, T, "i");
-  LLVMValueRef qrow = ix(c, i.index, D, bbase);
-  LLVMValueRef jend = o->attr.causal ? kiln_cg_add(c, i.index, kiln_cg_i64(c, 1)) : kiln_cg_i64(c, T);
-  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum"), pdp = acc_new(c, 0, "pdp");
-  // scores q_i . k_j * scale, and their maximum
-  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "j");
-  LLVMValueRef krow = ix(c, j.index, D, bbase), dot = acc_new(c, 0, "dot");
-  KilnLoop d = upto(c, dh, "d");
-  acc_add(c, dot, fmul(c, ld(c, Q, kiln_cg_add(c, qrow, d.index)), ld(c, K, kiln_cg_add(c, krow, d.index))));
-  kiln_cg_loop_end(c, &d);
-  LLVMValueRef sv = fmul(c, acc_get(c, dot), scale), m = acc_get(c, mx);
-  kiln_cg_store(c, sv, S, kiln_cg_add(c, pb, j.index));
-  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, sv, m, sv, m), mx);
-  kiln_cg_loop_end(c, &j);
-  // exp(s - max) and their sum
-  LLVMValueRef mval = acc_get(c, mx);
-  KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "e");
-  LLVMValueRef ei = kiln_cg_add(c, pb, e.index);
-  LLVMValueRef ev = kiln_cg_exp(c, fsub(c, ld(c, S, ei), mval));
-  kiln_cg_store(c, ev, S, ei);
-  acc_add(c, sum, ev);
-  kiln_cg_loop_end(c, &e);
-  // p_j, dp_j = dy_i . v_j, and sum_j p_j dp_j
-  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), acc_get(c, sum), "");
-  KilnLoop pj = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "p");
-  LLVMValueRef pv = fmul(c, ld(c, S, kiln_cg_add(c, pb, pj.index)), inv);
-  kiln_cg_store(c, pv, S, kiln_cg_add(c, pb, pj.index));
-  LLVMValueRef vrow = ix(c, pj.index, D, bbase), dpa = acc_new(c, 0, "dp");
-  KilnLoop dd = upto(c, dh, "d");
-  acc_add(c, dpa, fmul(c, ld(c, DY, kiln_cg_add(c, qrow, dd.index)), ld(c, V, kiln_cg_add(c, vrow, dd.index))));
-  kiln_cg_loop_end(c, &dd);
-  kiln_cg_store(c, acc_get(c, dpa), S, kiln_cg_add(c, dpb, pj.index));
-  acc_add(c, pdp, fmul(c, pv, acc_get(c, dpa)));
-  kiln_cg_loop_end(c, &pj);
-  // dq_i = sum_j ds_j k_j; dk_j += ds_j q_i; dv_j += p_j dy_i
-  KilnLoop zq = upto(c, dh, "zq");
-  kiln_cg_store(c, kiln_cg_f32(c, 0), DQ, kiln_cg_add(c, qrow, zq.index));
-  kiln_cg_loop_end(c, &zq);
-  LLVMValueRef pdpv = acc_get(c, pdp);
-  KilnLoop g = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), jend, "g");
-  LLVMValueRef p = ld(c, S, kiln_cg_add(c, pb, g.index)), row = ix(c, g.index, D, bbase);
-  LLVMValueRef ds = fmul(c, fmul(c, p, fsub(c, ld(c, S, kiln_cg_add(c, dpb, g.index)), pdpv)), scale);
-  KilnLoop cc = upto(c, dh, "c");
-  LLVMValueRef qi = kiln_cg_add(c, qrow, cc.index), kj = kiln_cg_add(c, row, cc.index);
-  add_to(c, DQ, qi, fmul(c, ds, ld(c, K, kj)));
-  add_to(c, DK, kj, fmul(c, ds, ld(c, Q, qi)));
-  add_to(c, DV, kj, fmul(c, p, ld(c, DY, qi)));
-  kiln_cg_loop_end(c, &cc);
-  kiln_cg_loop_end(c, &g);
-  kiln_cg_loop_end(c, &i);
-  kiln_cg_loop_end(c, &bh);
-  return B * H;
-}
-
-// lstm_grad (ir/interp.c): backpropagation through time into the flat output
-// [dx | dw_ih | dw_hh | db]. The weight gradients sum over every sequence and
-// step, so the kernel is one iteration (n = 1): no two threads add into them.
-// Scratch, for one sequence at a time: step slots 0..T of [gates 4H | c H | h H]
-// (slot 0 the zero state before step 0, slot t + 1 the state after step t), then
-// the backward's dh [H], dc [H] (carried from step t + 1) and dz [4H].
-static int64_t emit_lstm_grad(KilnKernel *k) {
-  KilnCg *c = k->cg;
-  const KilnNode *o = k->n, *xn = in_node(k, 0);
-  int64_t B = xn->shape[0], T = xn->shape[1], I = xn->shape[2], H = in_node(k, 2)->shape[0];
-  int64_t G = 4 * H, SL = 6 * H;  // gate columns; floats per step slot
-  int64_t dwi = B * T * I, dwh = dwi + I * G, db = dwh + H * G;  // offsets in the output
-  int64_t dh_at = (T + 1) * SL, dc_at = dh_at + H, dz_at = dh_at + 2 * H;  // in scratch
-  LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), Wi = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef Wh = kiln_cpu_ptr(k, o->in[2]), Bv = kiln_cpu_ptr(k, o->in[3]);
-  LLVMValueRef DY = kiln_cpu_ptr(k, o->in[4]), OUT = kiln_cpu_ptr(k, k->id), S = scratch_ptr(k);
-  LLVMValueRef DWI = kiln_cg_gep(c, c->f32, OUT, kiln_cg_i64(c, dwi));
-  LLVMValueRef DWH = kiln_cg_gep(c, c->f32, OUT, kiln_cg_i64(c, dwh));
-  LLVMValueRef DB = kiln_cg_gep(c, c->f32, OUT, kiln_cg_i64(c, db));
-  LLVMValueRef DH = kiln_cg_gep(c, c->f32, S, kiln_cg_i64(c, dh_at));
-  LLVMValueRef DC = kiln_cg_gep(c, c->f32, S, kiln_cg_i64(c, dc_at));
-  LLVMValueRef DZ = kiln_cg_gep(c, c->f32, S, kiln_cg_i64(c, dz_at));
-  LLVMValueRef one = kiln_cg_f32(c, 1), zero = kiln_cg_f32(c, 0);
-  KilnLoop z = kiln_cg_loop_begin(c, kiln_cg_i64(c, dwi), kiln_cg_i64(c, kiln_node_numel(o)), "zw");
-  kiln_cg_store(c, zero, OUT, z.index);
-  kiln_cg_loop_end(c, &z);
-  KilnLoop z0 = upto(c, 2 * H, "z0");  // slot 0's c and h
-  kiln_cg_store(c, zero, S, kiln_cg_add(c, z0.index, kiln_cg_i64(c, G)));
-  kiln_cg_loop_end(c, &z0);
-  KilnLoop b = upto(c, B, "b");
-
-  // Forward, keeping every step: z = bias + x_t W_ih + h W_hh, then gates, c, h.
-  KilnLoop t = upto(c, T, "t");
-  LLVMValueRef cur = ix(c, t.index, SL, kiln_cg_i64(c, SL)), prev = kiln_cg_mul(c, t.index, kiln_cg_i64(c, SL));
-  LLVMValueRef xrow = kiln_cg_mul(c, ix(c, b.index, T, t.index), kiln_cg_i64(c, I));
-  KilnLoop zb = upto(c, G, "zb");
-  kiln_cg_store(c, ld(c, Bv, zb.index), S, kiln_cg_add(c, cur, zb.index));
-  kiln_cg_loop_end(c, &zb);
-  for (int pass = 0; pass < 2; pass++) {
-    KilnLoop kk = upto(c, pass ? H : I, "k");
-    LLVMValueRef in = pass ? ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, kk.index, kiln_cg_i64(c, 5 * H))))
-                           : ld(c, X, kiln_cg_add(c, xrow, kk.index));
-    KilnLoop j = upto(c, G, "j");
-    LLVMValueRef w = ld(c, pass ? Wh : Wi, ix(c, kk.index, G, j.index));
-    add_to(c, S, kiln_cg_add(c, cur, j.index), fmul(c, in, w));
-    kiln_cg_loop_end(c, &j);
-    kiln_cg_loop_end(c, &kk);
-  }
-  KilnLoop u = upto(c, H, "u");
-  LLVMValueRef gate[4];
-  for (int q = 0; q < 4; q++) {
-    LLVMValueRef at = kiln_cg_add(c, cur, kiln_cg_add(c, u.index, kiln_cg_i64(c, q * H)));
-    gate[q] = q == 2 ? tanh_f(c, ld(c, S, at)) : sigmoid(c, ld(c, S, at));
-    kiln_cg_store(c, gate[q], S, at);
-  }
-  LLVMValueRef cprev = ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, u.index, kiln_cg_i64(c, G))));
-  LLVMValueRef cn = fadd(c, fmul(c, gate[1], cprev), fmul(c, gate[0], gate[2]));
-  kiln_cg_store(c, cn, S, kiln_cg_add(c, cur, kiln_cg_add(c, u.index, kiln_cg_i64(c, G))));
-  kiln_cg_store(c, fmul(c, gate[3], tanh_f(c, cn)), S, kiln_cg_add(c, cur, kiln_cg_add(c, u.index, kiln_cg_i64(c, 5 * H))));
-  kiln_cg_loop_end(c, &u);
-  kiln_cg_loop_end(c, &t);
-
-  // Backward, t = T-1 .. 0, dh and dc starting at 0.
-  KilnLoop zd = upto(c, 2 * H, "zd");
-  kiln_cg_store(c, zero, DH, zd.index);
-  kiln_cg_loop_end(c, &zd);
-  KilnLoop r = upto(c, T, "r");
-  LLVMValueRef tt = LLVMBuildSub(c->b, kiln_cg_i64(c, T - 1), r.index, "t");
-  cur = ix(c, tt, SL, kiln_cg_i64(c, SL));
-  prev = kiln_cg_mul(c, tt, kiln_cg_i64(c, SL));
-  LLVMValueRef bt = ix(c, b.index, T, tt);  // (b, t): row of x and dy
-  KilnLoop v = upto(c, H, "u");
-  for (int q = 0; q < 4; q++)
-    gate[q] = ld(c, S, kiln_cg_add(c, cur, kiln_cg_add(c, v.index, kiln_cg_i64(c, q * H))));
-  LLVMValueRef gi = gate[0], gf = gate[1], gg = gate[2], go = gate[3];
-  LLVMValueRef tc = tanh_f(c, ld(c, S, kiln_cg_add(c, cur, kiln_cg_add(c, v.index, kiln_cg_i64(c, G)))));
-  LLVMValueRef cp = ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, v.index, kiln_cg_i64(c, G))));
-  LLVMValueRef dh = fadd(c, ld(c, DH, v.index), ld(c, DY, ix(c, bt, H, v.index)));
-  LLVMValueRef dc = fadd(c, ld(c, DC, v.index), fmul(c, fmul(c, dh, go), fsub(c, one, fmul(c, tc, tc))));
-  LLVMValueRef dz[4] = {
-      fmul(c, fmul(c, dc, gg), fmul(c, gi, fsub(c, one, gi))),
-      fmul(c, fmul(c, dc, cp), fmul(c, gf, fsub(c, one, gf))),
-      fmul(c, fmul(c, dc, gi), fsub(c, one, fmul(c, gg, gg))),
-      fmul(c, fmul(c, dh, tc), fmul(c, go, fsub(c, one, go))),
-  };
-  for (int q = 0; q < 4; q++) kiln_cg_store(c, dz[q], DZ, kiln_cg_add(c, v.index, kiln_cg_i64(c, q * H)));
-  kiln_cg_store(c, fmul(c, dc, gf), DC, v.index);
-  kiln_cg_loop_end(c, &v);
-  // dx_t = dz W_ih^T, dW_ih += x_t^T dz; then dh = dz W_hh^T, dW_hh += h_{t-1}^T dz.
-  for (int pass = 0; pass < 2; pass++) {
-    KilnLoop kk = upto(c, pass ? H : I, "k");
-    LLVMValueRef in = pass ? ld(c, S, kiln_cg_add(c, prev, kiln_cg_add(c, kk.index, kiln_cg_i64(c, 5 * H))))
-                           : ld(c, X, ix(c, bt, I, kk.index));
-    LLVMValueRef acc = acc_new(c, 0, "acc");
-    KilnLoop j = upto(c, G, "j");
-    LLVMValueRef dzj = ld(c, DZ, j.index), wat = ix(c, kk.index, G, j.index);
-    acc_add(c, acc, fmul(c, dzj, ld(c, pass ? Wh : Wi, wat)));
-    add_to(c, pass ? DWH : DWI, wat, fmul(c, in, dzj));
-    kiln_cg_loop_end(c, &j);
-    if (pass) kiln_cg_store(c, acc_get(c, acc), DH, kk.index);
-    else kiln_cg_store(c, acc_get(c, acc), OUT, ix(c, bt, I, kk.index));
-    kiln_cg_loop_end(c, &kk);
-  }
-  KilnLoop gb = upto(c, G, "db");
-  add_to(c, DB, gb.index, ld(c, DZ, gb.index));
-  kiln_cg_loop_end(c, &gb);
-  kiln_cg_loop_end(c, &r);
-  kiln_cg_loop_end(c, &b);
-  return 1;
-}
-
 // cross_entropy_grad: (softmax(logits[p]) - onehot(labels[p])) / P per position;
 // a label outside [0, C) reads as 0, as in the loss kernel. Parallel over positions.
 static int64_t emit_cross_entropy_grad(KilnKernel *k) {
@@ -1291,15 +978,17 @@ static int64_t emit_body(KilnKernel *k) {
   case KILN_OP_SOFTMAX: case KILN_OP_LOG_SOFTMAX: return emit_softmax(k);
   case KILN_OP_LAYERNORM: return emit_layernorm(k);
   case KILN_OP_MATMUL: return emit_matmul(k);
-  case KILN_OP_LSTM: return emit_lstm(k);
-  case KILN_OP_ATTENTION: return emit_attention(k);
+  case KILN_OP_LSTM: return kiln_cpu_lstm(k);
+  case KILN_OP_ATTENTION: return kiln_cpu_attention(k);
   case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE: return emit_loss(k);
   case KILN_OP_LAYERNORM_DX: return emit_layernorm_dx(k);
   case KILN_OP_LAYERNORM_DGAMMA: return emit_layernorm_dgamma(k);
   case KILN_OP_EMBEDDING_GRAD: return emit_embedding_grad(k);
-  case KILN_OP_LSTM_GRAD: return emit_lstm_grad(k);
-  case KILN_OP_ATTENTION_GRAD: return emit_attention_grad(k);
+  case KILN_OP_LSTM_GRAD: return kiln_cpu_lstm_grad(k);
+  case KILN_OP_ATTENTION_GRAD: return kiln_cpu_attention_grad(k);
   case KILN_OP_CROSS_ENTROPY_GRAD: return emit_cross_entropy_grad(k);
+  case KILN_OP_ATTENTION_DECODE: return kiln_cpu_emit_attention_decode(k);
+  case KILN_OP_LSTM_STEP: return kiln_cpu_emit_lstm_step(k);
   case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_COUNT:
     break;
   }
@@ -1311,20 +1000,31 @@ typedef struct {
   const KilnGraph *g;
   const KilnPlan *p;
   int32_t id;
+  int phase;
 } KernelCtx;
 
 static int64_t kernel_body(KilnCg *c, KilnBody *b, void *ctx) {
   const KernelCtx *x = ctx;
   KilnKernel k = {.cg = c, .g = x->g, .plan = x->p, .n = &x->g->nodes[x->id], .id = x->id,
-                  .w = b->w, .a = b->a, .lo = b->lo, .hi = b->hi, .body = b, .out = x->id};
+                  .w = b->w, .a = b->a, .lo = b->lo, .hi = b->hi, .body = b, .out = x->id,
+                  .phase = x->phase};
   return emit_body(&k);
 }
 
+int kiln_cpu_kernel_phases(const KilnNode *n) { return n->op == KILN_OP_LSTM_GRAD ? 2 : 1; }
+
 LLVMValueRef kiln_cpu_kernel(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
                              int64_t *out_n, int64_t *out_cost) {
+  return kiln_cpu_kernel_phase(c, g, p, id, 0, out_n, out_cost);
+}
+
+LLVMValueRef kiln_cpu_kernel_phase(KilnCg *c, const KilnGraph *g, const KilnPlan *p, int32_t id,
+                                   int phase, int64_t *out_n, int64_t *out_cost) {
+  KILN_ASSERT(phase >= 0 && phase < kiln_cpu_kernel_phases(&g->nodes[id]));
   char name[64];
-  snprintf(name, sizeof name, "kiln_k%d_%s", id, kiln_op(g->nodes[id].op)->name);
-  KernelCtx x = {g, p, id};
+  static const char *const suffix[KILN_CPU_MAX_PHASES] = {"", "_1"};
+  snprintf(name, sizeof name, "kiln_k%d_%s%s", id, kiln_op(g->nodes[id].op)->name, suffix[phase]);
+  KernelCtx x = {g, p, id, phase};
   LLVMValueRef fn = kiln_cpu_shared_kernel(c, name, kernel_body, &x, out_n);
   int64_t f = kiln_op(g->nodes[id].op)->flops(g, &g->nodes[id]);
   *out_cost = f > kiln_node_numel(&g->nodes[id]) ? f : kiln_node_numel(&g->nodes[id]);

@@ -9,7 +9,7 @@
 #include "include/kiln/abi.h"
 
 typedef struct {
-  LLVMTypeRef tensor, desc, train, kernel_fn, step_fn, parfor_fn;
+  LLVMTypeRef tensor, desc, train, kinfo, kernel_fn, step_fn, parfor_fn;
 } Types;
 
 static void make_types(KilnCg *c, Types *t) {
@@ -24,9 +24,12 @@ static void make_types(KilnCg *c, Types *t) {
   LLVMTypeRef desc[] = {c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64,
                         c->i64, c->i64, c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->ptr,
                         c->ptr, c->ptr, c->i64, c->i64, c->i32, c->i32, c->ptr, c->ptr,
-                        c->ptr, c->ptr, c->i64};
+                        c->ptr, c->ptr, c->i64, c->i32, c->i32, c->ptr};
   t->desc = LLVMStructCreateNamed(c->ctx, "KilnModelDesc");
-  LLVMStructSetBody(t->desc, desc, 30, 0);
+  LLVMStructSetBody(t->desc, desc, 33, 0);
+  LLVMTypeRef kinfo[] = {c->ptr, c->ptr, c->ptr, c->i64, c->i64};
+  t->kinfo = LLVMStructCreateNamed(c->ctx, "KilnKernelInfo");
+  LLVMStructSetBody(t->kinfo, kinfo, 5, 0);
   LLVMTypeRef train[] = {c->i32, c->i32, f64,    f64,    f64,    f64,    f64,    f64,
                          c->i32, c->i32, c->i64, f64,    c->i64, f64,    c->i64, c->i64,
                          f64,    f64,    c->ptr, c->ptr, c->i32, c->i32, c->i32, c->i32};
@@ -36,8 +39,8 @@ static void make_types(KilnCg *c, Types *t) {
   t->kernel_fn = LLVMFunctionType(c->v, kp, 4, 0);
   LLVMTypeRef sp[] = {c->ptr, c->ptr, c->ptr};
   t->step_fn = LLVMFunctionType(c->v, sp, 3, 0);
-  LLVMTypeRef pp[] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i64, c->i64};
-  t->parfor_fn = LLVMFunctionType(c->v, pp, 6, 0);
+  LLVMTypeRef pp[] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i32};
+  t->parfor_fn = LLVMFunctionType(c->v, pp, 7, 0);
 }
 
 static LLVMValueRef cstring(KilnCg *c, const char *s, const char *name) {
@@ -107,10 +110,12 @@ static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, 
 
 // A step function: constants into the arena, then the kernels of the nodes in
 // `live`, in order, each through the runtime's parallel-for. Kernels are built
-// once (kern[]) and shared by the steps that need them.
+// once (kern[]) and shared by the steps that need them; kern[ph * nnodes + i] is
+// node i's phase ph (kiln_cpu_kernel_phases), run after its phase ph - 1.
 static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
                                const char *name, const bool *live, LLVMValueRef *kern,
-                               const int64_t *iters, const int64_t *cost, int32_t training) {
+                               const int64_t *iters, const int64_t *cost, const int32_t *index,
+                               int32_t training) {
   LLVMValueRef fn = LLVMAddFunction(c->mod, name, t->step_fn);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   c->fn = fn;
@@ -127,18 +132,20 @@ static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, co
       LLVMValueRef at = kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, p->offset[i]));
       LLVMBuildStore(c->b, kiln_cg_f32(c, n->attr.value), at);
     }
-    if (!kern[i]) continue;
-    LLVMValueRef args[] = {rt, kern[i], w, a, kiln_cg_i64(c, iters[i]), kiln_cg_i64(c, cost[i])};
-    LLVMBuildCall2(c->b, t->parfor_fn, parfor, args, 6, "");
+    for (int j = i; j < KILN_CPU_MAX_PHASES * g->nnodes && kern[j]; j += g->nnodes) {
+      LLVMValueRef args[] = {rt, kern[j], w, a, kiln_cg_i64(c, iters[j]), kiln_cg_i64(c, cost[j]),
+                             i32c(c, index[j])};
+      LLVMBuildCall2(c->b, t->parfor_fn, parfor, args, 7, "");
+    }
   }
   return fn;
 }
 
 static void parfor(KilnCg *c, const Types *t, LLVMValueRef fn, LLVMValueRef kernel, int64_t n,
-                   int64_t cost) {
+                   int64_t cost, int32_t index) {
   LLVMValueRef args[] = {LLVMGetParam(fn, 2), kernel, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1),
-                         kiln_cg_i64(c, n), kiln_cg_i64(c, cost)};
-  LLVMBuildCall2(c->b, t->parfor_fn, LLVMGetNamedFunction(c->mod, "kiln_rt_parallel_for"), args, 6, "");
+                         kiln_cg_i64(c, n), kiln_cg_i64(c, cost), i32c(c, index)};
+  LLVMBuildCall2(c->b, t->parfor_fn, LLVMGetNamedFunction(c->mod, "kiln_rt_parallel_for"), args, 7, "");
 }
 
 // header.loss = the loss node's value.
@@ -155,6 +162,8 @@ static bool fused(const KilnGraph *g, int32_t i) { return g->fused_into && g->fu
 typedef struct {
   LLVMValueRef forward, eval, train;
   int nkernels;
+  KilnKernelCost *info;  // the profiler's kernel table, as the launches index it
+  int ninfo;
 } Steps;
 
 // The optimizer update of every parameter as one kernel: its iterations are the
@@ -192,21 +201,43 @@ static LLVMValueRef update_group(KilnCg *c, const Types *t, const KilnGraph *g, 
   return fn;
 }
 
+// The profiler's entries for the training kernels: the gradient norm (a square and
+// an add per gradient element) and the optimizer update of every parameter.
+static void train_costs(const KilnPlan *p, const KilnTrainDesc *train, int64_t params,
+                        Steps *out) {
+  static const char *const opt[] = {"sgd", "adam", "adamw"};
+  int64_t per, tensors;
+  kiln_cpu_update_work(train, p->nstate, &per, &tensors);
+  out->info[out->ninfo++] = (KilnKernelCost){"grad_norm", "norm", "", 2 * params, 4 * params};
+  out->info[out->ninfo++] = (KilnKernelCost){
+      "optimizer", opt[train->optimizer], "", per * params, 4 * tensors * params};
+}
+
 static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
                         const KilnTrainDesc *train, Steps *out) {
   int n = g->nnodes;
-  LLVMValueRef *kern = calloc((size_t)n, sizeof *kern);
-  int64_t *iters = calloc((size_t)n, sizeof *iters), *cost = calloc((size_t)n, sizeof *cost);
-  out->nkernels = 0;
+  size_t nk = (size_t)n * KILN_CPU_MAX_PHASES;
+  LLVMValueRef *kern = calloc(nk, sizeof *kern);
+  int64_t *iters = calloc(nk, sizeof *iters), *cost = calloc(nk, sizeof *cost);
+  int32_t *index = calloc(nk, sizeof *index);
+  out->nkernels = out->ninfo = 0;
+  out->info = calloc((size_t)n + 2, sizeof *out->info);
   for (int i = 0; i < n; i++)
     if (p->live[i] && kiln_op(g->nodes[i].op)->fuse != KILN_FUSE_SOURCE && !fused(g, i) &&
-        !(p->alias && p->alias[i] >= 0))
-      kern[i] = kiln_cpu_kernel(c, g, p, i, &iters[i], &cost[i]), out->nkernels++;
-  out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, 0);
+        !(p->alias && p->alias[i] >= 0)) {
+      kiln_kernel_cost(g, i, &out->info[out->ninfo]);
+      // A node's phases share its row of the profiler's table.
+      for (int ph = 0, j = i; ph < kiln_cpu_kernel_phases(&g->nodes[i]); ph++, j += n) {
+        kern[j] = kiln_cpu_kernel_phase(c, g, p, i, ph, &iters[j], &cost[j]), out->nkernels++;
+        index[j] = out->ninfo;
+      }
+      out->ninfo++;
+    }
+  out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, index, 0);
   LLVMBuildRetVoid(c->b);
   out->eval = out->train = NULL;
   if (g->loss >= 0) {
-    out->eval = build_step(c, t, g, p, "kiln_eval", p->live_eval, kern, iters, cost, 0);
+    out->eval = build_step(c, t, g, p, "kiln_eval", p->live_eval, kern, iters, cost, index, 0);
     store_loss(c, p, g->loss, out->eval);
     LLVMBuildRetVoid(c->b);
   }
@@ -217,16 +248,18 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
       if (g->grads[i] >= 0) upd[i] = kiln_cpu_update_kernel(c, g, p, i, train), out->nkernels++;
     int64_t total = 0;
     LLVMValueRef all = update_group(c, t, g, upd, &total);
-    out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, 1);
+    out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, index, 1);
     store_loss(c, p, g->loss, out->train);
-    parfor(c, t, out->train, norm, 1, 1);
-    parfor(c, t, out->train, all, total, 10 * total);
+    train_costs(p, train, total, out);
+    parfor(c, t, out->train, norm, 1, 1, out->ninfo - 2);
+    parfor(c, t, out->train, all, total, 10 * total, out->ninfo - 1);
     LLVMBuildRetVoid(c->b);
     free(upd);
   }
   free(kern);
   free(iters);
   free(cost);
+  free(index);
 }
 
 // FLOPs of one forward call: the nodes the outputs need, not the training graph.
@@ -312,7 +345,7 @@ static void train_wrapper(KilnCg *c, const char *model, int nin) {
 }
 
 static void library_api(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const int32_t *inputs,
-                        int ninputs, LLVMValueRef desc, bool has_train) {
+                        int ninputs, LLVMValueRef desc, bool has_train, bool generate) {
   const char *m = g->name;
   LLVMTypeRef ptr1[] = {c->ptr}, ptr2[] = {c->ptr, c->ptr}, i32v[] = {c->i32};
   wrapper(c, m, "create", "kiln_lib_create", c->ptr, i32v, 1, desc);
@@ -320,9 +353,16 @@ static void library_api(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const 
   wrapper(c, m, "load_weights", "kiln_lib_load", c->i32, ptr2, 2, desc);
   wrapper(c, m, "save_weights", "kiln_lib_save", c->i32, ptr2, 2, desc);
   wrapper(c, m, "last_error", "kiln_lib_last_error", c->ptr, ptr1, 1, desc);
+  LLVMTypeRef ptr3[] = {c->ptr, c->ptr, c->ptr};
+  wrapper(c, m, "profile_begin", "kiln_lib_profile_begin", c->i32, ptr3, 3, desc);
+  wrapper(c, m, "profile_end", "kiln_lib_profile_end", c->i32, ptr1, 1, desc);
   int live = 0;
   for (int i = 0; i < ninputs; i++) live += p->live_fwd[inputs[i]];
   forward_wrapper(c, m, live, g->noutputs);
+  if (generate) {  // (ctx, prompt, sampling, out, out_size)
+    LLVMTypeRef gp[] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i64};
+    wrapper(c, m, "generate", "kiln_lib_generate", c->i32, gp, 5, desc);
+  }
   if (!has_train) return;
   wrapper(c, m, "save_state", "kiln_lib_save_state", c->i32, ptr2, 2, desc);
   wrapper(c, m, "load_state", "kiln_lib_load_state", c->i32, ptr2, 2, desc);
@@ -379,6 +419,65 @@ static LLVMValueRef train_desc(KilnCg *c, const Types *t, const KilnTrainDesc *d
   return gl;
 }
 
+// The descriptor's kernel table (KilnKernelInfo), in launch-index order.
+static LLVMValueRef kernel_info_array(KilnCg *c, const Types *t, const KilnKernelCost *k, int n) {
+  LLVMValueRef *v = calloc((size_t)(n ? n : 1), sizeof *v);
+  for (int i = 0; i < n; i++) {
+    LLVMValueRef f[] = {cstring(c, k[i].name, "kernel_name"), cstring(c, k[i].ops, "kernel_ops"),
+                        cstring(c, k[i].loc, "kernel_loc"), kiln_cg_i64(c, k[i].flops),
+                        kiln_cg_i64(c, k[i].bytes)};
+    v[i] = LLVMConstNamedStruct(t->kinfo, f, 5);
+  }
+  LLVMValueRef arr = LLVMConstArray(t->kinfo, v, (unsigned)n);
+  free(v);
+  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(arr), "kernel_info");
+  LLVMSetInitializer(gl, arr);
+  LLVMSetGlobalConstant(gl, 1);
+  LLVMSetLinkage(gl, LLVMPrivateLinkage);
+  return gl;
+}
+
+// One model's descriptor: its kernels, step functions and tables, as the constant
+// `sym`. Sub-models (decode, window) share the module and its kernel bodies.
+static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
+                               const KilnModuleOpts *o, const KilnTrainDesc *train,
+                               const char *sym, LLVMValueRef decode, LLVMValueRef window,
+                               int64_t context, bool *has_train) {
+  Steps st;
+  build_steps(c, t, g, p, train, &st);
+  int np = 0, ni = 0, nopt = 0, nopt_check = 0;
+  int32_t *params = calloc((size_t)g->nnodes, sizeof *params), *inputs = calloc((size_t)g->nnodes, sizeof *inputs);
+  for (int i = 0; i < g->nnodes; i++) {
+    if (g->nodes[i].op == KILN_OP_PARAM) params[np++] = i, nopt += st.train ? p->nstate : 0;
+    if (g->nodes[i].op == KILN_OP_INPUT) inputs[ni++] = i;
+  }
+  LLVMValueRef fields[] = {
+      i32c(c, KILN_ABI_VERSION), i32c(c, 0), cstring(c, g->name, "model_name"),
+      cstring(c, o->kiln_version, "kiln_version"), cstring(c, "cpu", "target"),
+      kiln_cg_i64(c, (int64_t)o->seed), kiln_cg_i64(c, batch_of(g, inputs, ni)),
+      kiln_cg_i64(c, p->weights_bytes), kiln_cg_i64(c, p->arena_bytes),
+      kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, forward_flops(g, p)),
+      i32c(c, np), i32c(c, ni), i32c(c, g->noutputs), i32c(c, st.nkernels),
+      tensor_array(c, t, g, p, params, np, "params"), tensor_array(c, t, g, p, inputs, ni, "inputs"),
+      tensor_array(c, t, g, p, g->outputs, g->noutputs, "outputs"), st.forward,
+      st.train ? st.train : LLVMConstNull(c->ptr), st.eval ? st.eval : LLVMConstNull(c->ptr),
+      kiln_cg_i64(c, g->loss >= 0 ? p->offset[g->loss] : 0), kiln_cg_i64(c, p->opt_bytes),
+      i32c(c, nopt), i32c(c, 0), opt_array(c, t, g, p, train, &nopt_check),
+      train ? train_desc(c, t, train) : LLVMConstNull(c->ptr),
+      decode ? decode : LLVMConstNull(c->ptr), window ? window : LLVMConstNull(c->ptr),
+      kiln_cg_i64(c, context), i32c(c, st.ninfo), i32c(c, 0),
+      kernel_info_array(c, t, st.info, st.ninfo)};
+  LLVMValueRef desc = LLVMAddGlobal(c->mod, t->desc, sym);
+  KILN_ASSERT(nopt_check == nopt);
+  LLVMSetInitializer(desc, LLVMConstNamedStruct(t->desc, fields, 33));
+  LLVMSetGlobalConstant(desc, 1);
+  *has_train = st.train != NULL;
+  free(params);
+  free(inputs);
+  free(st.info);
+  return desc;
+}
+
 void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnModuleOpts *o) {
   c->ctx = LLVMContextCreate();
   c->mod = LLVMModuleCreateWithNameInContext(g->name, c->ctx);
@@ -399,39 +498,30 @@ void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
   }
   Types t;
   make_types(c, &t);
-  Steps st;
-  build_steps(c, &t, g, p, o->train, &st);
-
-  int np = 0, ni = 0, nopt = 0, nopt_check = 0;
-  int32_t *params = calloc((size_t)g->nnodes, sizeof *params), *inputs = calloc((size_t)g->nnodes, sizeof *inputs);
-  for (int i = 0; i < g->nnodes; i++) {
-    if (g->nodes[i].op == KILN_OP_PARAM) params[np++] = i, nopt += st.train ? p->nstate : 0;
-    if (g->nodes[i].op == KILN_OP_INPUT) inputs[ni++] = i;
-  }
-  LLVMValueRef fields[] = {
-      i32c(c, KILN_ABI_VERSION), i32c(c, 0), cstring(c, g->name, "model_name"),
-      cstring(c, o->kiln_version, "kiln_version"), cstring(c, "cpu", "target"),
-      kiln_cg_i64(c, (int64_t)o->seed), kiln_cg_i64(c, batch_of(g, inputs, ni)),
-      kiln_cg_i64(c, p->weights_bytes), kiln_cg_i64(c, p->arena_bytes),
-      kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, forward_flops(g, p)),
-      i32c(c, np), i32c(c, ni), i32c(c, g->noutputs), i32c(c, st.nkernels),
-      tensor_array(c, &t, g, p, params, np, "params"), tensor_array(c, &t, g, p, inputs, ni, "inputs"),
-      tensor_array(c, &t, g, p, g->outputs, g->noutputs, "outputs"), st.forward,
-      st.train ? st.train : LLVMConstNull(c->ptr), st.eval ? st.eval : LLVMConstNull(c->ptr),
-      kiln_cg_i64(c, g->loss >= 0 ? p->offset[g->loss] : 0), kiln_cg_i64(c, p->opt_bytes),
-      i32c(c, nopt), i32c(c, 0), opt_array(c, &t, g, p, o->train, &nopt_check),
-      o->train ? train_desc(c, &t, o->train) : LLVMConstNull(c->ptr), LLVMConstNull(c->ptr),
-      LLVMConstNull(c->ptr), kiln_cg_i64(c, 0)};
   char name[256];
+  bool has_train;
+  LLVMValueRef decode = NULL, window = NULL;
+  if (o->decode) {
+    snprintf(name, sizeof name, "kiln_model_%s_decode", g->name);
+    decode = model_desc(c, &t, o->decode, o->decode_plan, o, NULL, name, NULL, NULL, o->context,
+                        &has_train);
+    LLVMSetLinkage(decode, LLVMPrivateLinkage);
+    snprintf(name, sizeof name, "kiln_model_%s_window", g->name);
+    window = model_desc(c, &t, o->window, o->window_plan, o, NULL, name, NULL, NULL, 0, &has_train);
+    LLVMSetLinkage(window, LLVMPrivateLinkage);
+  }
   snprintf(name, sizeof name, "kiln_model_%s", g->name);
-  LLVMValueRef desc = LLVMAddGlobal(c->mod, t.desc, name);
-  KILN_ASSERT(nopt_check == nopt);
-  LLVMSetInitializer(desc, LLVMConstNamedStruct(t.desc, fields, 30));
-  LLVMSetGlobalConstant(desc, 1);
-  if (o->library) library_api(c, g, p, inputs, ni, desc, st.train != NULL);
-  else LLVMAddAlias2(c->mod, t.desc, 0, desc, "kiln_main_model");
-  free(params);
-  free(inputs);
+  LLVMValueRef desc = model_desc(c, &t, g, p, o, o->train, name, decode, window, 0, &has_train);
+  if (o->library) {
+    int ni = 0;
+    int32_t *inputs = calloc((size_t)g->nnodes, sizeof *inputs);
+    for (int i = 0; i < g->nnodes; i++)
+      if (g->nodes[i].op == KILN_OP_INPUT) inputs[ni++] = i;
+    library_api(c, g, p, inputs, ni, desc, has_train, decode != NULL);
+    free(inputs);
+  } else {
+    LLVMAddAlias2(c->mod, t.desc, 0, desc, "kiln_main_model");
+  }
 }
 
 void kiln_cpu_module_free(KilnCg *c) {

@@ -33,14 +33,13 @@ static void mark(const KilnGraph *g, KilnArena *a, bool outputs, bool loss, bool
 
 // Floats of scratch a kernel needs beyond its output.
 static int64_t scratch_floats(const KilnGraph *g, const KilnNode *n) {
-  if (n->op == KILN_OP_LSTM) return n->shape[0] * n->shape[2] * 6;  // h, c, 4H gates per row
-  if (n->op == KILN_OP_ATTENTION) return n->shape[0] * n->attr.heads * n->shape[1];  // scores
-  if (n->op == KILN_OP_LSTM_GRAD) {  // one sequence: T + 1 slots of 4H gates, c, h; dh, dc, dz
-    const KilnNode *dy = &g->nodes[n->in[4]];  // [B, T, H]
-    return (dy->shape[1] + 2) * 6 * dy->shape[2];
-  }
-  if (n->op == KILN_OP_ATTENTION_GRAD)  // p and dp rows [T] per (batch, head); shape [3,B,T,D]
-    return n->shape[1] * n->attr.heads * 2 * n->shape[2];
+  if (n->op == KILN_OP_LSTM || n->op == KILN_OP_LSTM_GRAD)  // gates, states per step
+    return kiln_cpu_lstm_scratch(g, n);
+  if (n->op == KILN_OP_ATTENTION || n->op == KILN_OP_ATTENTION_GRAD)  // blocks of scores
+    return kiln_cpu_attention_scratch(n);
+  if (n->op == KILN_OP_ATTENTION_DECODE)  // scores against every cached position
+    return n->shape[0] * n->attr.heads * g->nodes[n->in[3]].shape[1];
+  if (n->op == KILN_OP_LSTM_STEP) return n->shape[0] * n->shape[2] * 4;  // 4H gates per row
   return 0;
 }
 

@@ -136,3 +136,16 @@ LLVMValueRef kiln_cpu_update_kernel(KilnCg *c, const KilnGraph *g, const KilnPla
   int64_t unused;
   return kiln_cpu_shared_kernel(c, name, update_body, &x, &unused);
 }
+
+// The update's work per parameter element, for the profiler: FLOPs as update_body
+// writes them (a division or square root counts one), and the f32 tensors it
+// streams: the gradient read, the parameter and each state tensor read and written.
+void kiln_cpu_update_work(const KilnTrainDesc *t, int nstate, int64_t *out_flops,
+                          int64_t *out_tensors) {
+  int64_t f = 1 + 2;                                   // g * scale; p -= lr * upd
+  if (t->weight_decay > 0) f += 2;                     // L2 in g, or adamw's decay
+  if (t->optimizer == KILN_ABI_SGD) f += t->momentum > 0 ? (t->nesterov ? 4 : 2) : 0;
+  else f += 3 + 4 + 5;                                 // m; v; bias corrections, sqrt, eps
+  *out_flops = f;
+  *out_tensors = 3 + 2 * (int64_t)nstate;
+}

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 2
+#define KILN_ABI_VERSION 3
 #define KILN_ABI_MAX_RANK 6
 
 enum { KILN_ABI_F32 = 0, KILN_ABI_I32 = 1 };
@@ -55,8 +55,21 @@ typedef void (*KilnKernelFn)(char *weights, char *arena, int64_t lo, int64_t hi)
 
 // Provided by the runtime, called by generated step functions: runs kernel over
 // [0, n), split across the runtime's threads when n and cost make it worth it.
+// index: the kernel's entry in the descriptor's kernel table (KilnKernelInfo), so
+// the profiler knows which kernel ran.
 void kiln_rt_parallel_for(void *rt, KilnKernelFn kernel, char *weights, char *arena, int64_t n,
-                          int64_t cost);
+                          int64_t cost, int32_t index);
+
+// One kernel as the profiler reports it. The compiler counts its work from the
+// shapes: FLOPs by the op table's rules over every node the kernel computes, bytes
+// as its inputs read plus its outputs written, each buffer once.
+typedef struct {
+  const char *name;   // the node whose result it stores ("h.0.fc")
+  const char *ops;    // the ops it computes, producers first ("matmul+add+gelu")
+  const char *loc;    // where that node is written ("gpt.yaml:19:9"), or ""
+  int64_t flops;      // per launch
+  int64_t bytes;      // per launch
+} KilnKernelInfo;
 
 // The step header: the first KILN_ABI_HEADER_BYTES of the arena. The runtime
 // writes it before each step; kernels read it (dropout's seed, the learning rate)
@@ -139,6 +152,10 @@ struct KilnModelDesc {
   const KilnModelDesc *decode;
   const KilnModelDesc *window;
   int64_t context;            // decode: positions its state holds (the model's T)
+  // Profiling: every kernel the step functions launch, indexed as their
+  // kiln_rt_parallel_for calls name them.
+  int32_t nkernel_info, pad2_;
+  const KilnKernelInfo *kernel_info;
 };
 
 #endif

@@ -1,0 +1,279 @@
+// Scaled dot-product attention, forward and gradient (semantics: ir/interp.c).
+// Both kernels are parallel over (batch, head); a head is a column range of the
+// [B, T, D] buffers, so every matrix below is read in place with leading
+// dimension D. Within a head the query rows go in blocks of ROW_BLOCK: the
+// block's scores against the keys it may see are one cblas_sgemm (with a causal
+// mask only keys up to the block's last row: the masked triangle right of the
+// diagonal block is never computed), the softmax a few vector passes over each
+// row, and the products with V or the gradients more sgemm calls. The runtime
+// keeps OpenBLAS single-threaded and spreads the (batch, head) pairs over its own
+// threads. Scratch per pair: one block of scores (and of their gradients), so the
+// whole [T, T] matrix never exists.
+#include <math.h>
+
+#include "compiler/cpu/cpu.h"
+
+// Query rows per block: big enough for sgemm to run near its peak, small enough
+// that the causal blocks skip most of the masked triangle (at T = 128, 32-row
+// blocks compute 5/8 of the full score matrix) and the scratch stays small.
+#define ROW_BLOCK 32
+// f32 lanes of the explicit vector reductions (one AVX-512 register; LLVM splits
+// it on narrower targets).
+#define LANES 16
+
+// cblas constants.
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+
+typedef struct {
+  int64_t T, D, dh, heads;
+  int64_t rb, nblk;  // rows per block, blocks per head
+  bool causal;
+  double scale;      // 1 / sqrt(dh)
+} Att;
+
+static Att att_of(const KilnNode *n, int64_t T, int64_t D) {
+  Att a = {.T = T, .D = D, .heads = n->attr.heads, .causal = n->attr.causal};
+  a.dh = D / a.heads;
+  a.rb = T < ROW_BLOCK ? T : ROW_BLOCK;
+  a.nblk = (T + a.rb - 1) / a.rb;
+  a.scale = 1.0 / sqrt((double)a.dh);
+  return a;
+}
+
+int64_t kiln_cpu_attention_scratch(const KilnNode *n) {
+  if (n->op == KILN_OP_ATTENTION) {  // [B, T, D]: a block of scores per pair
+    Att a = att_of(n, n->shape[1], n->shape[2]);
+    return n->shape[0] * a.heads * a.rb * a.T;
+  }
+  KILN_ASSERT(n->op == KILN_OP_ATTENTION_GRAD);  // [3, B, T, D]: p and dp (then ds)
+  Att a = att_of(n, n->shape[2], n->shape[3]);
+  return n->shape[1] * a.heads * 2 * a.rb * a.T;
+}
+
+static LLVMValueRef scratch(KilnKernel *k) {
+  return kiln_cpu_body_ptr(k->cg, k->body, KILN_LOC_ARENA, k->plan->scratch[k->id],
+                           k->plan->scratch_bytes[k->id]);
+}
+
+static LLVMValueRef at(KilnCg *c, LLVMValueRef base, LLVMValueRef index) {
+  return kiln_cg_gep(c, c->f32, base, index);
+}
+
+static LLVMValueRef imin(KilnCg *c, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b, "");
+}
+
+//
+// cblas_sgemm: C = alpha op(A) op(B) + beta C, row-major. Sizes are i64 values
+// (the block's rows and keys vary), beta an f32 value.
+//
+typedef struct {
+  bool ta, tb;
+  LLVMValueRef m, n, k;
+  double alpha;
+  LLVMValueRef a;
+  int64_t lda;
+  LLVMValueRef b;
+  int64_t ldb;
+  LLVMValueRef beta, c;
+  int64_t ldc;
+} Gemm;
+
+static void sgemm(KilnCg *c, const Gemm *g) {
+  LLVMTypeRef i32 = c->i32;
+  LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
+  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 14, 0);
+  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
+  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
+#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
+#define TR(v) LLVMBuildTrunc(c->b, (v), i32, "")
+  LLVMValueRef args[] = {I32(ROW_MAJOR), I32(g->ta ? TRANS : NO_TRANS), I32(g->tb ? TRANS : NO_TRANS),
+                         TR(g->m), TR(g->n), TR(g->k), kiln_cg_f32(c, g->alpha), g->a, I32(g->lda),
+                         g->b, I32(g->ldb), g->beta, g->c, I32(g->ldc)};
+#undef TR
+#undef I32
+  LLVMBuildCall2(c->b, ft, f, args, 14, "");
+}
+
+//
+// Row reductions as explicit <LANES x float> loops: LLVM 16's C API sets no
+// fast-math flags, without which the loop vectorizer keeps a floating-point
+// reduction scalar (it may not reorder the additions). The lanes are combined
+// in order, then the tail of n % LANES elements.
+//
+typedef enum { RED_MAX, RED_SUM, RED_DOT } Red;
+
+static LLVMValueRef combine(KilnCg *c, Red r, LLVMValueRef acc, LLVMValueRef x, LLVMValueRef y) {
+  if (r == RED_MAX) return LLVMBuildSelect(c->b, LLVMBuildFCmp(c->b, LLVMRealOGT, x, acc, ""), x, acc, "");
+  if (r == RED_DOT) x = LLVMBuildFMul(c->b, x, y, "");
+  return LLVMBuildFAdd(c->b, acc, x, "");
+}
+
+static LLVMValueRef vload(KilnCg *c, LLVMTypeRef vt, LLVMValueRef base, LLVMValueRef index) {
+  LLVMValueRef v = LLVMBuildLoad2(c->b, vt, at(c, base, index), "");
+  LLVMSetAlignment(v, 4);  // rows start at any float
+  return v;
+}
+
+// max_j x[j], sum_j x[j] or sum_j x[j] y[j] over j < n.
+static LLVMValueRef reduce(KilnCg *c, Red r, LLVMValueRef x, LLVMValueRef y, LLVMValueRef n) {
+  LLVMTypeRef vt = LLVMVectorType(c->f32, LANES);
+  LLVMValueRef init = kiln_cg_f32(c, r == RED_MAX ? -INFINITY : 0), lanes[LANES];
+  for (int l = 0; l < LANES; l++) lanes[l] = init;
+  LLVMValueRef vacc = kiln_cg_alloca(c, vt, "vacc"), acc = kiln_cg_alloca(c, c->f32, "acc");
+  LLVMBuildStore(c->b, LLVMConstVector(lanes, LANES), vacc);
+  LLVMValueRef chunks = LLVMBuildSDiv(c->b, n, kiln_cg_i64(c, LANES), "");
+  KilnLoop v = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), chunks, "vec");
+  LLVMValueRef j = kiln_cg_mul(c, v.index, kiln_cg_i64(c, LANES));
+  LLVMValueRef yv = r == RED_DOT ? vload(c, vt, y, j) : NULL;
+  LLVMBuildStore(c->b, combine(c, r, LLVMBuildLoad2(c->b, vt, vacc, ""), vload(c, vt, x, j), yv), vacc);
+  kiln_cg_loop_end(c, &v);
+  LLVMValueRef vec = LLVMBuildLoad2(c->b, vt, vacc, ""), s = init;
+  for (int l = 0; l < LANES; l++)
+    s = combine(c, r == RED_MAX ? RED_MAX : RED_SUM, s, LLVMBuildExtractElement(c->b, vec, kiln_cg_i64(c, l), ""), NULL);
+  LLVMBuildStore(c->b, s, acc);
+  KilnLoop t = kiln_cg_loop_begin(c, kiln_cg_mul(c, chunks, kiln_cg_i64(c, LANES)), n, "tail");
+  LLVMValueRef yt = r == RED_DOT ? kiln_cg_load(c, c->f32, y, t.index) : NULL;
+  LLVMBuildStore(c->b, combine(c, r, LLVMBuildLoad2(c->b, c->f32, acc, ""), kiln_cg_load(c, c->f32, x, t.index), yt), acc);
+  kiln_cg_loop_end(c, &t);
+  return LLVMBuildLoad2(c->b, c->f32, acc, "");
+}
+
+static void fill(KilnCg *c, LLVMValueRef x, LLVMValueRef from, LLVMValueRef to, double v) {
+  KilnLoop j = kiln_cg_loop_begin(c, from, to, "fill");
+  kiln_cg_store(c, kiln_cg_f32(c, v), x, j.index);
+  kiln_cg_loop_end(c, &j);
+}
+
+// The scores s[0, n) of one query row become its softmax, stabilised by the row's
+// largest score; s[n, j1) (masked keys inside the diagonal block) become 0. The
+// exp and scaling loops have no reduction, so LLVM vectorizes them itself.
+static void softmax_row(KilnCg *c, LLVMValueRef s, LLVMValueRef n, LLVMValueRef j1) {
+  LLVMValueRef m = reduce(c, RED_MAX, s, NULL, n);
+  KilnLoop e = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), n, "exp");
+  LLVMValueRef x = LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, s, e.index), m, "");
+  kiln_cg_store(c, kiln_cg_exp(c, x), s, e.index);
+  kiln_cg_loop_end(c, &e);
+  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), reduce(c, RED_SUM, s, NULL, n), "");
+  KilnLoop w = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), n, "norm");
+  kiln_cg_store(c, LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, s, w.index), inv, ""), s, w.index);
+  kiln_cg_loop_end(c, &w);
+  fill(c, s, n, j1, 0);
+}
+
+//
+// One (batch, head) and one block of its query rows.
+//
+typedef struct {
+  LLVMValueRef base;   // element index of row 0, column 0 of the head in a [B, T, D] buffer
+  LLVMValueRef i0;     // the block's first query row
+  LLVMValueRef rows;   // its rows: ROW_BLOCK, fewer in the last block
+  LLVMValueRef j1;     // keys it sees: [0, j1), up to its last row when causal
+  LLVMValueRef qoff;   // element index of its first row in a [B, T, D] buffer
+} Block;
+
+static LLVMValueRef head_base(KilnCg *c, const Att *a, LLVMValueRef bh) {
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh, kiln_cg_i64(c, a->heads), "");
+  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh, kiln_cg_i64(c, a->heads), ""), kiln_cg_i64(c, a->dh));
+  return kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, a->T * a->D)), col);
+}
+
+static Block block_of(KilnCg *c, const Att *a, LLVMValueRef base, LLVMValueRef blk) {
+  Block b = {.base = base};
+  b.i0 = kiln_cg_mul(c, blk, kiln_cg_i64(c, a->rb));
+  b.rows = imin(c, kiln_cg_i64(c, a->rb), LLVMBuildSub(c->b, kiln_cg_i64(c, a->T), b.i0, ""));
+  b.j1 = a->causal ? kiln_cg_add(c, b.i0, b.rows) : kiln_cg_i64(c, a->T);
+  b.qoff = kiln_cg_add(c, base, kiln_cg_mul(c, b.i0, kiln_cg_i64(c, a->D)));
+  return b;
+}
+
+// Keys query row i0 + r sees: [0, i0 + r + 1) when causal, else all T.
+static LLVMValueRef row_keys(KilnCg *c, const Att *a, const Block *b, LLVMValueRef r) {
+  if (!a->causal) return kiln_cg_i64(c, a->T);
+  return kiln_cg_add(c, kiln_cg_add(c, b->i0, r), kiln_cg_i64(c, 1));
+}
+
+// P [rows, j1] (row stride T) = softmax(Q_block K^T * scale), masked: one sgemm,
+// then each row's softmax.
+static void block_probs(KilnCg *c, const Att *a, const Block *b, LLVMValueRef Q, LLVMValueRef K,
+                        LLVMValueRef P) {
+  sgemm(c, &(Gemm){.tb = true, .m = b->rows, .n = b->j1, .k = kiln_cg_i64(c, a->dh), .alpha = a->scale,
+                   .a = at(c, Q, b->qoff), .lda = a->D, .b = at(c, K, b->base), .ldb = a->D,
+                   .beta = kiln_cg_f32(c, 0), .c = P, .ldc = a->T});
+  KilnLoop r = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b->rows, "row");
+  softmax_row(c, at(c, P, kiln_cg_mul(c, r.index, kiln_cg_i64(c, a->T))), row_keys(c, a, b, r.index), b->j1);
+  kiln_cg_loop_end(c, &r);
+}
+
+// attention(q, k, v [B, T, D]) -> y [B, T, D]: per block, P as above, then
+// Y_block = P V. Scratch per pair: P [ROW_BLOCK, T].
+int64_t kiln_cpu_attention(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  Att a = att_of(o, o->shape[1], o->shape[2]);
+  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), Y = kiln_cpu_ptr(k, k->id), S = scratch(k);
+  KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
+  LLVMValueRef base = head_base(c, &a, bh.index);
+  LLVMValueRef P = at(c, S, kiln_cg_mul(c, bh.index, kiln_cg_i64(c, a.rb * a.T)));
+  KilnLoop blk = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, a.nblk), "blk");
+  Block b = block_of(c, &a, base, blk.index);
+  block_probs(c, &a, &b, Q, K, P);
+  sgemm(c, &(Gemm){.m = b.rows, .n = kiln_cg_i64(c, a.dh), .k = b.j1, .alpha = 1, .a = P, .lda = a.T,
+                   .b = at(c, V, base), .ldb = a.D, .beta = kiln_cg_f32(c, 0), .c = at(c, Y, b.qoff),
+                   .ldc = a.D});
+  kiln_cg_loop_end(c, &blk);
+  kiln_cg_loop_end(c, &bh);
+  return o->shape[0] * a.heads;
+}
+
+// attention_grad(q, k, v, dy [B, T, D]) -> [3, B, T, D]: dq, dk, dv. Per block,
+// P as the forward computes it, dP = dY_block V^T, and per row
+// dS = P (dP - sum_j P dP) * scale (the sum is dy_i . y_i, taken from P and dP
+// since y is not an input); then
+//   dV[0, j1) += P^T dY_block,  dQ_block = dS K[0, j1),  dK[0, j1) += dS^T Q_block.
+// Blocks run last to first: the last one sees every key, so its sgemm calls
+// write dK and dV whole (beta 0) and the others add to them. Scratch per pair:
+// P and dP (overwritten by dS), each [ROW_BLOCK, T].
+int64_t kiln_cpu_attention_grad(KilnKernel *k) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t B = o->shape[1];
+  Att a = att_of(o, o->shape[2], o->shape[3]);
+  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
+  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), DY = kiln_cpu_ptr(k, o->in[3]);
+  LLVMValueRef DQ = kiln_cpu_ptr(k, k->id), S = scratch(k);
+  LLVMValueRef DK = at(c, DQ, kiln_cg_i64(c, B * a.T * a.D)), DV = at(c, DQ, kiln_cg_i64(c, 2 * B * a.T * a.D));
+  LLVMValueRef dh = kiln_cg_i64(c, a.dh), zero = kiln_cg_f32(c, 0);
+  KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
+  LLVMValueRef base = head_base(c, &a, bh.index);
+  LLVMValueRef P = at(c, S, kiln_cg_mul(c, bh.index, kiln_cg_i64(c, 2 * a.rb * a.T)));
+  LLVMValueRef DS = at(c, P, kiln_cg_i64(c, a.rb * a.T));
+  KilnLoop it = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, a.nblk), "blk");
+  Block b = block_of(c, &a, base, LLVMBuildSub(c->b, kiln_cg_i64(c, a.nblk - 1), it.index, ""));
+  LLVMValueRef beta = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, it.index, kiln_cg_i64(c, 0), ""),
+                                      zero, kiln_cg_f32(c, 1), "");
+  block_probs(c, &a, &b, Q, K, P);
+  sgemm(c, &(Gemm){.tb = true, .m = b.rows, .n = b.j1, .k = dh, .alpha = 1, .a = at(c, DY, b.qoff),
+                   .lda = a.D, .b = at(c, V, base), .ldb = a.D, .beta = zero, .c = DS, .ldc = a.T});
+  KilnLoop r = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b.rows, "row");
+  LLVMValueRef roff = kiln_cg_mul(c, r.index, kiln_cg_i64(c, a.T));
+  LLVMValueRef prow = at(c, P, roff), srow = at(c, DS, roff);
+  LLVMValueRef pdp = reduce(c, RED_DOT, prow, srow, row_keys(c, &a, &b, r.index));
+  // Masked keys have p = 0, hence ds = 0.
+  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b.j1, "ds");
+  LLVMValueRef dp = LLVMBuildFSub(c->b, kiln_cg_load(c, c->f32, srow, j.index), pdp, "");
+  LLVMValueRef ds = LLVMBuildFMul(c->b, kiln_cg_load(c, c->f32, prow, j.index), dp, "");
+  kiln_cg_store(c, LLVMBuildFMul(c->b, ds, kiln_cg_f32(c, a.scale), ""), srow, j.index);
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &r);
+  sgemm(c, &(Gemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = P, .lda = a.T,
+                   .b = at(c, DY, b.qoff), .ldb = a.D, .beta = beta, .c = at(c, DV, base), .ldc = a.D});
+  sgemm(c, &(Gemm){.m = b.rows, .n = dh, .k = b.j1, .alpha = 1, .a = DS, .lda = a.T,
+                   .b = at(c, K, base), .ldb = a.D, .beta = zero, .c = at(c, DQ, b.qoff), .ldc = a.D});
+  sgemm(c, &(Gemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = DS, .lda = a.T,
+                   .b = at(c, Q, b.qoff), .ldb = a.D, .beta = beta, .c = at(c, DK, base), .ldc = a.D});
+  kiln_cg_loop_end(c, &it);
+  kiln_cg_loop_end(c, &bh);
+  return B * a.heads;
+}
