@@ -172,7 +172,7 @@ static const char *resolve_path(KilnModel *m, KilnDiag *d, const KilnYaml *v) {
   }
   const char *p = v->str[0] == '/' ? v->str : kiln_arena_printf(&m->arena, "%s/%s", m->dir, v->str);
   struct stat st;
-  if (stat(p, &st) != 0 || !S_ISREG(st.st_mode))
+  if (stat(p, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)))
     kiln_warning(d, v->loc, "data file '%s' does not exist (yet)", p);
   return p;
 }

@@ -3,6 +3,8 @@
 // with its file and line instead of surfacing as a NaN a thousand steps later.
 // Afterwards data only hands out samples: rows of CSV and .npy files, windows of
 // text and token files.
+#define _GNU_SOURCE  // asprintf
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -306,11 +308,93 @@ static void describe_byte(unsigned char b, char *buf, size_t len) {
   else snprintf(buf, len, "0x%02x", b);
 }
 
+static int by_name(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+// A text source that is a folder: its regular files (symbolic links and
+// subfolders left out, as the links in /usr/share/common-licenses repeat files),
+// in name order, concatenated. starts[k] is where file k begins, names[k] its path.
+typedef struct {
+  int n;
+  char **names;
+  int64_t *starts;
+} TextFiles;
+
+static void text_files_free(TextFiles *t) {
+  for (int i = 0; i < t->n; i++) free(t->names[i]);
+  free(t->names);
+  free(t->starts);
+}
+
+static int read_folder(const char *dir, unsigned char **out, int64_t *out_len, TextFiles *tf,
+                       KilnStatus *st) {
+  DIR *d = opendir(dir);
+  if (!d) return kiln_rt_fail(st, "%s: cannot open: %s", dir, strerror(errno));
+  int cap = 0, rc = 0;
+  struct dirent *e;
+  while (rc == 0 && (e = readdir(d))) {
+    char *path;
+    struct stat sb;
+    if (e->d_name[0] == '.' || asprintf(&path, "%s/%s", dir, e->d_name) < 0) continue;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+      free(path);
+      continue;
+    }
+    if (tf->n == cap) {
+      cap = cap ? 2 * cap : 16;
+      char **grown = realloc(tf->names, (size_t)cap * sizeof *grown);
+      if (!grown) rc = kiln_rt_fail(st, "out of memory");
+      else tf->names = grown;
+    }
+    if (rc == 0) tf->names[tf->n++] = path;
+    else free(path);
+  }
+  closedir(d);
+  KILN_TRY(rc);
+  if (tf->n == 0) return kiln_rt_fail(st, "%s: the folder holds no regular files", dir);
+  qsort(tf->names, (size_t)tf->n, sizeof *tf->names, by_name);
+  if (!(tf->starts = malloc((size_t)tf->n * sizeof *tf->starts))) return kiln_rt_fail(st, "out of memory");
+  unsigned char *all = NULL;
+  int64_t len = 0;
+  for (int i = 0; i < tf->n && rc == 0; i++) {
+    unsigned char *part, *grown;
+    int64_t n;
+    tf->starts[i] = len;
+    if ((rc = read_file(tf->names[i], &part, &n, st)) != 0) break;
+    if (len + n > MAX_SEQ_FILE) rc = kiln_rt_fail(st, "%s: over the %lld-byte limit together",
+                                                  dir, (long long)MAX_SEQ_FILE);
+    else if (!(grown = realloc(all, (size_t)(len + n + 1)))) rc = kiln_rt_fail(st, "out of memory");
+    else memcpy(grown + len, part, (size_t)n), all = grown, len += n;
+    free(part);
+  }
+  if (rc != 0) return free(all), rc;
+  *out = all;
+  *out_len = len;
+  return 0;
+}
+
+// The file (of a folder source) that holds offset *at, which becomes relative to it.
+static const char *text_file_at(const TextFiles *tf, const char *path, int64_t *at) {
+  int k = tf->n - 1;
+  while (k > 0 && tf->starts[k] > *at) k--;
+  if (tf->n == 0) return path;
+  *at -= tf->starts[k];
+  return tf->names[k];
+}
+
 static int open_text(KilnData *dt, const Fields *f, const KilnVocab *vocab, KilnStatus *st) {
   KILN_TRY(seq_inputs(dt, f, "text", st));
-  unsigned char *text;
-  int64_t len;
-  KILN_TRY(read_file(f->f[1], &text, &len, st));
+  unsigned char *text = NULL;
+  int64_t len = 0;
+  TextFiles tf = {0};
+  struct stat sb;
+  int read = stat(f->f[1], &sb) == 0 && S_ISDIR(sb.st_mode) ? read_folder(f->f[1], &text, &len, &tf, st)
+                                                            : read_file(f->f[1], &text, &len, st);
+  if (read != 0) {
+    text_files_free(&tf);
+    return read;
+  }
   if (vocab) {
     dt->vocab = *vocab;
   } else {
@@ -330,13 +414,16 @@ static int open_text(KilnData *dt, const Fields *f, const KilnVocab *vocab, Kiln
     if (dt->vocab.id[text[i]] < 0) {
       char b[32];
       describe_byte(text[i], b, sizeof b);
+      int64_t at = i;
+      const char *file = text_file_at(&tf, f->f[1], &at);
       rc = kiln_rt_fail(st, "%s: offset %lld: character %s is not in the training vocabulary",
-                        f->f[1], (long long)i, b);
+                        file, (long long)at, b);
     } else {
       dt->ids[i] = dt->vocab.id[text[i]];
     }
   }
   free(text);
+  text_files_free(&tf);
   dt->nids = len;
   return rc ? rc : windows(dt, "characters", st);
 }

@@ -9,7 +9,8 @@
 #   -b BUILD    build and work folder (default build-fuzz)
 #   -s          smoke test: fresh corpora, short runs (as CTest runs it)
 #   HARNESS     yaml safetensors npy data checkpoint (default: all)
-# Exits 77 (a skip to CTest) when clang with libFuzzer is missing, 1 on a finding.
+# The compiler is clang-16 (else clang; KILN_FUZZ_CC overrides). Exits 77 (a skip
+# to CTest) when no clang with libFuzzer is found, 1 on a finding.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=600 build=build-fuzz smoke=0
@@ -18,7 +19,7 @@ while getopts "t:b:s" o; do
   t) secs=$OPTARG ;;
   b) build=$OPTARG ;;
   s) smoke=1 ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -41,8 +42,7 @@ opt=-O1
 [ $smoke = 0 ] || opt=-O0  # quicker to build, for a second of fuzzing
 cmake -S "$root/tests/fuzz" -B "$build" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE= \
   -DKILN_FUZZ_OPT=$opt >/dev/null
-cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target "${harnesses[@]/#/fuzz_}" \
-  -- --no-print-directory >/dev/null
+cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" --target "${harnesses[@]/#/fuzz_}" >/dev/null
 
 # Seeds: the files each reader is meant to see, good and bad. The data harness
 # takes a leading byte that picks the reader (fuzz_data.c): 0 CSV, 1 CSV fed to a

@@ -14,9 +14,9 @@
 //   from=SUBSTR      malloc counting starts at the first open of a path containing
 //                    SUBSTR (default: at once); the loader's and libraries' start-up
 //                    allocations are not what is tested
-//   malloc=N         the Nth malloc, calloc, realloc or posix_memalign counted fails
-//                    (ENOMEM), and only that one; malloc=0 fails none and prints the
-//                    count at exit ("kiln_faults: N allocations")
+//   malloc=N         the Nth malloc, calloc, realloc or posix_memalign counted on the
+//                    main thread fails (ENOMEM), and only that one; malloc=0 fails
+//                    none and prints the count at exit ("kiln_faults: N allocations")
 //
 // Which file an fd is comes from /proc/self/fd, so every fault is scoped to the
 // files named, never the program's stdout or stderr. stdio writes through libc's
@@ -204,9 +204,11 @@ static bool is_boot(const void *p) {
   return (const char *)p >= boot && (const char *)p < boot + sizeof boot;
 }
 
-// Whether this allocation is the one to fail.
+// Whether this allocation is the one to fail. Only the main thread's count: the
+// others belong to libraries (a BLAS pool, a sanitizer's thread set-up) whose
+// number varies from run to run.
 static bool fail_now(void) {
-  if (!cfg.ready || !cfg.counting || resolving) return false;
+  if (!cfg.ready || !cfg.counting || resolving || gettid() != getpid()) return false;
   cfg.count++;
   return cfg.malloc_at > 0 && cfg.count == cfg.malloc_at;
 }
