@@ -27,3 +27,11 @@ build/kiln build models/digits.yaml -o "$out/digits"
 "$out/digits" train --save "$out/digits.safetensors" --quiet
 "$out/digits" eval --weights "$out/digits.safetensors"
 "$out/digits" bench --train --threads 1 --runs 20
+
+echo
+echo "== the LSTM text generator (characters of /usr/share/common-licenses)"
+build/kiln build models/lstm.yaml -o "$out/lstm"
+# A short run (the model's default is 1000 steps; docs/models.md shows it).
+"$out/lstm" train --steps 300 --save "$out/lstm.safetensors" --quiet
+"$out/lstm" generate --weights "$out/lstm.safetensors" --prompt "Permission is " --tokens 200 \
+  --temperature 0.7 --seed 1

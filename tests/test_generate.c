@@ -34,7 +34,8 @@ typedef struct {
 static void load(Ref *r, const char *file, const KilnDimOverride *ov, int nov, KilnGenMode mode,
                  int64_t context) {
   char path[512];
-  snprintf(path, sizeof path, "%s/models/%s", KILN_SOURCE_DIR, file);
+  if (file[0] == '/') snprintf(path, sizeof path, "%s", file);
+  else snprintf(path, sizeof path, "%s/models/%s", KILN_SOURCE_DIR, file);
   KilnDiag d;
   kiln_diag_init(&d, stderr);
   assert_int_equal(kiln_model_load_gen(&r->m, &d, path, ov, nov, mode, context), 0);
@@ -153,6 +154,20 @@ static void lstm_decode(void **state) {
               "tokens", 9);
 }
 
+// Two LSTM layers (a state each) and dropout, which generation leaves out.
+static void lstm2_decode(void **state) {
+  (void)state;
+  static const char model[] =
+      "kiln: 1\nname: lstm2\ndims: {batch: 2, seq: 7}\n"
+      "inputs:\n  tokens: {shape: [batch, seq], dtype: i32}\n"
+      "graph:\n  - embedding: {vocab: 11, dim: 8}\n  - dropout: {p: 0.5}\n"
+      "  - lstm: {hidden: 12, layers: 2, name: rnn}\n  - dense: {units: 11, name: logits}\n"
+      "outputs: [logits]\n";
+  const char *path = kiln_test_join(tmpdir, "lstm2.yaml");
+  kiln_test_write(path, model, sizeof model - 1);
+  decode_case(path, NULL, 0, "tokens", 7);
+}
+
 static int setup(void **state) {
   (void)state;
   return mkdtemp(tmpdir) ? 0 : -1;
@@ -166,6 +181,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(gpt_decode), cmocka_unit_test(lstm_decode)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(gpt_decode), cmocka_unit_test(lstm_decode),
+                                     cmocka_unit_test(lstm2_decode)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

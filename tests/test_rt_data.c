@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "runtime/runtime.h"
 #include "tests/helpers.h"
@@ -252,6 +253,32 @@ static void test_text(void **state) {
                "input 'x' is f32; text data feeds i32 ids");
 }
 
+// A folder: its regular files in name order, links and subfolders left out.
+static void test_text_folder(void **state) {
+  (void)state;
+  KilnStatus st = {0};
+  KilnData dt;
+  assert_int_equal(mkdir(P("corpus"), 0777), 0);
+  assert_int_equal(mkdir(P("corpus/sub"), 0777), 0);
+  puts_file(P("corpus/b"), "world\n");
+  puts_file(P("corpus/a"), "hello ");
+  puts_file(P("corpus/sub/c"), "zzz");
+  assert_int_equal(symlink("a", P("corpus/link")), 0);
+  EXPECT_OK(kiln_data_open(&seq, line("text\t%s\tidx\ttgt", P("corpus")), NULL, &dt, &st), st);
+  assert_int_equal(dt.nids, 12);  // "hello world\n": no z, no second "hello "
+  const char *want = "hello world\n";
+  for (int i = 0; i < 12; i++) assert_int_equal(dt.ids[i], dt.vocab.id[(unsigned char)want[i]]);
+  KilnVocab v = dt.vocab;
+  kiln_data_free(&dt);
+  // A character outside a given vocabulary is found in its own file, at its offset.
+  puts_file(P("corpus/c"), "wordz");
+  EXPECT_ERROR(kiln_data_open(&seq, line("text\t%s\tidx\ttgt", P("corpus")), &v, &dt, &st), st,
+               "corpus/c: offset 4: character 'z' (0x7a) is not in the training vocabulary");
+  assert_int_equal(mkdir(P("empty"), 0777), 0);
+  EXPECT_ERROR(kiln_data_open(&seq, line("text\t%s\tidx\ttgt", P("empty")), NULL, &dt, &st), st,
+               "empty: the folder holds no regular files");
+}
+
 static void test_tokens(void **state) {
   (void)state;
   KilnStatus st = {0};
@@ -438,6 +465,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_csv),       cmocka_unit_test(test_csv_errors),
       cmocka_unit_test(test_npy),       cmocka_unit_test(test_text),
+      cmocka_unit_test(test_text_folder),
       cmocka_unit_test(test_tokens),    cmocka_unit_test(test_split),
       cmocka_unit_test(test_shuffle),   cmocka_unit_test(test_vocab_text),
       cmocka_unit_test(test_source),
