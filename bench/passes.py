@@ -14,6 +14,7 @@ one-thread figures are the stable ones.
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,21 @@ def bench(prog, runs, threads, train):
     return us
 
 
+def paired(tmp, name, pairs, threads):
+    """The ratio -O0 / -O2 of one training step, measured back to back `pairs`
+    times, the order alternating: on a shared machine a pair sees the same load,
+    so the ratios spread far less than the times."""
+    progs = [os.path.join(tmp, f"{name}-O{level}") for level in (0, 2)]
+    ratios = []
+    for i in range(pairs):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        t = {}
+        for k in order:
+            t[k] = bench(progs[k], 1, threads, True)
+        ratios.append(t[0] / t[1])
+    return ratios
+
+
 def fmt_time(us):
     return f"{us / 1000:.3f} ms" if us >= 1000 else f"{us:.2f} us"
 
@@ -51,6 +67,8 @@ def main():
     ap.add_argument("--kiln", default=os.path.join(ROOT, "build", "kiln"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pairs", type=int, default=9,
+                    help="paired -O0/-O2 training steps of the GPT, alternating")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +84,8 @@ def main():
                     "infer": bench(prog, args.runs, args.threads, False),
                     "train": bench(prog, max(2, args.runs // 2), args.threads, True),
                 }
+            if name == "gpt" and args.pairs > 0:
+                row["pairs"] = paired(tmp, name, args.pairs, args.threads)
             rows.append(row)
             print(f"measured {name}", file=sys.stderr)
     print(f"threads {args.threads}, medians of {args.runs} runs (training: "
@@ -83,6 +103,12 @@ def main():
         f = row[0]["infer"] / row[2]["infer"]
         t = row[0]["train"] / row[2]["train"]
         print(f"{row['model']}: passes make the forward {f:.2f}x and the train step {t:.2f}x as fast")
+        if "pairs" in row:
+            r = sorted(row["pairs"])
+            wins = sum(x > 1 for x in r)
+            print(f"{row['model']}: {len(r)} paired train steps, -O0 time over -O2 time: median "
+                  f"{statistics.median(r):.3f}x (range {r[0]:.3f} to {r[-1]:.3f}); -O2 faster in "
+                  f"{wins} of {len(r)}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ static void beside(char *buf, size_t len, const char *path) {
 #ifndef KILN_RUNTIME_DIR
 #define KILN_RUNTIME_DIR "."
 #endif
+#ifndef KILN_RUNTIME_RELDIR
+#define KILN_RUNTIME_RELDIR "../lib/kiln"  // set by cmake/KilnInstall.cmake
+#endif
 
 static int build_error(KilnDiag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -59,13 +62,39 @@ static int run(KilnDiag *d, char *const *argv) {
                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
 }
 
-static const char *runtime_dir(KilnDiag *d) {
-  const char *dir = getenv("KILN_RUNTIME_DIR");
-  if (!dir || !*dir) dir = KILN_RUNTIME_DIR;
+static bool has_runtime(const char *dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/libkiln_runtime.a", dir);
-  if (access(path, R_OK) != 0) {
-    build_error(d, "cannot find the Kiln runtime: %s: %s", path, strerror(errno));
+  return access(path, R_OK) == 0;
+}
+
+// The folder of the running kiln joined with rel, in buf; false if unknown, or
+// when kiln runs from its build tree (whose archives are beside it).
+static bool beside_exe(char *buf, size_t len, const char *rel) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return false;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (!slash) return false;
+  *slash = '\0';
+  if (strcmp(exe, KILN_RUNTIME_DIR) == 0) return false;
+  return (size_t)snprintf(buf, len, "%s/%s", exe, rel) < len;
+}
+
+// Where libkiln_runtime.a and libkiln_cli.a are: $KILN_RUNTIME_DIR when set; else
+// beside an installed kiln (BINDIR/KILN_RUNTIME_RELDIR, e.g. /usr/bin/../lib/kiln);
+// else the build tree this kiln was built in.
+static const char *runtime_dir(KilnDiag *d) {
+  static char installed[4096];
+  const char *dir = getenv("KILN_RUNTIME_DIR");
+  if (!dir || !*dir) {
+    dir = KILN_RUNTIME_DIR;
+    if (beside_exe(installed, sizeof installed, KILN_RUNTIME_RELDIR) && has_runtime(installed))
+      dir = installed;
+  }
+  if (!has_runtime(dir)) {
+    build_error(d, "cannot find the Kiln runtime: %s/libkiln_runtime.a: %s", dir, strerror(errno));
     fputs("  hint: set KILN_RUNTIME_DIR to the folder holding libkiln_runtime.a\n", d->out);
     return NULL;
   }

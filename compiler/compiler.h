@@ -2,8 +2,8 @@
 // (format version 1) and its lowering to IR, the summary `kiln check` prints.
 //
 // Sections follow the files of compiler/: diag.c, yaml.c, expr.c, model.c,
-// values.c, lower.c, layers.c, config.c, build.c, workload.c, summary.c (main.c is
-// the driver).
+// values.c, lower.c, layers.c, config.c, build.c, workload.c, summary.c, onnx.c,
+// weights.c (main.c is the driver).
 #ifndef KILN_COMPILER_H
 #define KILN_COMPILER_H
 
@@ -309,5 +309,29 @@ int kiln_profile_run(KilnDiag *d, const KilnProfileRunOpts *o);
 // summary.c: what `kiln check` prints for a valid model.
 //
 void kiln_model_summary(const KilnModel *m, FILE *f);
+
+//
+// onnx.c: `kiln import`: an ONNX model to a Kiln model file plus its weights.
+//
+typedef struct {
+  const char *input;         // MODEL.onnx
+  const char *output;        // the model file written
+  const char *weights;       // the safetensors file written
+  const char *name;          // the model's name
+  const KilnDimOverride *dims;  // sizes of free (symbolic) input axes
+  int ndims;
+} KilnImportOpts;
+
+int kiln_import_onnx(KilnDiag *d, const KilnImportOpts *o);
+// The subcommand: parses argv (argv[0] is "import"); returns the exit status.
+int kiln_import_main(int argc, char **argv);
+
+//
+// weights.c: `kiln weights`: converting weights between PyTorch's layout and Kiln's.
+//
+int kiln_weights_main(int argc, char **argv);
+// A PyTorch module path as a Kiln layer name: characters outside [A-Za-z0-9_]
+// become '_', and a leading digit gets '_' before it ("net.0" -> "net_0").
+char *kiln_torch_module_name(KilnArena *a, const char *path, size_t len);
 
 #endif

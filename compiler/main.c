@@ -19,6 +19,8 @@ static void usage(FILE *f) {
         "  build     compile a model into an executable or a static library\n"
         "  profile   build a model and print the time, FLOPs and roofline of each kernel\n"
         "  peak      this machine's FMA and memory peaks (the profile's roofline)\n"
+        "  import    convert an ONNX model into a model file and its weights\n"
+        "  weights   convert weights between PyTorch's layout and Kiln's\n"
         "  help      show this help\n"
         "  version   show the version\n"
         "\n"
@@ -424,6 +426,8 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "build")) return cmd_build(argc - 1, argv + 1);
   if (!strcmp(cmd, "profile")) return cmd_profile(argc - 1, argv + 1);
   if (!strcmp(cmd, "peak")) return cmd_peak(argc - 1, argv + 1);
+  if (!strcmp(cmd, "import")) return kiln_import_main(argc - 1, argv + 1);
+  if (!strcmp(cmd, "weights")) return kiln_weights_main(argc - 1, argv + 1);
   fprintf(stderr, "kiln: unknown command '%s'\n", cmd);
   usage(stderr);
   return 2;

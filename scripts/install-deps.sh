@@ -14,6 +14,8 @@ pkgs=(
   libjansson-dev       # safetensors headers (JSON)
   clang-16 libclang-rt-16-dev   # libFuzzer harnesses (tests/fuzz, scripts/fuzz.sh)
   python3 python3-numpy   # reference checks in tests (Debian's python3, /usr/bin)
+  libprotobuf-c-dev protobuf-c-compiler libonnx-dev   # kiln import: protobuf-c + onnx.proto
+  python3-torch python3-onnx python3-venv   # ONNX export and weights tests
 )
 
 missing=()
@@ -21,14 +23,27 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#pkgs[@]} packages present"
-  exit 0
-fi
-
-echo "install-deps: installing ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+else
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# ONNX Runtime, the reference of tests/onnx_check.py, is on PyPI only: it goes into
+# a virtual environment that sees Debian's torch, onnx and numpy. Pinned, so pip
+# never replaces that numpy. Without it the test reports itself skipped.
+venv=${KILN_ONNX_VENV:-/opt/kiln-venv}
+ort=onnxruntime==1.32.0
+if "$venv/bin/python3" -c "import onnxruntime" 2>/dev/null; then
+  echo "install-deps: $ort present in $venv"
+else
+  echo "install-deps: installing $ort into $venv"
+  $SUDO /usr/bin/python3 -m venv --system-site-packages "$venv" &&
+    $SUDO "$venv/bin/pip" install -q --disable-pip-version-check "$ort" ||
+    echo "install-deps: warning: no $ort; tests/onnx_check.py will be skipped" >&2
+fi
