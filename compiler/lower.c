@@ -256,6 +256,18 @@ int32_t kiln_lower_emit(KilnLower *l, KilnOp op, const int32_t *in, int nin, con
   return id;
 }
 
+// A source node (param, input): its type is given, not inferred.
+static int32_t source(KilnLower *l, KilnOp op, const char *local, KilnDType dt,
+                      const int64_t *shape, int rank, const KilnAttrs *a, KilnLoc loc) {
+  int32_t id = kiln_lower_emit(l, op, NULL, 0, local, a, loc);
+  if (id < 0) return -1;
+  KilnNode *n = &l->m->graph.nodes[id];
+  n->dtype = dt;
+  n->rank = rank;
+  memcpy(n->shape, shape, sizeof(int64_t) * (size_t)rank);
+  return id;
+}
+
 int32_t kiln_lower_param(KilnLower *l, const char *local, const int64_t *shape, int rank,
                          KilnInit init, KilnLoc loc) {
   char dims[128];
@@ -265,25 +277,13 @@ int32_t kiln_lower_param(KilnLower *l, const char *local, const int64_t *shape, 
     return -1;
   }
   KilnAttrs a = {.init = init};
-  int32_t id = kiln_lower_emit(l, KILN_OP_PARAM, NULL, 0, local, &a, loc);
-  if (id < 0) return -1;
-  KilnNode *n = &l->m->graph.nodes[id];
-  n->dtype = KILN_F32;
-  n->rank = rank;
-  memcpy(n->shape, shape, sizeof(int64_t) * (size_t)rank);
-  return id;
+  return source(l, KILN_OP_PARAM, local, KILN_F32, shape, rank, &a, loc);
 }
 
 int32_t kiln_lower_input(KilnLower *l, const char *local, KilnDType dt, const int64_t *shape,
                          int rank, bool state, KilnLoc loc) {
   KilnAttrs a = {.state = state};
-  int32_t id = kiln_lower_emit(l, KILN_OP_INPUT, NULL, 0, local, &a, loc);
-  if (id < 0) return -1;
-  KilnNode *n = &l->m->graph.nodes[id];
-  n->dtype = dt;
-  n->rank = rank;
-  memcpy(n->shape, shape, sizeof(int64_t) * (size_t)rank);
-  return id;
+  return source(l, KILN_OP_INPUT, local, dt, shape, rank, &a, loc);
 }
 
 static int32_t constant(KilnLower *l, const KilnYaml *v, double value) {

@@ -109,30 +109,10 @@ def matmul(ins, a, case):
     return np.matmul(x, y)
 
 
-def lstm(ins, a, case):
-    x, w_ih, w_hh, b = ins
-    nb, nt, _ = x.shape
+def lstm_from(x, w_ih, w_hh, b, h, c):
+    """lstm over x's time steps from h and c, gate order i f g o."""
     H = w_hh.shape[0]
-    dt = np.result_type(*ins)  # complex under cs_grad
-    h = np.zeros((nb, H), dtype=dt)
-    c = np.zeros((nb, H), dtype=dt)
-    out = np.zeros((nb, nt, H), dtype=dt)
-    for t in range(nt):
-        z = x[:, t, :] @ w_ih + h @ w_hh + b
-        i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
-        g, o = np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
-        c = f * c + i * g
-        h = o * np.tanh(c)
-        out[:, t, :] = h
-    return out
-
-
-def lstm_step(ins, a, case):
-    """lstm from state[0] (h) and state[1] (c) instead of zeros."""
-    x, w_ih, w_hh, b, st = ins
-    H = w_hh.shape[0]
-    h, c = st[0].copy(), st[1].copy()
-    out = np.zeros((x.shape[0], x.shape[1], H))
+    out = np.zeros((x.shape[0], x.shape[1], H), dtype=np.result_type(x, w_ih, w_hh, b, h))
     for t in range(x.shape[1]):
         z = x[:, t, :] @ w_ih + h @ w_hh + b
         i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
@@ -141,6 +121,19 @@ def lstm_step(ins, a, case):
         h = o * np.tanh(c)
         out[:, t, :] = h
     return out
+
+
+def lstm(ins, a, case):
+    x, w_ih, w_hh, b = ins
+    dt = np.result_type(*ins)  # complex under cs_grad
+    zeros = np.zeros((x.shape[0], w_hh.shape[0]), dtype=dt)
+    return lstm_from(x, w_ih, w_hh, b, zeros, zeros)
+
+
+def lstm_step(ins, a, case):
+    """lstm from state[0] (h) and state[1] (c) instead of zeros."""
+    x, w_ih, w_hh, b, st = ins
+    return lstm_from(x, w_ih, w_hh, b, st[0], st[1])
 
 
 def attention_decode(ins, a, case):

@@ -43,12 +43,18 @@ static void make_types(KilnCg *c, Types *t) {
   t->parfor_fn = LLVMFunctionType(c->v, pp, 7, 0);
 }
 
+// A module-private constant global holding v.
+static LLVMValueRef private_const(KilnCg *c, LLVMValueRef v, const char *name) {
+  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(v), name);
+  LLVMSetInitializer(gl, v);
+  LLVMSetGlobalConstant(gl, 1);
+  LLVMSetLinkage(gl, LLVMPrivateLinkage);
+  return gl;
+}
+
 static LLVMValueRef cstring(KilnCg *c, const char *s, const char *name) {
   LLVMValueRef str = LLVMConstStringInContext(c->ctx, s, (unsigned)strlen(s), 0);
-  LLVMValueRef g = LLVMAddGlobal(c->mod, LLVMTypeOf(str), name);
-  LLVMSetInitializer(g, str);
-  LLVMSetGlobalConstant(g, 1);
-  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  LLVMValueRef g = private_const(c, str, name);
   LLVMSetUnnamedAddress(g, LLVMGlobalUnnamedAddr);
   return g;
 }
@@ -101,11 +107,7 @@ static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, 
   for (int i = 0; i < n; i++) v[i] = tensor_desc(c, t, g, p, ids[i]);
   LLVMValueRef arr = LLVMConstArray(t->tensor, v, (unsigned)n);
   free(v);
-  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(arr), name);
-  LLVMSetInitializer(gl, arr);
-  LLVMSetGlobalConstant(gl, 1);
-  LLVMSetLinkage(gl, LLVMPrivateLinkage);
-  return gl;
+  return private_const(c, arr, name);
 }
 
 // A step function: constants into the arena, then the kernels of the nodes in
@@ -390,11 +392,7 @@ static LLVMValueRef opt_array(KilnCg *c, const Types *t, const KilnGraph *g, con
   LLVMValueRef arr = LLVMConstArray(t->tensor, v, (unsigned)n);
   free(v);
   *out_n = n;
-  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(arr), "opt");
-  LLVMSetInitializer(gl, arr);
-  LLVMSetGlobalConstant(gl, 1);
-  LLVMSetLinkage(gl, LLVMPrivateLinkage);
-  return gl;
+  return private_const(c, arr, "opt");
 }
 
 static LLVMValueRef cstring_or_null(KilnCg *c, const char *s, const char *name) {
@@ -412,11 +410,7 @@ static LLVMValueRef train_desc(KilnCg *c, const Types *t, const KilnTrainDesc *d
       cstring_or_null(c, d->data_train, "data_train"), cstring_or_null(c, d->data_eval, "data_eval"),
       i32c(c, d->loss_kind), i32c(c, d->loss_pred_output), i32c(c, d->loss_target_input), i32c(c, 0)};
 #undef F
-  LLVMValueRef gl = LLVMAddGlobal(c->mod, t->train, "train");
-  LLVMSetInitializer(gl, LLVMConstNamedStruct(t->train, f, 24));
-  LLVMSetGlobalConstant(gl, 1);
-  LLVMSetLinkage(gl, LLVMPrivateLinkage);
-  return gl;
+  return private_const(c, LLVMConstNamedStruct(t->train, f, 24), "train");
 }
 
 // The descriptor's kernel table (KilnKernelInfo), in launch-index order.
@@ -430,11 +424,7 @@ static LLVMValueRef kernel_info_array(KilnCg *c, const Types *t, const KilnKerne
   }
   LLVMValueRef arr = LLVMConstArray(t->kinfo, v, (unsigned)n);
   free(v);
-  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(arr), "kernel_info");
-  LLVMSetInitializer(gl, arr);
-  LLVMSetGlobalConstant(gl, 1);
-  LLVMSetLinkage(gl, LLVMPrivateLinkage);
-  return gl;
+  return private_const(c, arr, "kernel_info");
 }
 
 // One model's descriptor: its kernels, step functions and tables, as the constant
