@@ -93,11 +93,11 @@ SEQ = {"gpt": 128, "lstm": 64}
 # The optimizers the model files name, as PyTorch spells them. `PROG info` prints
 # Kiln's reading of the model's train section next to these, so the two are seen
 # side by side in the output.
-GPT_WARMUP, GPT_STEPS = 40, 400
+GPT_WARMUP, GPT_STEPS = 50, 600
 
 
 def gpt_lr_lambda(s):
-    """models/gpt.yaml's schedule, {cosine: {warmup: 40}} over 400 steps, min_lr 0:
+    """models/gpt.yaml's schedule, {cosine: {warmup: 50}} over 600 steps, min_lr 0:
     the factor of the base rate at step s (docs/training.md, learning-rate schedules)."""
     if s < GPT_WARMUP:
         return (s + 1) / GPT_WARMUP
@@ -112,7 +112,7 @@ OPTIM = {
                    torch="Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)"),
     "gpt": dict(kind="adamw", lr=1e-3, wd=0.1, clip=1.0, sched=gpt_lr_lambda,
                 torch="AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1), "
-                      "clip_grad_norm_(1.0), LambdaLR(cosine, warmup 40, 400 steps)"),
+                      "clip_grad_norm_(1.0), LambdaLR(cosine, warmup 50, 600 steps)"),
     "lstm": dict(kind="adam", lr=2e-3, wd=0.0, clip=1.0, sched=None,
                  torch="Adam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8), clip_grad_norm_(1.0)"),
 }
