@@ -22,7 +22,6 @@
 #define LANES 16
 
 // cblas constants.
-enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
 typedef struct {
   int64_t T, D, dh, heads;
@@ -61,38 +60,6 @@ static LLVMValueRef at(KilnCg *c, LLVMValueRef base, LLVMValueRef index) {
 
 static LLVMValueRef imin(KilnCg *c, LLVMValueRef a, LLVMValueRef b) {
   return LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, a, b, ""), a, b, "");
-}
-
-//
-// cblas_sgemm: C = alpha op(A) op(B) + beta C, row-major. Sizes are i64 values
-// (the block's rows and keys vary), beta an f32 value.
-//
-typedef struct {
-  bool ta, tb;
-  LLVMValueRef m, n, k;
-  double alpha;
-  LLVMValueRef a;
-  int64_t lda;
-  LLVMValueRef b;
-  int64_t ldb;
-  LLVMValueRef beta, c;
-  int64_t ldc;
-} Gemm;
-
-static void sgemm(KilnCg *c, const Gemm *g) {
-  LLVMTypeRef i32 = c->i32;
-  LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
-  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 14, 0);
-  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
-  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
-#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
-#define TR(v) LLVMBuildTrunc(c->b, (v), i32, "")
-  LLVMValueRef args[] = {I32(ROW_MAJOR), I32(g->ta ? TRANS : NO_TRANS), I32(g->tb ? TRANS : NO_TRANS),
-                         TR(g->m), TR(g->n), TR(g->k), kiln_cg_f32(c, g->alpha), g->a, I32(g->lda),
-                         g->b, I32(g->ldb), g->beta, g->c, I32(g->ldc)};
-#undef TR
-#undef I32
-  LLVMBuildCall2(c->b, ft, f, args, 14, "");
 }
 
 //
@@ -197,7 +164,7 @@ static LLVMValueRef row_keys(KilnCg *c, const Att *a, const Block *b, LLVMValueR
 // then each row's softmax.
 static void block_probs(KilnCg *c, const Att *a, const Block *b, LLVMValueRef Q, LLVMValueRef K,
                         LLVMValueRef P) {
-  sgemm(c, &(Gemm){.tb = true, .m = b->rows, .n = b->j1, .k = kiln_cg_i64(c, a->dh), .alpha = a->scale,
+  kiln_cpu_sgemm(c, &(KilnGemm){.tb = true, .m = b->rows, .n = b->j1, .k = kiln_cg_i64(c, a->dh), .alpha = a->scale,
                    .a = at(c, Q, b->qoff), .lda = a->D, .b = at(c, K, b->base), .ldb = a->D,
                    .beta = kiln_cg_f32(c, 0), .c = P, .ldc = a->T});
   KilnLoop r = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b->rows, "row");
@@ -219,7 +186,7 @@ int64_t kiln_cpu_attention(KilnKernel *k) {
   KilnLoop blk = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, a.nblk), "blk");
   Block b = block_of(c, &a, base, blk.index);
   block_probs(c, &a, &b, Q, K, P);
-  sgemm(c, &(Gemm){.m = b.rows, .n = kiln_cg_i64(c, a.dh), .k = b.j1, .alpha = 1, .a = P, .lda = a.T,
+  kiln_cpu_sgemm(c, &(KilnGemm){.m = b.rows, .n = kiln_cg_i64(c, a.dh), .k = b.j1, .alpha = 1, .a = P, .lda = a.T,
                    .b = at(c, V, base), .ldb = a.D, .beta = kiln_cg_f32(c, 0), .c = at(c, Y, b.qoff),
                    .ldc = a.D});
   kiln_cg_loop_end(c, &blk);
@@ -254,7 +221,7 @@ int64_t kiln_cpu_attention_grad(KilnKernel *k) {
   LLVMValueRef beta = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, it.index, kiln_cg_i64(c, 0), ""),
                                       zero, kiln_cg_f32(c, 1), "");
   block_probs(c, &a, &b, Q, K, P);
-  sgemm(c, &(Gemm){.tb = true, .m = b.rows, .n = b.j1, .k = dh, .alpha = 1, .a = at(c, DY, b.qoff),
+  kiln_cpu_sgemm(c, &(KilnGemm){.tb = true, .m = b.rows, .n = b.j1, .k = dh, .alpha = 1, .a = at(c, DY, b.qoff),
                    .lda = a.D, .b = at(c, V, base), .ldb = a.D, .beta = zero, .c = DS, .ldc = a.T});
   KilnLoop r = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b.rows, "row");
   LLVMValueRef roff = kiln_cg_mul(c, r.index, kiln_cg_i64(c, a.T));
@@ -267,11 +234,11 @@ int64_t kiln_cpu_attention_grad(KilnKernel *k) {
   kiln_cg_store(c, LLVMBuildFMul(c->b, ds, kiln_cg_f32(c, a.scale), ""), srow, j.index);
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
-  sgemm(c, &(Gemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = P, .lda = a.T,
+  kiln_cpu_sgemm(c, &(KilnGemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = P, .lda = a.T,
                    .b = at(c, DY, b.qoff), .ldb = a.D, .beta = beta, .c = at(c, DV, base), .ldc = a.D});
-  sgemm(c, &(Gemm){.m = b.rows, .n = dh, .k = b.j1, .alpha = 1, .a = DS, .lda = a.T,
+  kiln_cpu_sgemm(c, &(KilnGemm){.m = b.rows, .n = dh, .k = b.j1, .alpha = 1, .a = DS, .lda = a.T,
                    .b = at(c, K, base), .ldb = a.D, .beta = zero, .c = at(c, DQ, b.qoff), .ldc = a.D});
-  sgemm(c, &(Gemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = DS, .lda = a.T,
+  kiln_cpu_sgemm(c, &(KilnGemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = DS, .lda = a.T,
                    .b = at(c, Q, b.qoff), .ldb = a.D, .beta = beta, .c = at(c, DK, base), .ldc = a.D});
   kiln_cg_loop_end(c, &it);
   kiln_cg_loop_end(c, &bh);

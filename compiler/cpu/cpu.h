@@ -151,6 +151,21 @@ LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x);
 // A pointer to node id's storage (weights or arena) inside a kernel.
 LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id);
 
+// A call of cblas_sgemm: c = alpha op(a) op(b) + beta c, row-major. Sizes are i64
+// values (blocks vary at run time), beta an f32 value.
+typedef struct {
+  bool ta, tb;
+  LLVMValueRef m, n, k;
+  double alpha;
+  LLVMValueRef a;
+  int64_t lda;
+  LLVMValueRef b;
+  int64_t ldb;
+  LLVMValueRef beta, c;
+  int64_t ldc;
+} KilnGemm;
+void kiln_cpu_sgemm(KilnCg *c, const KilnGemm *g);
+
 //
 // lstm.c: the lstm layer and its gradient (two phases), products in cblas_sgemm
 // (kernels.c dispatches to these).

@@ -769,17 +769,29 @@ static int64_t emit_matmul_loops(KilnKernel *k, const Mm *mm) {
   return mm->batch * mm->m;
 }
 
+void kiln_cpu_sgemm(KilnCg *c, const KilnGemm *g) {
+  enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };  // CBLAS's values
+  LLVMTypeRef i32 = c->i32;
+  LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
+  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 14, 0);
+  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
+  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
+#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
+#define TR(v) LLVMBuildTrunc(c->b, (v), i32, "")
+  LLVMValueRef args[] = {I32(ROW_MAJOR), I32(g->ta ? TRANS : NO_TRANS), I32(g->tb ? TRANS : NO_TRANS),
+                         TR(g->m), TR(g->n), TR(g->k), kiln_cg_f32(c, g->alpha), g->a, I32(g->lda),
+                         g->b, I32(g->ldb), g->beta, g->c, I32(g->ldc)};
+#undef TR
+#undef I32
+  LLVMBuildCall2(c->b, ft, f, args, 14, "");
+}
+
 // cblas_sgemm on blocks of BLAS_ROW_BLOCK rows: iteration t is batch t / tiles,
 // rows [(t % tiles) * block, ...). The runtime keeps OpenBLAS single-threaded and
 // spreads these blocks over its own threads.
 static int64_t emit_matmul_blas(KilnKernel *k, const Mm *mm) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
-  LLVMTypeRef i32 = c->i32;
-  LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
-  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 14, 0);
-  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
-  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
   int64_t tiles = (mm->m + BLAS_ROW_BLOCK - 1) / BLAS_ROW_BLOCK;
   LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->out);
   int nb = o->rank - 2;
@@ -799,15 +811,13 @@ static int64_t emit_matmul_blas(KilnKernel *k, const Mm *mm) {
   LLVMValueRef aoff = o->attr.trans_a ? m0 : kiln_cg_mul(c, m0, kiln_cg_i64(c, mm->k));
   LLVMValueRef cbase = kiln_cg_mul(c, kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, mm->m)), m0),
                                    kiln_cg_i64(c, mm->n));
-#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
-  LLVMValueRef args[] = {
-      I32(101), I32(o->attr.trans_a ? 112 : 111), I32(o->attr.trans_b ? 112 : 111),
-      LLVMBuildTrunc(c->b, rows, i32, ""), I32(mm->n), I32(mm->k), kiln_cg_f32(c, 1),
-      kiln_cg_gep(c, c->f32, A, kiln_cg_add(c, abase, aoff)), I32(o->attr.trans_a ? mm->m : mm->k),
-      kiln_cg_gep(c, c->f32, B, bbase), I32(o->attr.trans_b ? mm->k : mm->n), kiln_cg_f32(c, 0),
-      kiln_cg_gep(c, c->f32, C, cbase), I32(mm->n)};
-#undef I32
-  LLVMBuildCall2(c->b, ft, f, args, 14, "");
+  kiln_cpu_sgemm(c, &(KilnGemm){.ta = o->attr.trans_a, .tb = o->attr.trans_b, .m = rows,
+                                .n = kiln_cg_i64(c, mm->n), .k = kiln_cg_i64(c, mm->k), .alpha = 1,
+                                .a = kiln_cg_gep(c, c->f32, A, kiln_cg_add(c, abase, aoff)),
+                                .lda = o->attr.trans_a ? mm->m : mm->k,
+                                .b = kiln_cg_gep(c, c->f32, B, bbase),
+                                .ldb = o->attr.trans_b ? mm->k : mm->n, .beta = kiln_cg_f32(c, 0),
+                                .c = kiln_cg_gep(c, c->f32, C, cbase), .ldc = mm->n});
   if (k->epi) epilogue_rows(k->epi, kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, mm->m)), m0), rows);
   kiln_cg_loop_end(c, &t);
   return mm->batch * tiles;

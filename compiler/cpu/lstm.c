@@ -25,7 +25,6 @@
 #define COL_BLOCK 128
 
 // CBLAS's enum values (cblas.h): row-major storage, an operand as is or transposed.
-enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
 static LLVMValueRef i64(KilnCg *c, int64_t v) { return kiln_cg_i64(c, v); }
 static LLVMValueRef add(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return kiln_cg_add(c, a, b); }
@@ -65,19 +64,9 @@ typedef struct {
 // out = op(a) op(b) + beta out, op(a) [m, k], op(b) [k, n]; m, n, k are i64 values.
 static void sgemm(KilnCg *c, LLVMValueRef m, LLVMValueRef n, LLVMValueRef k, Mat a, Mat b,
                   double beta, Mat out) {
-  LLVMTypeRef i32 = c->i32;
-  LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
-  LLVMTypeRef ft = LLVMFunctionType(c->v, params, 14, 0);
-  LLVMValueRef f = LLVMGetNamedFunction(c->mod, "cblas_sgemm");
-  if (!f) f = LLVMAddFunction(c->mod, "cblas_sgemm", ft);
-#define I32(v) LLVMConstInt(i32, (unsigned long long)(v), 1)
-#define TR(v) LLVMBuildTrunc(c->b, (v), i32, "")
-  LLVMValueRef args[] = {I32(ROW_MAJOR), I32(a.trans ? TRANS : NO_TRANS), I32(b.trans ? TRANS : NO_TRANS),
-                         TR(m), TR(n), TR(k), kiln_cg_f32(c, 1), a.p, I32(a.ld), b.p, I32(b.ld),
-                         kiln_cg_f32(c, beta), out.p, I32(out.ld)};
-#undef TR
-#undef I32
-  LLVMBuildCall2(c->b, ft, f, args, 14, "");
+  kiln_cpu_sgemm(c, &(KilnGemm){.ta = a.trans, .tb = b.trans, .m = m, .n = n, .k = k, .alpha = 1,
+                                .a = a.p, .lda = a.ld, .b = b.p, .ldb = b.ld,
+                                .beta = kiln_cg_f32(c, beta), .c = out.p, .ldc = out.ld});
 }
 
 // Starts code that runs only when cond holds; end_if closes it.
