@@ -14,35 +14,12 @@
 #include <string.h>
 
 #include "runtime/runtime.h"
+#include "tests/fixtures.h"
 #include "tests/helpers.h"
 
 #define DIR KILN_SOURCE_DIR "/tests/badbin"
 
-// The model of gen.py: w f32[2], b f32[1] and their SGD momentum.
-static const KilnTensorDesc params[] = {
-    {.name = "w", .dtype = KILN_ABI_F32, .rank = 1, .shape = {2}, .offset = 0, .bytes = 8,
-     .init = KILN_ABI_INIT_NORMAL, .init_a = 1},
-    {.name = "b", .dtype = KILN_ABI_F32, .rank = 1, .shape = {1}, .offset = 8, .bytes = 4},
-};
-static const KilnTensorDesc opt[] = {
-    {.name = "sgd.v.w", .dtype = KILN_ABI_F32, .rank = 1, .shape = {2}, .offset = 12, .bytes = 8},
-    {.name = "sgd.v.b", .dtype = KILN_ABI_F32, .rank = 1, .shape = {1}, .offset = 20, .bytes = 4},
-};
-static const KilnModelDesc fake = {
-    .abi_version = KILN_ABI_VERSION, .name = "fake", .kiln_version = "test", .seed = 42,
-    .batch = 1, .weights_bytes = 12, .arena_bytes = 64, .nparams = 2, .opt_bytes = 12, .nopt = 2,
-    .params = params, .opt = opt};
-
-// Windows of 3 ids below 16, for text and token files.
-enum { B = 4, T = 3 };
-static const KilnTensorDesc seq_inputs[] = {
-    {.name = "idx", .dtype = KILN_ABI_I32, .rank = 2, .shape = {B, T}, .offset = 64,
-     .bytes = B * T * 4, .bound = 16},
-    {.name = "tgt", .dtype = KILN_ABI_I32, .rank = 2, .shape = {B, T}, .offset = 128,
-     .bytes = B * T * 4, .bound = 16},
-};
-static const KilnModelDesc seq = {.abi_version = KILN_ABI_VERSION, .name = "seq", .batch = B,
-                                  .arena_bytes = 256, .ninputs = 2, .inputs = seq_inputs};
+// Files are checked against tests/fixtures.h: kiln_fake_model is the model of gen.py.
 
 static bool starts(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -67,7 +44,7 @@ static int load(KilnCtx *c, const char *name, const char *path, KilnStatus *st) 
     snprintf(source, sizeof source, "%s\t%s\tidx\ttgt", strstr(name, ".txt") ? "text" : "tokens",
              path);
     KilnData dt;
-    int rc = kiln_data_open(&seq, source, NULL, &dt, st);
+    int rc = kiln_data_open(&kiln_seq_model, source, NULL, &dt, st);
     if (rc == 0) kiln_data_free(&dt);
     return rc;
   }
@@ -85,7 +62,7 @@ static int load(KilnCtx *c, const char *name, const char *path, KilnStatus *st) 
 static void every_bad_file_is_refused(void **state) {
   (void)state;
   KilnStatus st = {0};
-  KilnCtx *c = kiln_ctx_create(&fake, 1, &st);
+  KilnCtx *c = kiln_ctx_create(&kiln_fake_model, 1, &st);
   assert_non_null(c);
   char before[24];
   memcpy(before, c->weights, sizeof before);

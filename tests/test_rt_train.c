@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "runtime/runtime.h"
+#include "tests/fixtures.h"
 #include "tests/helpers.h"
 
 static char dir[64];
@@ -58,15 +59,8 @@ static char *slurp(const char *path) {
 //
 enum { B = 4, OX = 64, OY = OX + B * 8, OP = OY + B * 4, ARENA = OP + B * 4 };
 
-static const KilnTensorDesc params[] = {
-    {.name = "w", .dtype = KILN_ABI_F32, .rank = 1, .shape = {2}, .offset = 0, .bytes = 8,
-     .init = KILN_ABI_INIT_NORMAL, .init_a = 1},
-    {.name = "b", .dtype = KILN_ABI_F32, .rank = 1, .shape = {1}, .offset = 8, .bytes = 4},
-};
-static const KilnTensorDesc opt[] = {
-    {.name = "sgd.v.w", .dtype = KILN_ABI_F32, .rank = 1, .shape = {2}, .offset = 12, .bytes = 8},
-    {.name = "sgd.v.b", .dtype = KILN_ABI_F32, .rank = 1, .shape = {1}, .offset = 20, .bytes = 4},
-};
+// The weights w, b and their momentum are tests/fixtures.h's kiln_fake_params
+// and kiln_fake_opt.
 static const KilnTensorDesc inputs[] = {
     {.name = "x", .dtype = KILN_ABI_F32, .rank = 2, .shape = {B, 2}, .offset = OX, .bytes = B * 8,
      .flags = KILN_ABI_LIVE},
@@ -133,9 +127,9 @@ static KilnTrainDesc train_desc = {
 static const KilnModelDesc fake = {
     .abi_version = KILN_ABI_VERSION, .name = "fake", .kiln_version = "test", .target = "cpu",
     .seed = 42, .batch = B, .weights_bytes = 12, .arena_bytes = ARENA, .nparams = 2, .ninputs = 2,
-    .noutputs = 1, .params = params, .inputs = inputs, .outputs = outputs, .forward = fake_forward,
-    .train_step = fake_train, .eval_step = fake_eval, .opt_bytes = 12, .nopt = 2, .opt = opt,
-    .train = &train_desc};
+    .noutputs = 1, .params = kiln_fake_params, .inputs = inputs, .outputs = outputs,
+    .forward = fake_forward, .train_step = fake_train, .eval_step = fake_eval, .opt_bytes = 12,
+    .nopt = 2, .opt = kiln_fake_opt, .train = &train_desc};
 
 // 23 rows of y = 2 x0 - x1 + 0.5 + noise: 5 held out (val_split 0.2), 18 to train
 // on, 4 steps per epoch and two samples left over.
@@ -330,9 +324,9 @@ static void test_ckpt_refusals(void **state) {
                "r.st is a checkpoint of model 'fake', not of 'other'");
   kiln_ctx_destroy(b);
   // Same name, other shapes or another optimizer.
-  KilnTensorDesc p2[2] = {params[0], params[1]};
+  KilnTensorDesc p2[2] = {kiln_fake_params[0], kiln_fake_params[1]};
   p2[0].shape[0] = 3, p2[0].bytes = 12, p2[1].offset = 12;
-  KilnTensorDesc o2[2] = {opt[0], opt[1]};
+  KilnTensorDesc o2[2] = {kiln_fake_opt[0], kiln_fake_opt[1]};
   o2[0].name = "adam.m.w", o2[1].name = "adam.m.b";
   other = fake;
   other.params = p2, other.opt = o2, other.weights_bytes = 16;

@@ -7,27 +7,14 @@
 #include <string.h>
 
 #include "runtime/runtime.h"
+#include "tests/fixtures.h"
 #include "tests/fuzz/fuzz.h"
-
-static const KilnTensorDesc params[] = {
-    {.name = "w", .dtype = KILN_ABI_F32, .rank = 1, .shape = {2}, .offset = 0, .bytes = 8,
-     .init = KILN_ABI_INIT_NORMAL, .init_a = 1},
-    {.name = "b", .dtype = KILN_ABI_F32, .rank = 1, .shape = {1}, .offset = 8, .bytes = 4},
-};
-static const KilnTensorDesc opt[] = {
-    {.name = "sgd.v.w", .dtype = KILN_ABI_F32, .rank = 1, .shape = {2}, .offset = 12, .bytes = 8},
-    {.name = "sgd.v.b", .dtype = KILN_ABI_F32, .rank = 1, .shape = {1}, .offset = 20, .bytes = 4},
-};
-static const KilnModelDesc model = {
-    .abi_version = KILN_ABI_VERSION, .name = "fake", .kiln_version = "test", .target = "cpu",
-    .seed = 42, .batch = 1, .weights_bytes = 12, .arena_bytes = 64, .nparams = 2, .opt_bytes = 12,
-    .nopt = 2, .params = params, .opt = opt};
 
 static KilnCtx *ctx(void) {
   static KilnCtx *c;
   if (!c) {
     KilnStatus st = {0};
-    c = kiln_ctx_create(&model, 1, &st);
+    c = kiln_ctx_create(&kiln_fake_model, 1, &st);
     if (!c) abort();
   }
   return c;

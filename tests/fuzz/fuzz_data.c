@@ -7,27 +7,10 @@
 #include <string.h>
 
 #include "runtime/runtime.h"
+#include "tests/fixtures.h"
 #include "tests/fuzz/fuzz.h"
 
-enum { B = 4, T = 3 };
-
-// A tabular model (x: 2 floats, label: a class in [0, 3)) and a sequence model
-// (windows of 3 ids below 16), as tests/test_rt_data.c has them.
-static const KilnTensorDesc tab_inputs[] = {
-    {.name = "x", .dtype = KILN_ABI_F32, .rank = 2, .shape = {B, 2}, .offset = 64, .bytes = B * 8},
-    {.name = "label", .dtype = KILN_ABI_I32, .rank = 1, .shape = {B}, .offset = 128,
-     .bytes = B * 4, .bound = 3},
-};
-static const KilnModelDesc tab = {.abi_version = KILN_ABI_VERSION, .name = "tab", .batch = B,
-                                  .arena_bytes = 256, .ninputs = 2, .inputs = tab_inputs};
-static const KilnTensorDesc seq_inputs[] = {
-    {.name = "idx", .dtype = KILN_ABI_I32, .rank = 2, .shape = {B, T}, .offset = 64,
-     .bytes = B * T * 4, .bound = 16},
-    {.name = "tgt", .dtype = KILN_ABI_I32, .rank = 2, .shape = {B, T}, .offset = 128,
-     .bytes = B * T * 4, .bound = 16},
-};
-static const KilnModelDesc seq = {.abi_version = KILN_ABI_VERSION, .name = "seq", .batch = B,
-                                  .arena_bytes = 256, .ninputs = 2, .inputs = seq_inputs};
+// The tabular and sequence models of tests/fixtures.h.
 
 static void check_ids(const KilnData *dt) {
   for (int64_t i = 0; i < dt->nids; i++)
@@ -73,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   case 1:
     snprintf(source, sizeof source, "csv\t%s\t%d\tx:0:2\tlabel:2:3", path, (mode & 4) != 0);
-    open_data(&tab, source, NULL, false);
+    open_data(&kiln_tab_model, source, NULL, false);
     break;
   case 2: {
     // With the text's own vocabulary, or with a fixed one that the text must keep to.
@@ -82,12 +65,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (const char *s = "\n abcdefghijklm"; *s; s++) present[(unsigned char)*s] = 1;
     kiln_vocab_from_bytes(present, &v);
     snprintf(source, sizeof source, "text\t%s\tidx\ttgt", path);
-    open_data(&seq, source, mode & 4 ? &v : NULL, true);
+    open_data(&kiln_seq_model, source, mode & 4 ? &v : NULL, true);
     break;
   }
   case 3:
     snprintf(source, sizeof source, "tokens\t%s\tidx\ttgt", path);
-    open_data(&seq, source, NULL, true);
+    open_data(&kiln_seq_model, source, NULL, true);
     break;
   }
   return 0;
