@@ -8,42 +8,24 @@ python3-onnx) and onnxruntime (PyPI, in the environment scripts/install-deps.sh
 makes); exits 77 (skipped) when one is missing.
 """
 import os
-import subprocess
-import sys
+
+import pycheck
 
 try:
     import numpy as np
     import onnxruntime as ort
     import torch
 except ImportError as e:
-    print(f"onnx_check: SKIPPED, not passed: {e} (scripts/install-deps.sh installs it)")
-    sys.exit(77)
+    pycheck.skip("onnx_check", e)
 
-KILN, WORK = sys.argv[1], sys.argv[2]
-os.makedirs(WORK, exist_ok=True)
-passed = failed = 0
+KILN, WORK = pycheck.start("onnx_check")
+check, run = pycheck.check, pycheck.run
 
 # f32 kernels against ONNX Runtime's f32 kernels: both round each op's result to
 # f32 but sum in different orders; through a few layers (layernorm, attention,
 # softmax) that differs by a few ulps of O(1) values. 1e-5 is ~100 ulps at 1.0,
 # far below any real mistake (a wrong transpose or bias is O(0.1)).
 TOL = 1e-5
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
-
-
-def run(*args, expect=0):
-    p = subprocess.run(list(args), capture_output=True, text=True, cwd=WORK)
-    if p.returncode != expect:
-        print(f"{' '.join(args)}: exit {p.returncode}, expected {expect}\n{p.stderr[-2000:]}")
-    return p
 
 
 class MLP(torch.nn.Module):
@@ -175,5 +157,4 @@ with open(os.path.join(WORK, "junk.onnx"), "wb") as f:
 p = run(KILN, "import", "junk.onnx", expect=1)
 check("a file that is not ONNX is refused", "not an ONNX model" in p.stderr, p.stderr)
 
-print(f"onnx_check: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+pycheck.finish()

@@ -14,37 +14,19 @@ needed.
 import json
 import os
 import struct
-import subprocess
-import sys
+
+import pycheck
 
 try:
     import numpy as np
     import torch
 except ImportError as e:
-    print(f"torch_weights: SKIPPED, not passed: {e} (scripts/install-deps.sh installs it)")
-    sys.exit(77)
+    pycheck.skip("torch_weights", e)
 
-KILN, WORK = sys.argv[1], sys.argv[2]
-os.makedirs(WORK, exist_ok=True)
-passed = failed = 0
+KILN, WORK = pycheck.start("torch_weights")
+check, run = pycheck.check, pycheck.run
 # The same f32 products in two libraries, summed in different orders: a few ulps.
 TOL = 1e-5
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
-
-
-def run(*args):
-    p = subprocess.run(list(args), capture_output=True, text=True, cwd=WORK)
-    if p.returncode != 0:
-        print(f"{' '.join(args)}: exit {p.returncode}\n{p.stderr[-2000:]}")
-    return p
 
 
 def save_st(path, tensors):
@@ -164,5 +146,4 @@ for part in ["missing 'norm.bias'", "unexpected 'extra.weight'", "'head.weight' 
     check(f"the error names: {part}", part in p.stderr, p.stderr)
 check("nothing written for a misfit", not os.path.exists(os.path.join(WORK, "no.safetensors")))
 
-print(f"torch_weights: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+pycheck.finish()
