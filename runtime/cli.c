@@ -808,12 +808,9 @@ static int cmd_generate(int argc, char **argv) {
   KilnGen *g = NULL;
   int32_t *ids = NULL;
   int rc = 1;
-  if (!M->decode) {
-    kiln_rt_fail(&st, "model '%s' cannot generate text: it is not a language model (an i32 token "
-                 "input [batch, time] read by an embedding, logits [batch, time, vocab] first), "
-                 "or its layers cannot run one token at a time (kiln build said why)", M->name);
-    goto done;
-  }
+  if (!(c = kiln_ctx_create(M, (int)threads, &st))) goto done;
+  if (!(g = kiln_gen_create(c, window, &st))) goto done;
+  if (weights && kiln_ctx_load(c, weights, &st) != 0) goto done;
   if (kiln_gen_vocab(M, weights, &vocab, &st) != 0) goto done;
   if (!prompt) prompt = vocab.id['\n'] >= 0 ? "\n" : (const char[]){(char)vocab.sym[0], 0};
   size_t np = strlen(prompt);
@@ -826,9 +823,6 @@ static int cmd_generate(int argc, char **argv) {
     goto done;
   }
   if (kiln_gen_encode(&vocab, prompt, ids, &st) != 0) goto done;
-  if (!(c = kiln_ctx_create(M, (int)threads, &st))) goto done;
-  if (weights && kiln_ctx_load(c, weights, &st) != 0) goto done;
-  if (!(g = kiln_gen_create(c, window, &st))) goto done;
   if (profile_begin(&prof, kiln_gen_ctx(g), &st) != 0) goto done;
   fputs(prompt, stdout);
   double t0 = kiln_now();
@@ -837,7 +831,8 @@ static int cmd_generate(int argc, char **argv) {
   putchar('\n');
   fflush(stdout);
   if (kiln_rt_profile_end(kiln_gen_ctx(g), &st) != 0) goto done;
-  fprintf(stderr, "%s: %zu prompt + %lld generated tokens in %.1f ms: %.3f ms per generated token (%s)\n",
+  fprintf(stderr,
+          "%s: %zu prompt + %lld generated tokens in %.1f ms: %.3f ms per generated token (%s)\n",
           M->name, np, (long long)count, t * 1e3, count ? t * 1e3 / (double)count : 0.0,
           window ? "whole context recomputed" : "cached state");
   rc = 0;

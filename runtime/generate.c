@@ -52,8 +52,8 @@ KilnGen *kiln_gen_create(KilnCtx *c, bool window, KilnStatus *st) {
   const KilnModelDesc *sub = window ? c->d->window : c->d->decode;
   if (!sub) {
     kiln_rt_fail(st, "model '%s' cannot generate text: it is not a language model (an i32 token "
-                 "input [batch, time] read by an embedding, logits [batch, time, vocab] first)",
-                 c->d->name);
+                 "input [batch, time] read by an embedding, logits [batch, time, vocab] first), "
+                 "or its layers cannot run one token at a time (kiln build said why)", c->d->name);
     return NULL;
   }
   KilnGen *g = calloc(1, sizeof *g);
@@ -187,9 +187,9 @@ int kiln_gen_vocab(const KilnModelDesc *d, const char *weights, KilnVocab *out, 
   if (found) return 0;
   const char *line = d->train ? d->train->data_train : NULL;
   if (!line || strncmp(line, "text\t", 5) != 0)
-    return kiln_rt_fail(st, "no vocabulary: %s%s holds none and the model names no training "
-                        "text; give --weights with a file that train wrote",
-                        weights ? weights : "", weights ? "" : "without --weights, the model");
+    return kiln_rt_fail(st, "no vocabulary: %s and the model names no training text; give "
+                        "weights that train wrote from text (they carry it)",
+                        weights ? "the weights file holds none" : "no weights were given");
   KilnData dt;
   char *src = kiln_data_source(d, line, NULL, 0, st);
   if (!src) return -1;

@@ -57,6 +57,7 @@ int main(int argc, char **argv) {
   printf("%s%s\n", argv[2], out);
   int bad = gpt_generate(c, "\x01", &s, out, sizeof out);
   fprintf(stderr, "%d %s\n", bad, gpt_last_error(c));
+  if (gpt_save_weights(c, "plain.safetensors") != 0) return 1;  /* weights only, no vocabulary */
   gpt_destroy(c);
   return 0;
 }
@@ -92,6 +93,14 @@ has help-text "$tmp/stdout" "--no-cache"
 expect mlp-build 0 "$kiln" build "$src/models/mlp.yaml" -o mlp
 expect not-lm 1 ./mlp generate --prompt x
 has not-lm-msg "$tmp/stderr" "cannot generate text: it is not a language model"
+# Without weights the vocabulary comes from the model's training text; a model
+# trained on token files has none to give.
+sed 's|text: /usr/share/common-licenses|tokens: ids.bin|' "$src/models/gpt.yaml" >tok.yaml
+expect tok-build 0 "$kiln" build tok.yaml "${gpt_dims[@]}" -o tok
+expect tok-generate 1 ./tok generate --prompt x
+has tok-generate-msg "$tmp/stderr" "no vocabulary: no weights were given and the model names no training text"
+expect tok-weights 1 ./tok generate --weights plain.safetensors --prompt x
+has tok-weights-msg "$tmp/stderr" "no vocabulary: the weights file holds none"
 # A non-causal attention cannot decode: the model builds, without generation.
 sed 's/causal: true/causal: false/' "$src/models/gpt.yaml" >bidi.yaml
 expect bidi-build 0 "$kiln" build bidi.yaml "${gpt_dims[@]}" -o bidi
