@@ -3,6 +3,7 @@
 #
 #   bin/kiln                                  the compiler
 #   LIBDIR/kiln/libkiln_runtime.a, libkiln_cli.a   what `kiln build` links models with
+#   LIBDIR/kiln/libkiln_mpi.a                 and `kiln build --mpi` (when MPI was found)
 #   INCLUDEDIR/kiln/runtime/runtime.h, INCLUDEDIR/kiln/include/kiln/abi.h
 #   LIBDIR/cmake/Kiln/                        find_package(Kiln)
 #   LIBDIR/pkgconfig/kiln.pc                  pkg-config kiln
@@ -23,6 +24,9 @@ target_compile_definitions(kiln_front PRIVATE KILN_RUNTIME_RELDIR="${KILN_RUNTIM
 install(TARGETS kiln RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(TARGETS kiln_runtime kiln_cli EXPORT KilnTargets
         ARCHIVE DESTINATION ${KILN_INSTALL_RUNTIMEDIR})
+if(TARGET kiln_mpi)
+  install(FILES $<TARGET_FILE:kiln_mpi> DESTINATION ${KILN_INSTALL_RUNTIMEDIR})
+endif()
 install(FILES runtime/runtime.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kiln/runtime)
 install(FILES include/kiln/abi.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kiln/include/kiln)
 install(FILES docs/kiln.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)

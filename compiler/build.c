@@ -110,15 +110,32 @@ static const char *env_or(const char *name, const char *dflt) {
 #define KILN_LINK_FLAG "-lm"  // sanitizer builds pass their -fsanitize flag here
 #endif
 
-static int link_exe(KilnDiag *d, const char *obj, const char *out) {
+// With mpi, libkiln_mpi.a comes between the program's main and the runtime, so
+// its MPI transport replaces the runtime's none, and MPI's libraries follow.
+static int link_exe(KilnDiag *d, const char *obj, const char *out, bool mpi) {
   const char *rt = runtime_dir(d);
   if (!rt) return -1;
   char cli[4096], lib[4096], tmp[8192];
   snprintf(cli, sizeof cli, "%s/libkiln_cli.a", rt);
   snprintf(lib, sizeof lib, "%s/libkiln_runtime.a", rt);
   beside(tmp, sizeof tmp, out);
-  char *argv[] = {(char *)env_or("CC", "cc"), "-o", tmp, (char *)obj, cli, lib, "-lopenblas",
-                  "-ljansson", "-lpthread", "-lm", KILN_LINK_FLAG, NULL};
+  char *argv[32] = {(char *)env_or("CC", "cc"), "-o", tmp, (char *)obj, cli};
+  int n = 5;
+  if (mpi) {
+#ifdef KILN_MPI_LIBS
+    static char mpilib[4096], mpilibs[] = KILN_MPI_LIBS;
+    snprintf(mpilib, sizeof mpilib, "%s/libkiln_mpi.a", rt);
+    if (access(mpilib, R_OK) != 0)
+      return build_error(d, "--mpi: cannot read %s: %s", mpilib, strerror(errno));
+    argv[n++] = mpilib;
+    for (char *s = strtok(mpilibs, " "); s && n < 24; s = strtok(NULL, " ")) argv[n++] = s;
+#else
+    return build_error(d, "--mpi: this kiln was built without MPI; install libopenmpi-dev "
+                          "(scripts/install-deps.sh) and rebuild kiln");
+#endif
+  }
+  char *rest[] = {lib, "-lopenblas", "-ljansson", "-lpthread", "-lm", KILN_LINK_FLAG, NULL};
+  memcpy(argv + n, rest, sizeof rest);
   if (run(d, argv) != 0) {
     unlink(tmp);
     return -1;
@@ -507,7 +524,7 @@ static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOp
   if (rc != 0) build_error(d, "%s", err);
   else if (direct && rename(tmpout, o->output) != 0)
     rc = build_error(d, "cannot write %s: %s", o->output, strerror(errno));
-  else if (o->emit == KILN_BUILD_EXE) rc = link_exe(d, obj, o->output);
+  else if (o->emit == KILN_BUILD_EXE) rc = link_exe(d, obj, o->output, o->mpi);
   else if (o->emit == KILN_BUILD_LIB)
     header_generate = dec != NULL, rc = write_lib(d, m, &plan, obj, o->output);
   if (rc != 0 && direct) unlink(tmpout);

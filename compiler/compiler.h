@@ -285,6 +285,7 @@ typedef struct {
   int opt_level;            // 0..3: graph passes (at most 2) and LLVM
   int graph_level;          // -1, or the graph pass level alone (0..2)
   bool time_passes;
+  bool mpi;                 // exe: link runtime/mpi.c and MPI (data-parallel training)
   const KilnDimOverride *dims;
   int ndims;
 } KilnBuildOpts;

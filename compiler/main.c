@@ -206,6 +206,8 @@ static void build_usage(FILE *f) {
         "  --graph-level=N        graph pass level alone (0..2), LLVM's level unchanged:\n"
         "                         measures what the graph passes (fusion) bring\n"
         "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
+        "  --mpi                  link MPI in: `mpirun -np N PROGRAM train` trains on N\n"
+        "                         ranks (docs/distributed.md); run alone, it is one\n"
         "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
         "  -h, --help             show this help\n"
         "\n"
@@ -227,7 +229,7 @@ static int cmd_build(int argc, char **argv) {
       {"target", required_argument, NULL, 'T'}, {"cpu", required_argument, NULL, 'C'},
       {"dim", required_argument, NULL, 'D'},    {"print-ir-after", required_argument, NULL, 'A'},
       {"help", no_argument, NULL, 'h'},         {"time-passes", no_argument, NULL, 'P'},
-      {"graph-level", required_argument, NULL, 'G'}, {0}};
+      {"graph-level", required_argument, NULL, 'G'}, {"mpi", no_argument, NULL, 'M'}, {0}};
   KilnDimOverride dims[MAX_DIMS];
   KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .graph_level = -1, .dims = dims};
   int c, rc = 2;
@@ -265,6 +267,7 @@ static int cmd_build(int argc, char **argv) {
       o.ndims++;
       break;
     case 'A': o.print_after = optarg; break;
+    case 'M': o.mpi = true; break;
     case 'h': build_usage(stdout); rc = 0; goto out;
     default: build_usage(stderr); goto out;
     }
@@ -272,6 +275,10 @@ static int cmd_build(int argc, char **argv) {
   if (optind != argc - 1) {
     fputs(optind >= argc ? "kiln build: no model file given\n" : "kiln build: give one model file\n", stderr);
     build_usage(stderr);
+    goto out;
+  }
+  if (o.mpi && o.emit != KILN_BUILD_EXE) {
+    fputs("kiln build: --mpi links a program: it goes with --emit=exe\n", stderr);
     goto out;
   }
   o.model = argv[optind];

@@ -9,6 +9,8 @@
 //   seed                       the run's seed (data order and step seeds)
 //   data_rng                   the state of the current epoch's shuffling stream
 //   samples                    training samples per epoch (other data is refused)
+//   ranks                      data-parallel ranks of the run (absent: 1); a batch
+//                              position means that many ranks' batches
 //   total_steps, lr            the schedule's length and base rate (%.17g)
 //   vocab                      text models: the training vocabulary, escaped
 //
@@ -63,7 +65,7 @@ int kiln_ckpt_save(KilnCtx *c, const char *path, const KilnCkptState *s, KilnSta
     descs[i] = i < d->nparams ? d->params[i] : d->opt[i - d->nparams];
     data[i] = c->weights + descs[i].offset;
   }
-  char step[24], epoch[24], pos[24], seed[24], rng[24], samples[24], total[24], lr[32];
+  char step[24], epoch[24], pos[24], seed[24], rng[24], samples[24], total[24], lr[32], ranks[24];
   snprintf(step, sizeof step, "%lld", (long long)c->step);
   snprintf(epoch, sizeof epoch, "%lld", (long long)s->epoch);
   snprintf(pos, sizeof pos, "%lld", (long long)s->pos);
@@ -72,12 +74,13 @@ int kiln_ckpt_save(KilnCtx *c, const char *path, const KilnCkptState *s, KilnSta
   snprintf(samples, sizeof samples, "%lld", (long long)s->samples);
   snprintf(total, sizeof total, "%lld", (long long)c->total_steps);
   snprintf(lr, sizeof lr, "%.17g", c->lr);
+  snprintf(ranks, sizeof ranks, "%lld", (long long)(s->ranks > 0 ? s->ranks : 1));
   if (s->has_vocab) kiln_vocab_escape(&s->vocab, vocab);
   const char *keys[] = {"kiln_model", "kiln_version", "kiln_checkpoint", "step", "epoch", "pos",
-                        "seed", "data_rng", "samples", "total_steps", "lr", "vocab"};
+                        "seed", "data_rng", "samples", "total_steps", "lr", "ranks", "vocab"};
   const char *vals[] = {d->name, d->kiln_version ? d->kiln_version : "", FORMAT, step, epoch, pos,
-                        seed, rng, samples, total, lr, vocab};
-  int nmeta = s->has_vocab ? 12 : 11;
+                        seed, rng, samples, total, lr, ranks, vocab};
+  int nmeta = s->has_vocab ? 13 : 12;
   int rc = kiln_st_write(path, descs, data, n, keys, vals, nmeta, st);
   free(descs);
   free(data);
@@ -124,6 +127,8 @@ static int parse_state(json_t *meta, const char *path, KilnCkptState *s, uint64_
   KILN_TRY(meta_int(meta, "pos", &s->pos, path, st));
   KILN_TRY(meta_int(meta, "samples", &s->samples, path, st));
   KILN_TRY(meta_int(meta, "total_steps", &s->total_steps, path, st));
+  s->ranks = 1;
+  if (meta_str(meta, "ranks")) KILN_TRY(meta_int(meta, "ranks", &s->ranks, path, st));
   KILN_TRY(meta_u64(meta, "seed", 10, seed, path, st));
   KILN_TRY(meta_u64(meta, "data_rng", 16, &s->data_rng, path, st));
   s->seed = *seed;

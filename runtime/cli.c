@@ -589,15 +589,38 @@ static void train_usage(FILE *f) {
           "  --eval-data FILE      evaluation data instead of the model's or the held-out\n"
           "                        split\n"
           "  --print-every N       progress lines every N steps when not on a terminal\n"
-          "  --threads N           threads (default: all CPUs)\n"
+          "  --threads N           threads (default: all CPUs; with ranks, the CPUs over\n"
+          "                        the ranks on this machine)\n"
           "  --quiet               only the final summary\n"
+          "\ndata-parallel training (a program built with `kiln build --mpi`, started by\n"
+          "`mpirun -np N`; docs/distributed.md). Each rank takes %lld rows of every step:\n"
+          "  --shard-optimizer     each rank keeps the optimizer state of its own share\n"
+          "                        of the parameters and updates only those\n"
+          "  --comm-timeout S      seconds to wait for the other ranks before giving up\n"
+          "                        (default: 300)\n"
           "\nprofiling (every step, evaluation too):\n" PROFILE_HELP,
-          M->name, (long long)M->batch);
+          M->name, (long long)M->batch, (long long)M->batch);
+}
+
+// Joins the ranks mpirun started (none: one process). Each rank gets the CPUs
+// over the ranks on its machine, unless --threads says.
+static int train_ranks(KilnTrainOpts *o, bool shard, double timeout, KilnStatus *st) {
+  KILN_TRY(kiln_dist_init(kiln_comm_mpi(), &o->dist, st));
+  if (!o->dist) return 0;
+  o->dist->shard = shard;
+  if (timeout > 0) o->dist->timeout = timeout;
+  if (!o->threads) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN) / o->dist->local;
+    o->threads = cpus > 1 ? (int)cpus : 1;
+  }
+  // Rank 0 speaks for the run; the others print only their errors.
+  if (o->dist->rank != 0) o->quiet = true, o->bar = false;
+  return 0;
 }
 
 static int cmd_train(int argc, char **argv) {
   enum { EPOCHS = 256, STEPS, LR, SEED, SAVE, CKPT, RESUME, STOP, LOG, EVAL, DATA, EDATA, PRINT,
-         THREADS, QUIET, HELP };
+         THREADS, QUIET, SHARD, TIMEOUT, HELP };
   static const struct option opts[] = {
       {"epochs", required_argument, NULL, EPOCHS}, {"steps", required_argument, NULL, STEPS},
       {"lr", required_argument, NULL, LR}, {"seed", required_argument, NULL, SEED},
@@ -607,15 +630,19 @@ static int cmd_train(int argc, char **argv) {
       {"data", required_argument, NULL, DATA}, {"eval-data", required_argument, NULL, EDATA},
       {"print-every", required_argument, NULL, PRINT},
       {"threads", required_argument, NULL, THREADS}, {"quiet", no_argument, NULL, QUIET},
+      {"shard-optimizer", no_argument, NULL, SHARD}, {"comm-timeout", required_argument, NULL, TIMEOUT},
       {"help", no_argument, NULL, HELP}, PROFILE_OPTIONS, {0}};
   KilnTrainOpts o = {.bar = isatty(STDOUT_FILENO)};
   Profile prof = {0};
-  int64_t threads = 0;
+  int64_t threads = 0, timeout = 0;
+  bool shard = false;
   int opt;
   while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     bool ok = true;
     switch (opt) {
     case EPOCHS: ok = parse_count("epochs", optarg, 1, &o.epochs); break;
+    case SHARD: shard = true; break;
+    case TIMEOUT: ok = parse_count("comm-timeout", optarg, 1, &timeout); break;
     case STEPS: ok = parse_count("steps", optarg, 1, &o.steps); break;
     case LR: {
       char *end;
@@ -669,11 +696,15 @@ static int cmd_train(int argc, char **argv) {
   o.threads = (int)(threads > 4096 ? 4096 : threads);
   o.profile = prof.on ? &prof.o : NULL;
   KilnStatus st = {0};
+  if (train_ranks(&o, shard, (double)timeout, &st) != 0) return fail(&st);
   int rc = kiln_train(M, &o, stdout, &st);
   if (rc == KILN_TRAIN_INTERRUPTED) {
-    fprintf(stderr, "%s: %s\n", M->name, st.msg);
+    if (!o.dist || o.dist->rank == 0) fprintf(stderr, "%s: %s\n", M->name, st.msg);
+    kiln_dist_finish(o.dist);
     return 130;
   }
+  if (rc && o.dist) kiln_dist_die(o.dist, M->name, &st);
+  kiln_dist_finish(o.dist);
   return rc ? fail(&st) : 0;
 }
 
@@ -857,8 +888,12 @@ int main(int argc, char **argv) {
     printf("%s (model) compiled by kiln %s for %s\n", M->name, M->kiln_version, M->target);
     return 0;
   }
-  if (!strcmp(cmd, "info")) return cmd_info();
   if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
+  if (kiln_dist_launched() > 1) {
+    fprintf(stderr, "%s: error: only train runs on several ranks; run %s alone\n", M->name, cmd);
+    return 2;
+  }
+  if (!strcmp(cmd, "info")) return cmd_info();
   if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
   if (!strcmp(cmd, "infer")) return cmd_infer(argc - 1, argv + 1);
   if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);

@@ -226,25 +226,33 @@ void kiln_ctx_forward(KilnCtx *c) {
 typedef struct {
   KilnKernelFn k;
   char *w, *a;
+  int64_t base;
 } Job;
 
 static void run_job(void *ctx, int64_t lo, int64_t hi) {
   Job *j = ctx;
-  j->k(j->w, j->a, lo, hi);
+  j->k(j->w, j->a, j->base + lo, j->base + hi);
+}
+
+void kiln_rt_launch(KilnCtx *c, KilnKernelFn kernel, char *weights, char *arena, int64_t lo,
+                    int64_t hi, int64_t cost, int32_t index) {
+  int64_t n = hi - lo;
+  bool serial = n < 2 || cost < PARALLEL_MIN_COST || kiln_pool_threads(c->pool) < 2;
+  // Gradient sums in flight move on between kernels (MPI progresses in its calls).
+  if (c->dist) c->dist->ops->poll();
+  if (c->prof) {
+    kiln_prof_launch(c, kernel, weights, arena, lo, hi, !serial, index);
+    return;
+  }
+  if (serial) {
+    kernel(weights, arena, lo, hi);
+    return;
+  }
+  Job j = {kernel, weights, arena, lo};
+  kiln_pool_run(c->pool, run_job, &j, n);
 }
 
 void kiln_rt_parallel_for(void *rt, KilnKernelFn kernel, char *weights, char *arena, int64_t n,
                           int64_t cost, int32_t index) {
-  KilnCtx *c = rt;
-  bool serial = n < 2 || cost < PARALLEL_MIN_COST || kiln_pool_threads(c->pool) < 2;
-  if (c->prof) {
-    kiln_prof_launch(c, kernel, weights, arena, n, !serial, index);
-    return;
-  }
-  if (serial) {
-    kernel(weights, arena, 0, n);
-    return;
-  }
-  Job j = {kernel, weights, arena};
-  kiln_pool_run(c->pool, run_job, &j, n);
+  kiln_rt_launch(rt, kernel, weights, arena, 0, n, cost, index);
 }

@@ -140,6 +140,7 @@ typedef struct {
   char *w, *a;
   int32_t index;
   int64_t caller_lo;   // the calling thread's chunk starts at 0
+  int64_t base;        // chunks are relative to it
 } ProfJob;
 
 // A chunk: the kernel, and on worker threads an event of its own (the calling
@@ -147,21 +148,21 @@ typedef struct {
 static void run_chunk(void *ctx, int64_t lo, int64_t hi) {
   ProfJob *j = ctx;
   int64_t t0 = j->p->ev && lo != j->caller_lo ? now_ns() : 0;
-  j->k(j->w, j->a, lo, hi);
+  j->k(j->w, j->a, j->base + lo, j->base + hi);
   if (t0) record(j->p, EV_CHUNK, j->index, NULL, t0, now_ns());
 }
 
-void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t n, bool parallel,
-                      int32_t index) {
+void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t lo, int64_t hi,
+                      bool parallel, int32_t index) {
   KilnProfile *p = c->prof;
-  int64_t t0 = now_ns();
+  int64_t t0 = now_ns(), n = hi - lo;
   int threads = 1;
   if (parallel) {
-    ProfJob j = {p, kernel, w, a, index, 0};
+    ProfJob j = {p, kernel, w, a, index, 0, lo};
     kiln_pool_run(c->pool, run_chunk, &j, n);
     threads = p->threads < n ? p->threads : (int)n;
   } else {
-    kernel(w, a, 0, n);
+    kernel(w, a, lo, hi);
   }
   int64_t t1 = now_ns();
   if (index < 0 || index >= c->d->nkernel_info) return;

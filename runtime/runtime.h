@@ -156,6 +156,7 @@ typedef struct KilnCtx {
   struct KilnCtx *owner;  // a view (kiln_ctx_create_view): whose weights and pool these are
   struct KilnGen *gen;    // the library's generator, made at its first use
   struct KilnVocab *vocab;  // the library: the vocabulary of the weights loaded last
+  struct KilnDist *dist;  // dist.c: the ranks this context trains with, or NULL
 } KilnCtx;
 
 // threads <= 0: all online CPUs. Parameters are initialized from the model's seed.
@@ -185,6 +186,77 @@ int kiln_ctx_check_inputs(KilnCtx *c, KilnStatus *st);
 int kiln_ctx_check_all_inputs(KilnCtx *c, KilnStatus *st);
 // Runs the forward pass (header.training = 0) on the inputs in the arena.
 void kiln_ctx_forward(KilnCtx *c);
+// kiln_rt_parallel_for over iterations [lo, hi) of kernel.
+void kiln_rt_launch(KilnCtx *c, KilnKernelFn kernel, char *weights, char *arena, int64_t lo,
+                    int64_t hi, int64_t cost, int32_t index);
+
+//
+// dist.c: data-parallel training. Every rank runs the same program on its share
+// of each batch; the gradients are summed over the ranks as the backward pass
+// finishes them (kiln_rt_grad_ready) and averaged before the update, so every
+// rank takes the same step. A KilnCommOps moves the bytes: mpi.c's, linked into
+// programs built with `kiln build --mpi`, else none and one rank. Collectives
+// wait at most timeout seconds; a peer that died or hangs is an error then.
+//
+typedef struct {
+  const char *name;   // "MPI"
+  // Joins the job when the process was started by an MPI launcher (*size 1 and
+  // nothing joined otherwise). local: ranks on this machine.
+  int (*init)(int *rank, int *size, int *local, KilnStatus *st);
+  void (*finalize)(void);
+  void (*abort)(int code) __attribute__((noreturn));
+  // Starts an in-place sum over the ranks of n floats.
+  int (*isum_f32)(float *buf, int64_t n, KilnStatus *st);
+  void (*poll)(void);  // lets started sums progress
+  int (*wait)(double timeout, KilnStatus *st);  // every started sum
+  // Blocking, in place: the sum (max: the maximum) of n doubles over the ranks.
+  int (*reduce_f64)(double *v, int n, bool max, double timeout, KilnStatus *st);
+  // In place: rank r's run of floats [displ[r], displ[r] + count[r]) of base to
+  // every rank (all) or to rank 0.
+  int (*gather_f32)(float *base, const int64_t *count, const int64_t *displ, bool all,
+                    double timeout, KilnStatus *st);
+} KilnCommOps;
+
+// mpi.c's ops in a program linked with it; NULL otherwise. The program's main
+// calls it, so that the linker takes mpi.c's from libkiln_mpi.a when it is given.
+const KilnCommOps *kiln_comm_mpi(void);
+
+typedef struct KilnDist {
+  const KilnCommOps *ops;
+  int rank, size, local;
+  double timeout;           // seconds a collective may wait
+  bool shard;               // each rank updates (and keeps the state of) its own parameters
+  // Attached to a context (kiln_dist_attach):
+  KilnCtx *c;
+  int32_t *first;           // per gradient: the first one with its bytes (summed once)
+  int64_t ulo, uhi;         // sharded: this rank's iterations of the update
+  int64_t *wcount, *wdispl; // sharded, per rank: parameter floats from the weights block
+  int64_t *ocount, *odispl; // sharded, per rank: optimizer-state floats from the weights block
+  double comm_s;            // time spent waiting for gradients (grads_done), summed
+} KilnDist;
+
+// Joins the job an MPI launcher started the process in, through ops (NULL: none),
+// if any: *out is NULL for one rank. A launch by mpirun without ops is an error.
+int kiln_dist_init(const KilnCommOps *ops, KilnDist **out, KilnStatus *st);
+// How many processes an MPI launcher started this one among; 0: none.
+long kiln_dist_launched(void);
+void kiln_dist_finish(KilnDist *d);
+// Prints st's error as this rank's (who: the program) and ends every rank.
+void kiln_dist_die(KilnDist *d, const char *who, const KilnStatus *st) __attribute__((noreturn));
+// Ties d to c (gradients, shards) and, sharded, drops the optimizer state of the
+// other ranks' parameters.
+int kiln_dist_attach(KilnDist *d, KilnCtx *c, KilnStatus *st);
+// Sharded: the full optimizer state on rank 0 (before a checkpoint), and back to
+// this rank's share after.
+int kiln_dist_gather_state(KilnDist *d, KilnStatus *st);
+void kiln_dist_drop_state(KilnDist *d);
+// The same step everywhere: the loss averaged over the ranks, stop set when any
+// rank was interrupted.
+int kiln_dist_agree(KilnDist *d, float *loss, bool *stop, KilnStatus *st);
+// Sums n doubles over the ranks, in place.
+int kiln_dist_sum(KilnDist *d, double *v, int n, KilnStatus *st);
+// Every rank's weights (and unsharded optimizer state) the same bits: refused if not.
+int kiln_dist_check_same(KilnDist *d, KilnStatus *st);
 
 //
 // profile.c: kernel timings. While a context profiles, every kernel launch is timed
@@ -216,9 +288,9 @@ int kiln_rt_profile_end(KilnCtx *c, KilnStatus *st);
 // Runs one step function of c's model; while profiling, the step is timed and
 // kept (kind: "forward", "train_step", ...; a static string).
 void kiln_rt_run_step(KilnCtx *c, KilnStepFn fn, const char *kind);
-// One timed kernel launch of kiln_rt_parallel_for: over the pool when parallel.
-void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t n, bool parallel,
-                      int32_t index);
+// One timed kernel launch of kiln_rt_launch: over the pool when parallel.
+void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t lo, int64_t hi,
+                      bool parallel, int32_t index);
 
 //
 // peak.c: what this machine can do, for the roofline. One core's f32 FMA
@@ -343,6 +415,7 @@ typedef struct {
   uint64_t seed;              // the run's seed (data order, step seeds)
   uint64_t data_rng;          // the current epoch's shuffling stream
   int64_t samples;            // training samples per epoch, to refuse other data
+  int64_t ranks;              // data-parallel ranks (a position counts their batches)
   int64_t total_steps;        // the schedule's length
   double lr;                  // the schedule's base rate
   bool has_vocab;
@@ -397,6 +470,7 @@ typedef struct {
   bool quiet;                   // no progress, only the summary
   bool bar;                     // a progress bar (a terminal), else plain lines
   const KilnProfileOpts *profile;  // profile every step of the run; NULL: off
+  KilnDist *dist;               // data-parallel ranks (kiln_dist_init), or NULL
 } KilnTrainOpts;
 
 enum { KILN_TRAIN_INTERRUPTED = -2 };

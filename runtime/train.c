@@ -46,6 +46,8 @@ static KilnStepHeader *set_header(KilnCtx *c, int training) {
   const KilnTrainDesc *t = c->d->train;
   double tt = (double)(c->step + 1);
   h->seed = kiln_train_step_seed(c->seed, c->step);
+  // Ranks draw different dropout masks for their different rows.
+  if (c->dist) h->seed ^= (uint64_t)c->dist->rank * 0xD1B54A32D192ED03ull;
   h->training = training;
   h->step = (int32_t)c->step;
   h->lr = (float)kiln_train_lr(t, c->lr, c->step, c->total_steps);
@@ -97,6 +99,9 @@ typedef struct {
   int64_t *eval_idx, neval;
   int64_t *perm;                // this epoch's order of train_idx
   int64_t spe, total, first;    // steps per epoch, to take, taken before this run
+  KilnDist *dist;               // the ranks, or NULL: one process
+  int rank, size;               // this process's rank (0: writes logs and checkpoints)
+  int64_t gbatch;               // rows per step over all ranks
   KilnCkptState cs;             // the data position (epoch, pos, data_rng)
   const char *save;
   int lock_fd;
@@ -133,9 +138,13 @@ static int setup_ctx(Run *r, KilnStatus *st) {
   if ((o->checkpoint_every || o->stop_after) && !r->save)
     return kiln_rt_fail(st, "--%s needs --save FILE (where the checkpoint goes)",
                         o->checkpoint_every ? "checkpoint-every" : "stop-after");
-  if (r->save) KILN_TRY(kiln_ckpt_lock(r->save, &r->lock_fd, st));
+  if (r->save && r->rank == 0) KILN_TRY(kiln_ckpt_lock(r->save, &r->lock_fd, st));
   if (o->resume) {
     KILN_TRY(kiln_ckpt_load(r->c, o->resume, &r->cs, st));
+    if (r->cs.ranks != r->size)
+      return kiln_rt_fail(st, "%s was written by a run on %lld rank%s, this one has %d: resume it "
+                          "on as many (its batch position counts theirs)", o->resume,
+                          (long long)r->cs.ranks, r->cs.ranks == 1 ? "" : "s", r->size);
     if (o->has_seed && o->seed != r->c->seed)
       return kiln_rt_fail(st, "--seed %llu: %s was trained with seed %llu",
                           (unsigned long long)o->seed, o->resume,
@@ -146,6 +155,7 @@ static int setup_ctx(Run *r, KilnStatus *st) {
     kiln_ctx_init_params(r->c, o->seed);
   }
   if (o->lr > 0) r->c->lr = o->lr;
+  if (r->dist) KILN_TRY(kiln_dist_attach(r->dist, r->c, st));
   return 0;
 }
 
@@ -181,10 +191,11 @@ static int setup_data(Run *r, KilnStatus *st) {
                              &r->eval_idx, &r->neval, st));
     if (r->neval > 0) r->eval_src = &r->train;
   }
-  r->spe = r->ntrain / d->batch;
+  r->spe = r->ntrain / r->gbatch;
   if (r->spe == 0)
-    return kiln_rt_fail(st, "%s: %lld training samples, fewer than one batch of %lld",
-                        r->train.what, (long long)r->ntrain, (long long)d->batch);
+    return kiln_rt_fail(st, "%s: %lld training samples, fewer than one batch of %lld%s",
+                        r->train.what, (long long)r->ntrain, (long long)r->gbatch,
+                        r->size > 1 ? " (every rank's rows)" : "");
   if (r->o->eval_every && !r->eval_src)
     return kiln_rt_fail(st, "--eval-every needs evaluation data: give --eval-data FILE, or set "
                         "data.eval or data.val_split in the model");
@@ -215,6 +226,7 @@ static int setup_position(Run *r, KilnStatus *st) {
     r->cs.data_rng = kiln_data_epoch_rng(r->c->seed, 0);
   }
   r->cs.samples = r->ntrain;
+  r->cs.ranks = r->size;
   r->cs.has_vocab = r->train.kind == KILN_DATA_TEXT;
   r->cs.vocab = r->train.vocab;
   r->first = r->c->step;
@@ -266,7 +278,7 @@ static int trim_log(Run *r, KilnStatus *st) {
 }
 
 static int open_log(Run *r, KilnStatus *st) {
-  if (!r->o->log) return 0;
+  if (!r->o->log || r->rank != 0) return 0;
   if (r->o->resume) KILN_TRY(trim_log(r, st));
   r->log = fopen(r->o->log, r->o->resume ? "a" : "w");
   if (!r->log) return kiln_rt_fail(st, "cannot write %s", r->o->log);
@@ -284,8 +296,11 @@ static void start_line(Run *r) {
   fprintf(f, "training %s on %s: %lld samples", d->name, r->train.what, (long long)r->ntrain);
   if (r->eval_src == &r->train) fprintf(f, " (%lld more held out for validation)", (long long)r->neval);
   else if (r->eval_src) fprintf(f, ", evaluating on %s (%lld samples)", r->eval.what, (long long)r->neval);
-  int64_t drop = r->ntrain - r->spe * d->batch;
-  fprintf(f, "; batch %lld, %lld steps per epoch", (long long)d->batch, (long long)r->spe);
+  int64_t drop = r->ntrain - r->spe * r->gbatch;
+  fprintf(f, "; batch %lld, %lld steps per epoch", (long long)r->gbatch, (long long)r->spe);
+  if (r->size > 1)
+    fprintf(f, "\n  %d ranks over %s, %lld rows each%s", r->size, r->dist->ops->name,
+            (long long)d->batch, r->dist->shard ? ", optimizer state sharded" : "");
   if (drop) fprintf(f, " (the last %lld samples of each epoch, a partial batch, are left out)", (long long)drop);
   fprintf(f, "\n  %lld steps (%.4g epochs); %s, %s schedule, lr %g; seed %llu", (long long)r->total,
           (double)r->total / (double)r->spe, opt_name(d->train->optimizer),
@@ -308,7 +323,7 @@ static void progress(Run *r, bool force) {
   double now = kiln_now();
   int64_t step = r->c->step;
   if (r->o->bar ? !force && now - r->tprint < 0.1 : !force && step % r->print_every != 0) return;
-  double rate = (double)(r->nprint * r->d->batch) / fmax(now - r->tprint, 1e-9);
+  double rate = (double)(r->nprint * r->gbatch) / fmax(now - r->tprint, 1e-9);
   double per_step = (now - r->t0) / (double)(step - r->first);
   char eta[32];
   fmt_eta(per_step * (double)(r->total - step), eta, sizeof eta);
@@ -346,8 +361,23 @@ static void report_eval(Run *r, FILE *f, const char *prefix) {
             (long long)r->ev.correct, (long long)r->ev.total);
 }
 
+// With ranks, each evaluates a contiguous share of the batches and the sums are
+// combined: the same loss (mean over full batches) and accuracy as one process.
 static int evaluate(Run *r, KilnStatus *st) {
-  KILN_TRY(kiln_eval_data(r->c, r->eval_src, r->eval_idx, r->neval, &r->ev, st));
+  if (!r->dist) {
+    KILN_TRY(kiln_eval_data(r->c, r->eval_src, r->eval_idx, r->neval, &r->ev, st));
+  } else {
+    int64_t b = r->d->batch, nb = (r->neval + b - 1) / b;
+    int64_t lo = nb * r->rank / r->size * b, hi = nb * (r->rank + 1) / r->size * b;
+    if (hi > r->neval) hi = r->neval;
+    KilnEvalResult e = {0};
+    if (hi > lo) KILN_TRY(kiln_eval_data(r->c, r->eval_src, r->eval_idx + lo, hi - lo, &e, st));
+    double v[4] = {e.batches ? e.loss * (double)e.batches : 0, (double)e.batches,
+                   (double)e.correct, (double)e.total};
+    KILN_TRY(kiln_dist_sum(r->dist, v, 4, st));
+    r->ev = (KilnEvalResult){v[1] > 0 ? v[0] / v[1] : NAN, (int64_t)v[1], (int64_t)v[2],
+                             (int64_t)v[3]};
+  }
   r->has_ev = true;
   if (r->o->quiet) return 0;
   break_line(r);
@@ -361,7 +391,7 @@ static void log_row(Run *r, int64_t epoch, float loss, double secs, bool evaluat
   fprintf(r->log, "%lld,%lld,%.9g,%.9g,", (long long)r->c->step, (long long)epoch + 1,
           (double)loss, (double)r->lr);
   if (r->d->train->clip_grad_norm > 0) fprintf(r->log, "%.9g", r->grad_norm);
-  fprintf(r->log, ",%.1f", (double)r->d->batch / fmax(secs, 1e-9));
+  fprintf(r->log, ",%.1f", (double)r->gbatch / fmax(secs, 1e-9));
   if (r->eval_src) {
     fputc(',', r->log);
     if (evaluated && r->ev.batches) fprintf(r->log, "%.9g", r->ev.loss);
@@ -380,9 +410,16 @@ static int flush_log(Run *r, KilnStatus *st) {
   return 0;
 }
 
+// With ranks: every rank's weights must be the same bits; rank 0 gathers the
+// sharded optimizer state and writes the file.
 static int checkpoint(Run *r, KilnStatus *st) {
   KILN_TRY(flush_log(r, st));
-  KILN_TRY(kiln_ckpt_save(r->c, r->save, &r->cs, st));
+  if (r->dist) {
+    KILN_TRY(kiln_dist_check_same(r->dist, st));
+    KILN_TRY(kiln_dist_gather_state(r->dist, st));
+  }
+  if (r->rank == 0) KILN_TRY(kiln_ckpt_save(r->c, r->save, &r->cs, st));
+  if (r->dist && r->rank == 0) kiln_dist_drop_state(r->dist);
   r->last_ckpt = r->c->step;
   return 0;
 }
@@ -425,14 +462,18 @@ static int summary(Run *r, KilnStatus *st) {
   double secs = kiln_now() - r->t0;
   int64_t steps = r->c->step - r->first;
   KILN_TRY(r->save ? checkpoint(r, st) : flush_log(r, st));
+  if (r->dist && !r->save) KILN_TRY(kiln_dist_check_same(r->dist, st));
+  if (r->rank != 0) return 0;
   break_line(r);
   FILE *f = r->out;
   double mean = r->epoch_n ? r->epoch_sum / (double)r->epoch_n : r->last_epoch_mean;
   fprintf(f, "done: %lld steps (to step %lld) in %.2f s, %.0f samples/s; training loss %.6f "
           "(mean of the last %s)", (long long)steps, (long long)r->c->step, secs,
-          (double)(steps * r->d->batch) / fmax(secs, 1e-9), mean,
+          (double)(steps * r->gbatch) / fmax(secs, 1e-9), mean,
           r->epoch_n ? "partial epoch" : "epoch");
   if (r->has_ev) report_eval(r, f, "; ");
+  if (r->dist)
+    fprintf(f, "; %d ranks, rank 0 waited %.2f s for gradient sums", r->size, r->dist->comm_s);
   if (r->save) fprintf(f, "; saved %s", r->save);
   else fprintf(f, "; not saved (no --save)");
   fprintf(f, "\n");
@@ -446,8 +487,14 @@ static int loop(Run *r, KilnStatus *st) {
   r->print_every = o->print_every > 0 ? o->print_every : r->total / 20 > 0 ? r->total / 20 : 1;
   while (r->c->step < r->total) {
     double t = kiln_now();
-    kiln_data_fill(&r->train, r->c, r->perm + r->cs.pos * r->d->batch, r->d->batch);
+    int64_t at = r->cs.pos * r->gbatch + (int64_t)r->rank * r->d->batch;
+    kiln_data_fill(&r->train, r->c, r->perm + at, r->d->batch);
     float loss = kiln_ctx_train_step(r->c);
+    if (r->dist) {
+      bool stop = interrupted;
+      KILN_TRY(kiln_dist_agree(r->dist, &loss, &stop, st));
+      interrupted = stop;
+    }
     const KilnStepHeader *h = (const KilnStepHeader *)r->c->arena;
     r->lr = h->lr;
     r->grad_norm = h->grad_norm;
@@ -467,7 +514,8 @@ static int loop(Run *r, KilnStatus *st) {
     if (o->stop_after && r->c->step - r->first == o->stop_after && r->c->step < r->total) {
       KILN_TRY(checkpoint(r, st));
       break_line(r);
-      fprintf(r->out, "stopped after %lld steps, at step %lld of %lld; continue with --resume %s\n",
+      if (r->rank == 0)
+        fprintf(r->out, "stopped after %lld steps, at step %lld of %lld; continue with --resume %s\n",
               (long long)o->stop_after, (long long)r->c->step, (long long)r->total, r->save);
       return 0;
     }
@@ -487,12 +535,15 @@ static void run_free(Run *r) {
 }
 
 int kiln_train(const KilnModelDesc *d, const KilnTrainOpts *o, FILE *out, KilnStatus *st) {
-  Run r = {.d = d, .o = o, .out = out, .lock_fd = -1, .last_ckpt = -1};
+  Run r = {.d = d, .o = o, .out = out, .lock_fd = -1, .last_ckpt = -1, .dist = o->dist,
+           .rank = o->dist ? o->dist->rank : 0, .size = o->dist ? o->dist->size : 1};
+  r.gbatch = d->batch * r.size;
   int rc = setup_ctx(&r, st);
   if (rc == 0) rc = setup_data(&r, st);
   if (rc == 0) rc = setup_position(&r, st);
   if (rc == 0 && r.c->step >= r.total) {
-    fprintf(out, "already at step %lld of %lld: nothing to do (give a larger --steps or "
+    if (r.rank == 0)
+      fprintf(out, "already at step %lld of %lld: nothing to do (give a larger --steps or "
             "--epochs)\n", (long long)r.c->step, (long long)r.total);
     run_free(&r);
     return 0;

@@ -10,6 +10,7 @@ pkgs=(
   llvm-16-dev          # CPU backend (LLVM C API)
   libopenblas-dev      # large matmuls
   libcmocka-dev        # unit tests
+  libopenmpi-dev openmpi-bin   # data-parallel training (kiln build --mpi) and its tests
   valgrind             # the runtime is checked under it
   libjansson-dev       # safetensors headers (JSON)
   clang-16 libclang-rt-16-dev   # libFuzzer harnesses (tests/fuzz, scripts/fuzz.sh)

@@ -9,7 +9,7 @@
 #include "include/kiln/abi.h"
 
 typedef struct {
-  LLVMTypeRef tensor, desc, train, kinfo, kernel_fn, step_fn, parfor_fn;
+  LLVMTypeRef tensor, desc, train, kinfo, grad, kernel_fn, step_fn, parfor_fn, hook_fn, done_fn;
 } Types;
 
 static void make_types(KilnCg *c, Types *t) {
@@ -24,12 +24,15 @@ static void make_types(KilnCg *c, Types *t) {
   LLVMTypeRef desc[] = {c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64,
                         c->i64, c->i64, c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->ptr,
                         c->ptr, c->ptr, c->i64, c->i64, c->i32, c->i32, c->ptr, c->ptr,
-                        c->ptr, c->ptr, c->i64, c->i32, c->i32, c->ptr};
+                        c->ptr, c->ptr, c->i64, c->i32, c->i32, c->ptr, c->i32, c->i32, c->ptr};
   t->desc = LLVMStructCreateNamed(c->ctx, "KilnModelDesc");
-  LLVMStructSetBody(t->desc, desc, 33, 0);
+  LLVMStructSetBody(t->desc, desc, 36, 0);
   LLVMTypeRef kinfo[] = {c->ptr, c->ptr, c->ptr, c->i64, c->i64};
   t->kinfo = LLVMStructCreateNamed(c->ctx, "KilnKernelInfo");
   LLVMStructSetBody(t->kinfo, kinfo, 5, 0);
+  LLVMTypeRef grad[] = {c->i32, c->i32, c->i64, c->i64};
+  t->grad = LLVMStructCreateNamed(c->ctx, "KilnGradDesc");
+  LLVMStructSetBody(t->grad, grad, 4, 0);
   LLVMTypeRef train[] = {c->i32, c->i32, f64,    f64,    f64,    f64,    f64,    f64,
                          c->i32, c->i32, c->i64, f64,    c->i64, f64,    c->i64, c->i64,
                          f64,    f64,    c->ptr, c->ptr, c->i32, c->i32, c->i32, c->i32};
@@ -41,6 +44,15 @@ static void make_types(KilnCg *c, Types *t) {
   t->step_fn = LLVMFunctionType(c->v, sp, 3, 0);
   LLVMTypeRef pp[] = {c->ptr, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i32};
   t->parfor_fn = LLVMFunctionType(c->v, pp, 7, 0);
+  LLVMTypeRef hp[] = {c->ptr, c->i32};
+  t->hook_fn = LLVMFunctionType(c->v, hp, 2, 0);
+  t->done_fn = LLVMFunctionType(c->v, hp, 1, 0);
+}
+
+// The runtime function name of type ty, declared once per module.
+static LLVMValueRef runtime_fn(KilnCg *c, const char *name, LLVMTypeRef ty) {
+  LLVMValueRef fn = LLVMGetNamedFunction(c->mod, name);
+  return fn ? fn : LLVMAddFunction(c->mod, name, ty);
 }
 
 // A module-private constant global holding v.
@@ -110,21 +122,77 @@ static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, 
   return private_const(c, arr, name);
 }
 
+// Where the train step reports gradients final (kiln_rt_grad_ready): the grads
+// the update reads, in its order, each with the node after whose kernels no
+// kernel writes or reads its buffer again.
+typedef struct {
+  int n;
+  int32_t *param;   // index into the descriptor's params
+  int32_t *node;    // the gradient's value
+  int32_t *ready;   // report after this node's kernels
+} Grads;
+
+// The node whose kernel computes i, and the value whose bytes i's are.
+static int32_t kernel_of(const KilnGraph *g, int32_t i) {
+  return g->fused_into && g->fused_into[i] >= 0 ? g->fused_into[i] : i;
+}
+static int32_t bytes_of(const KilnPlan *p, int32_t i) {
+  return p->alias && p->alias[i] >= 0 ? p->alias[i] : i;
+}
+
+static void find_grads(const KilnGraph *g, const KilnPlan *p, Grads *out) {
+  int n = g->nnodes;
+  int32_t *last = malloc((size_t)n * sizeof *last);
+  for (int i = 0; i < n; i++) last[i] = -1;
+  // The last kernel to touch each buffer: its writer, then every reader.
+  for (int j = 0; j < n; j++) {
+    if (!p->live[j]) continue;
+    int32_t b = bytes_of(p, j), k = kernel_of(g, j);
+    if (last[b] < k) last[b] = k;
+    for (int x = 0; x < g->nodes[j].nin; x++) {
+      b = bytes_of(p, g->nodes[j].in[x]);
+      if (last[b] < k) last[b] = k;
+    }
+  }
+  out->n = 0;
+  out->param = calloc((size_t)n + 1, sizeof *out->param);
+  out->node = calloc((size_t)n + 1, sizeof *out->node);
+  out->ready = calloc((size_t)n + 1, sizeof *out->ready);
+  // As the update kernel (update_group) walks them: only parameters have gradients.
+  for (int i = 0, np = 0; i < g->nforward; i++) {
+    KILN_ASSERT(g->grads[i] < 0 || g->nodes[i].op == KILN_OP_PARAM);
+    if (g->nodes[i].op != KILN_OP_PARAM) continue;
+    if (g->grads[i] >= 0) {
+      out->param[out->n] = np;
+      out->node[out->n] = g->grads[i];
+      out->ready[out->n++] = last[bytes_of(p, g->grads[i])];
+    }
+    np++;
+  }
+  free(last);
+}
+
+static void grads_free(Grads *gr) {
+  free(gr->param);
+  free(gr->node);
+  free(gr->ready);
+}
+
 // A step function: constants into the arena, then the kernels of the nodes in
 // `live`, in order, each through the runtime's parallel-for. Kernels are built
 // once (kern[]) and shared by the steps that need them; kern[ph * nnodes + i] is
-// node i's phase ph (kiln_cpu_kernel_phases), run after its phase ph - 1.
+// node i's phase ph (kiln_cpu_kernel_phases), run after its phase ph - 1. With
+// gr (the train step), each gradient is reported after its ready node.
 static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
                                const char *name, const bool *live, LLVMValueRef *kern,
                                const int64_t *iters, const int64_t *cost, const int32_t *index,
-                               int32_t training) {
+                               int32_t training, const Grads *gr) {
   LLVMValueRef fn = LLVMAddFunction(c->mod, name, t->step_fn);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   c->fn = fn;
   LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
   LLVMValueRef w = LLVMGetParam(fn, 0), a = LLVMGetParam(fn, 1), rt = LLVMGetParam(fn, 2);
-  LLVMValueRef parfor = LLVMGetNamedFunction(c->mod, "kiln_rt_parallel_for");
-  if (!parfor) parfor = LLVMAddFunction(c->mod, "kiln_rt_parallel_for", t->parfor_fn);
+  LLVMValueRef parfor = runtime_fn(c, "kiln_rt_parallel_for", t->parfor_fn);
   LLVMBuildStore(c->b, LLVMConstInt(c->i32, (unsigned long long)training, 0),
                  kiln_cg_gep(c, c->i8, a, kiln_cg_i64(c, offsetof(KilnStepHeader, training))));
   for (int i = 0; i < g->nnodes; i++) {
@@ -139,6 +207,11 @@ static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, co
                              i32c(c, index[j])};
       LLVMBuildCall2(c->b, t->parfor_fn, parfor, args, 7, "");
     }
+    for (int k = 0; gr && k < gr->n; k++)
+      if (gr->ready[k] == i) {
+        LLVMValueRef args[] = {rt, i32c(c, k)};
+        LLVMBuildCall2(c->b, t->hook_fn, runtime_fn(c, "kiln_rt_grad_ready", t->hook_fn), args, 2, "");
+      }
   }
   return fn;
 }
@@ -163,6 +236,7 @@ static bool fused(const KilnGraph *g, int32_t i) { return g->fused_into && g->fu
 
 typedef struct {
   LLVMValueRef forward, eval, train;
+  Grads grads;          // the train step's, else n = 0
   int nkernels;
   KilnKernelCost *info;  // the profiler's kernel table, as the launches index it
   int ninfo;
@@ -235,11 +309,12 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
       }
       out->ninfo++;
     }
-  out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, index, 0);
+  out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, index, 0, NULL);
   LLVMBuildRetVoid(c->b);
   out->eval = out->train = NULL;
+  out->grads = (Grads){0};
   if (g->loss >= 0) {
-    out->eval = build_step(c, t, g, p, "kiln_eval", p->live_eval, kern, iters, cost, index, 0);
+    out->eval = build_step(c, t, g, p, "kiln_eval", p->live_eval, kern, iters, cost, index, 0, NULL);
     store_loss(c, p, g->loss, out->eval);
     LLVMBuildRetVoid(c->b);
   }
@@ -250,11 +325,17 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
       if (g->grads[i] >= 0) upd[i] = kiln_cpu_update_kernel(c, g, p, i, train), out->nkernels++;
     int64_t total = 0;
     LLVMValueRef all = update_group(c, t, g, upd, &total);
-    out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, index, 1);
+    find_grads(g, p, &out->grads);
+    out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, index, 1,
+                            &out->grads);
     store_loss(c, p, g->loss, out->train);
     train_costs(p, train, total, out);
+    LLVMValueRef rt = LLVMGetParam(out->train, 2);
+    LLVMBuildCall2(c->b, t->done_fn, runtime_fn(c, "kiln_rt_grads_done", t->done_fn), &rt, 1, "");
     parfor(c, t, out->train, norm, 1, 1, out->ninfo - 2);
-    parfor(c, t, out->train, all, total, 10 * total, out->ninfo - 1);
+    LLVMValueRef args[] = {rt, all, LLVMGetParam(out->train, 0), LLVMGetParam(out->train, 1),
+                           kiln_cg_i64(c, total), kiln_cg_i64(c, 10 * total), i32c(c, out->ninfo - 1)};
+    LLVMBuildCall2(c->b, t->parfor_fn, runtime_fn(c, "kiln_rt_update", t->parfor_fn), args, 7, "");
     LLVMBuildRetVoid(c->b);
     free(upd);
   }
@@ -395,6 +476,21 @@ static LLVMValueRef opt_array(KilnCg *c, const Types *t, const KilnGraph *g, con
   return private_const(c, arr, "opt");
 }
 
+// The descriptor's grads table (KilnGradDesc), in the update's order.
+static LLVMValueRef grads_array(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
+                                const Grads *gr) {
+  LLVMValueRef *v = calloc((size_t)gr->n + 1, sizeof *v);
+  for (int k = 0; k < gr->n; k++) {
+    int32_t x = gr->node[k];
+    LLVMValueRef f[] = {i32c(c, gr->param[k]), i32c(c, 0), kiln_cg_i64(c, p->offset[x]),
+                        kiln_cg_i64(c, kiln_node_numel(&g->nodes[x]))};
+    v[k] = LLVMConstNamedStruct(t->grad, f, 4);
+  }
+  LLVMValueRef arr = LLVMConstArray(t->grad, v, (unsigned)gr->n);
+  free(v);
+  return private_const(c, arr, "grads");
+}
+
 static LLVMValueRef cstring_or_null(KilnCg *c, const char *s, const char *name) {
   return s ? cstring(c, s, name) : LLVMConstNull(c->ptr);
 }
@@ -456,15 +552,17 @@ static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, co
       train ? train_desc(c, t, train) : LLVMConstNull(c->ptr),
       decode ? decode : LLVMConstNull(c->ptr), window ? window : LLVMConstNull(c->ptr),
       kiln_cg_i64(c, context), i32c(c, st.ninfo), i32c(c, 0),
-      kernel_info_array(c, t, st.info, st.ninfo)};
+      kernel_info_array(c, t, st.info, st.ninfo), i32c(c, st.grads.n), i32c(c, 0),
+      grads_array(c, t, g, p, &st.grads)};
   LLVMValueRef desc = LLVMAddGlobal(c->mod, t->desc, sym);
   KILN_ASSERT(nopt_check == nopt);
-  LLVMSetInitializer(desc, LLVMConstNamedStruct(t->desc, fields, 33));
+  LLVMSetInitializer(desc, LLVMConstNamedStruct(t->desc, fields, 36));
   LLVMSetGlobalConstant(desc, 1);
   *has_train = st.train != NULL;
   free(params);
   free(inputs);
   free(st.info);
+  grads_free(&st.grads);
   return desc;
 }
 

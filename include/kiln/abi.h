@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 3
+#define KILN_ABI_VERSION 4
 #define KILN_ABI_MAX_RANK 6
 
 enum { KILN_ABI_F32 = 0, KILN_ABI_I32 = 1 };
@@ -59,6 +59,28 @@ typedef void (*KilnKernelFn)(char *weights, char *arena, int64_t lo, int64_t hi)
 // the profiler knows which kernel ran.
 void kiln_rt_parallel_for(void *rt, KilnKernelFn kernel, char *weights, char *arena, int64_t n,
                           int64_t cost, int32_t index);
+
+// Data-parallel training. The train step calls kiln_rt_grad_ready(rt, k) as soon
+// as gradient k (an index into the descriptor's grads) is final: no later kernel
+// writes or reads it, so it may be summed over the ranks while the rest of the
+// backward pass runs. kiln_rt_grads_done comes after the last of them, before the
+// gradient norm. The optimizer update of every parameter goes through
+// kiln_rt_update, which may run only this rank's slice of it (a sharded optimizer)
+// and then exchange the updated parameters. Without ranks the first two return at
+// once and the third is kiln_rt_parallel_for.
+void kiln_rt_grad_ready(void *rt, int32_t grad);
+void kiln_rt_grads_done(void *rt);
+void kiln_rt_update(void *rt, KilnKernelFn kernel, char *weights, char *arena, int64_t n,
+                    int64_t cost, int32_t index);
+
+// One parameter's gradient in the arena. The grads table lists them in the order
+// of the update kernel's iterations: parameter by parameter, elements end to end.
+typedef struct {
+  int32_t param;      // index into params
+  int32_t pad_;
+  int64_t offset;     // bytes from the start of the arena
+  int64_t numel;
+} KilnGradDesc;
 
 // One kernel as the profiler reports it. The compiler counts its work from the
 // shapes: FLOPs by the op table's rules over every node the kernel computes, bytes
@@ -156,6 +178,9 @@ struct KilnModelDesc {
   // kiln_rt_parallel_for calls name them.
   int32_t nkernel_info, pad2_;
   const KilnKernelInfo *kernel_info;
+  // Training: every gradient the update reads (see kiln_rt_grad_ready).
+  int32_t ngrads, pad3_;
+  const KilnGradDesc *grads;
 };
 
 #endif
