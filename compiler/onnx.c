@@ -450,6 +450,7 @@ static int matmul_bias(Importer *im, const Onnx__NodeProto *n, int64_t units, co
   int r;
   if (readers(im, n->output[0], &r) != 1 || strcmp(S(im->g->node[r]->op_type), "Add") != 0) return -1;
   const Onnx__NodeProto *add = im->g->node[r];
+  if (add->n_input != 2 || add->n_output < 1) return -1;
   int other = strcmp(add->input[0], n->output[0]) == 0 ? 1 : 0;
   int b = find_val(im, add->input[other]);
   if (!bias_like(im, b, units)) return -1;
@@ -581,10 +582,13 @@ static int layernorm(Importer *im, const Onnx__NodeProto *n, const char *op) {
     unsupported(im, n, "only over the last axis, with constant scale and bias");
     return 0;
   }
+  double epsilon = attr_f(n, "epsilon", 1e-5);
+  if (!(epsilon > 0 && epsilon < 1))
+    return fail(im, "node '%s': epsilon %g is not between 0 and 1", S(n->name), epsilon);
   Item *it = add_item(im, op, n->output[0]);
   it->layer = layer_name(im, im->vals[scale].onnx, "weight", n, "layernorm");
   char eps[32];
-  fmt_float(eps, sizeof eps, attr_f(n, "epsilon", 1e-5));
+  fmt_float(eps, sizeof eps, epsilon);
   snprintf(it->attrs, sizeof it->attrs, "eps: %s", eps);
   TRY_IMPORT(item_in(im, it, x));
   same_shape(im, it, x);
@@ -693,6 +697,9 @@ static int softmax(Importer *im, const Onnx__NodeProto *n, const char *op) {
   if (x < 0) return x == -2 ? -1 : (unsupported(im, n, NULL), 0);
   int rank = im->vals[x].rank;
   int64_t axis = attr_i(n, "axis", opset < 13 ? 1 : -1);
+  if (axis < -rank || axis >= rank)
+    return fail(im, "node '%s': axis %lld is out of range for '%s' (rank %d)", S(n->name),
+                (long long)axis, im->vals[x].onnx, rank);
   if (axis < 0) axis += rank;
   if (opset < 13 && axis != rank - 1) {
     unsupported(im, n, "before opset 13, only over the last axis");
@@ -712,12 +719,14 @@ static int reshape_to(Importer *im, const Onnx__NodeProto *n, int x, const int64
   int64_t known = 1, total = numel(&im->vals[x]);
   int free_axis = -1;
   o->rank = rank;
-  for (int i = 0; i < rank; i++) {
+  bool bad = false;
+  for (int i = 0; i < rank && !bad; i++) {
     o->shape[i] = shape[i] == 0 && i < im->vals[x].rank ? im->vals[x].shape[i] : shape[i];
-    if (o->shape[i] == -1) free_axis = i;
+    if (o->shape[i] == -1 && free_axis < 0) free_axis = i;
+    else if (o->shape[i] < 1 || o->shape[i] > total / known) bad = true;  // no overflow
     else known *= o->shape[i];
   }
-  if (known < 1 || (free_axis < 0 ? known != total : total % known))
+  if (bad || (free_axis < 0 ? known != total : total % known))
     return fail(im, "node '%s': cannot reshape '%s' to the shape given", S(n->name), im->vals[x].onnx);
   if (free_axis >= 0) o->shape[free_axis] = total / known;
   // Written with -1 kept, so the reshape still holds when a dim is overridden.
@@ -744,6 +753,9 @@ static int flatten(Importer *im, const Onnx__NodeProto *n, const char *op) {
   if (x < 0) return x == -2 ? -1 : (unsupported(im, n, NULL), 0);
   const Val *v = &im->vals[x];
   int64_t axis = attr_i(n, "axis", 1), outer = 1;
+  if (axis < -v->rank || axis > v->rank)
+    return fail(im, "node '%s': axis %lld is out of range for '%s' (rank %d)", S(n->name),
+                (long long)axis, v->onnx, v->rank);
   if (axis < 0) axis += v->rank;
   for (int i = 0; i < axis && i < v->rank; i++) outer *= v->shape[i];
   int64_t shape[2] = {outer, -1};
@@ -767,15 +779,21 @@ static int transpose(Importer *im, const Onnx__NodeProto *n, const char *op) {
   int rank = im->vals[x].rank;
   const Onnx__AttributeProto *a = attr(n, "perm");
   int64_t perm[KILN_MAX_RANK];
-  for (int i = 0; i < rank; i++) perm[i] = a && a->n_ints == (size_t)rank ? a->ints[i] : rank - 1 - i;
+  if (a && a->n_ints != (size_t)rank)
+    return fail(im, "node '%s': perm has %zu axes, '%s' has %d", S(n->name), a->n_ints,
+                im->vals[x].onnx, rank);
+  unsigned seen = 0;
+  for (int i = 0; i < rank; i++) {
+    perm[i] = a ? a->ints[i] : rank - 1 - i;
+    if (perm[i] < 0 || perm[i] >= rank || seen & 1u << perm[i])
+      return fail(im, "node '%s': perm is not a permutation of %d axes", S(n->name), rank);
+    seen |= 1u << perm[i];
+  }
   if (im->vals[x].data) return fold_transpose(im, n, x, perm);
   TRY_IMPORT(unary(im, n, op));
   Item *it = &im->items[im->nitems - 1];
   Val *o = &im->vals[it->out];
-  for (int i = 0; i < rank; i++) {
-    if (perm[i] < 0 || perm[i] >= rank) return fail(im, "node '%s': bad perm", S(n->name));
-    o->shape[i] = im->vals[x].shape[perm[i]];
-  }
+  for (int i = 0; i < rank; i++) o->shape[i] = im->vals[x].shape[perm[i]];
   append_list(it->attrs, sizeof it->attrs, "perm", perm, rank);
   return 0;
 }
@@ -836,7 +854,6 @@ static int translate(Importer *im, size_t i) {
   const Onnx__NodeProto *n = im->g->node[i];
   if (im->done[i]) return 0;
   if (!n->op_type) return fail(im, "node '%s' has no op type", S(n->name));
-  if (n->n_output < 1) return fail(im, "node '%s' (%s) has no output", S(n->name), S(n->op_type));
   if (n->domain && *n->domain && strcmp(n->domain, "ai.onnx") != 0) {
     unsupported(im, n, "not of the standard ONNX domain");
     return 0;
@@ -901,13 +918,27 @@ static void write_item(FILE *f, const Importer *im, int k) {
   else fprintf(f, "  - %s\n", it->op);
 }
 
+// Text from the file into a comment line: printable ASCII, anything else '?' (a
+// newline would end the comment, a control character is an error in YAML).
+static void comment_text(FILE *f, const char *s) {
+  for (; *s; s++) fputc(*s >= 0x20 && *s < 0x7f ? *s : '?', f);
+}
+
 static void write_model(FILE *f, const Importer *im, const Onnx__ModelProto *m, const char *name,
                         const char *weights) {
-  fprintf(f, "# Imported from %s by kiln %s", im->path, KILN_VERSION);
-  if (m->producer_name && *m->producer_name)
-    fprintf(f, " (made by %s %s, ONNX opset %d)", m->producer_name,
-            m->producer_version ? m->producer_version : "", opset);
-  fprintf(f, ".\n# Weights: %s. Run it with --weights that file.\nkiln: 1\nname: %s\n", weights, name);
+  fputs("# Imported from ", f);
+  comment_text(f, im->path);
+  fprintf(f, " by kiln %s", KILN_VERSION);
+  if (m->producer_name && *m->producer_name) {
+    fputs(" (made by ", f);
+    comment_text(f, m->producer_name);
+    fputc(' ', f);
+    comment_text(f, S(m->producer_version));
+    fprintf(f, ", ONNX opset %d)", opset);
+  }
+  fputs(".\n# Weights: ", f);
+  comment_text(f, weights);
+  fprintf(f, ". Run it with --weights that file.\nkiln: 1\nname: %s\n", name);
   if (im->ndimnames) {
     fputs("dims: {", f);
     for (int i = 0; i < im->ndimnames; i++)
@@ -998,6 +1029,12 @@ static int translate_graph(Importer *im) {
   }
   for (size_t i = 0; i < g->n_input; i++) TRY_IMPORT(graph_input(im, g->input[i]));
   if (!first_input(im)) return fail(im, "the graph has no inputs");
+  if (g->n_output == 0) return fail(im, "the graph has no outputs");
+  // Nodes are folded into their producers (an activation into a dense) before
+  // their turn comes: every one must have its output from the start.
+  for (size_t i = 0; i < g->n_node; i++)
+    if (g->node[i]->n_output < 1)
+      return fail(im, "node '%s' (%s) has no output", S(g->node[i]->name), S(g->node[i]->op_type));
   char *list = NULL;
   size_t len = 0;
   im->unsupported = open_memstream(&list, &len);
@@ -1014,6 +1051,9 @@ static int translate_graph(Importer *im) {
     if (v < 0 || is_const(im, v) || im->vals[v].input)
       rc = fail(im, "output '%s' is not computed by the graph", S(g->output[i]->name));
     else im->vals[v].uses++;
+    for (size_t j = 0; rc == 0 && j < i; j++)
+      if (strcmp(S(g->output[i]->name), S(g->output[j]->name)) == 0)
+        rc = fail(im, "output '%s' is listed twice", S(g->output[i]->name));
   }
   return rc;
 }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (tests/fuzz/) with clang and runs each for a
-# bounded time, one after another, seeded from the bundled models, tests/bad and
-# tests/badbin. Findings land in BUILD/crashes/; a finding, once fixed, becomes a
-# regression input under tests/fuzz/regress/HARNESS/, which every run replays first.
+# bounded time, one after another, seeded from the bundled models, tests/bad,
+# tests/badbin and tests/fuzz/onnx. Findings land in BUILD/crashes/; a finding,
+# once fixed, becomes a regression input under tests/fuzz/regress/HARNESS/, which
+# every run replays first.
 #
 # Usage: scripts/fuzz.sh [-t SECONDS] [-b BUILD] [-s] [HARNESS...]
 #   -t SECONDS  fuzzing time per harness (default 600)
 #   -b BUILD    build and work folder (default build-fuzz)
 #   -s          smoke test: fresh corpora, short runs (as CTest runs it)
-#   HARNESS     yaml safetensors npy data checkpoint (default: all)
+#   HARNESS     yaml safetensors npy data checkpoint onnx (default: all)
 # The compiler is clang-16 (else clang; KILN_FUZZ_CC overrides). Exits 77 (a skip
 # to CTest) when no clang with libFuzzer is found, 1 on a finding.
 set -euo pipefail
@@ -24,7 +25,7 @@ while getopts "t:b:s" o; do
 done
 shift $((OPTIND - 1))
 harnesses=("$@")
-all=(yaml safetensors npy data checkpoint)
+all=(yaml safetensors npy data checkpoint onnx)
 [ ${#harnesses[@]} -gt 0 ] || harnesses=("${all[@]}")
 for h in "${harnesses[@]}"; do
   [[ " ${all[*]} " == *" $h "* ]] || { echo "fuzz.sh: no harness '$h' (${all[*]})" >&2; exit 2; }
@@ -54,6 +55,7 @@ seed() {
   yaml) cp "$root"/models/*.yaml "$root"/tests/bad/*.yaml "$dir"/ ;;
   safetensors | checkpoint) cp "$root"/tests/badbin/*.safetensors "$dir"/ ;;
   npy) cp "$root"/tests/badbin/*.npy "$dir"/ ;;
+  onnx) cp "$root"/tests/fuzz/onnx/*.onnx "$dir"/ ;;
   data)
     local f i=0
     for f in "$root"/models/*.csv "$root"/tests/badbin/*.csv; do

@@ -25,6 +25,11 @@ unset KILN_RUNTIME_DIR
 expect "installed kiln builds a bundled model" 0 "$kiln" build "$prefix/share/kiln/models/mlp.yaml" -o "$tmp/mlp"
 expect "the program runs" 0 "$tmp/mlp" --version
 has "the program says which model and which kiln" "$tmp/stdout" "mlp (model) compiled by kiln"
+# With MPI in the build, --mpi links the installed libkiln_mpi.a.
+if [ -r "$build/libkiln_mpi.a" ]; then
+  expect "installed kiln builds with --mpi" 0 "$kiln" build --mpi "$prefix/share/kiln/models/mlp.yaml" -o "$tmp/mlp-mpi"
+  check "the --mpi program links MPI" grep -q libmpi <(ldd "$tmp/mlp-mpi")
+fi
 expect "kiln reports where the runtime is missing" 1 env KILN_RUNTIME_DIR="$tmp/none" "$kiln" build "$prefix/share/kiln/models/mlp.yaml" -o "$tmp/x"
 has "the message names the folder" "$tmp/stderr" "$tmp/none/libkiln_runtime.a"
 
