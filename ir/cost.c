@@ -2,7 +2,7 @@
 // the ops it computes (a fusion group: passes/fuse.c), the YAML line it comes
 // from, and its work counted from the shapes: FLOPs by the op table's rules, and
 // bytes as the compulsory traffic, every buffer it reads from outside the group
-// plus the one it writes, each once.
+// plus the ones it writes, each once.
 #include <string.h>
 
 #include "ir/ir.h"
@@ -77,4 +77,6 @@ void kiln_kernel_cost(const KilnGraph *g, int32_t root, KilnKernelCost *out) {
                          : "";
   out->flops = flops;
   out->bytes = input_bytes(g, root) + bytes_of(r);
+  for (int32_t i = 0; i < root; i++)  // values the group stores besides its root's
+    if (member(g, root, i) && kiln_graph_fused_stored(g, i)) out->bytes += bytes_of(&g->nodes[i]);
 }

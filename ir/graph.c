@@ -143,3 +143,16 @@ void kiln_graph_rewrite(KilnGraph *g, const int32_t *map, const bool *keep) {
   free(final);
   free(index);
 }
+
+// A node fused into another's kernel is also stored when a node outside its
+// group reads it (passes/fuse.c lets a matmul epilogue write such values).
+bool kiln_graph_fused_stored(const KilnGraph *g, int32_t id) {
+  if (!g->fused_into || g->fused_into[id] < 0) return false;
+  int32_t root = g->fused_into[id];
+  for (int32_t x = id + 1; x < g->nnodes; x++) {
+    if (x == root || g->fused_into[x] == root) continue;
+    for (int j = 0; j < g->nodes[x].nin; j++)
+      if (g->nodes[x].in[j] == id) return true;
+  }
+  return false;
+}

@@ -672,24 +672,24 @@ static int run_lstm_grad(Run *r, const KilnNode *n, double *out) {
   return 0;
 }
 
-// attention_grad(q, k, v, dy, each [B,T,D]), attrs heads, causal -> [3, B, T, D]:
-// dq, dk, dv, the gradients of sum(dy * attention(q, k, v)). Per sequence and
-// head, with p_ij as run_attention computes it (pairs j > i left out when causal)
-// and scale = 1 / sqrt(dh):
+// attention_grad(q, k, v, dy, each [B,T,D]), attrs heads, causal -> [B, T, 3D]:
+// each row holds dq, dk, dv side by side, the gradients of
+// sum(dy * attention(q, k, v)). Per sequence and head, with p_ij as run_attention
+// computes it (pairs j > i left out when causal) and scale = 1 / sqrt(dh):
 //   dv_j = sum_i p_ij dy_i;  dp_ij = dy_i . v_j;  ds_ij = p_ij (dp_ij - sum_l p_il dp_il)
 //   dq_i = scale sum_j ds_ij k_j;  dk_j = scale sum_i ds_ij q_i.
 static int run_attention_grad(Run *r, const KilnNode *n, double *out) {
-  int64_t nb = n->shape[1], nt = n->shape[2], d = n->shape[3], heads = n->attr.heads;
-  int64_t dh = d / heads;
+  int64_t nb = n->shape[0], nt = n->shape[1], d = n->shape[2] / 3, heads = n->attr.heads;
+  int64_t dh = d / heads, od = 3 * d;  // od: the output's row length
   double scale = 1.0 / sqrt((double)dh);
   const double *qv = in(r, n, 0), *kv = in(r, n, 1), *vv = in(r, n, 2), *dy = in(r, n, 3);
-  double *dq = out, *dk = out + nb * nt * d, *dv = out + 2 * nb * nt * d;
+  double *dq = out, *dk = out + d, *dv = out + 2 * d;
   double *p = calloc((size_t)(2 * nt), sizeof *p), *dp = p + nt;  // one query's row
   KILN_ASSERT(p != NULL);
   memset(out, 0, (size_t)numel(n) * sizeof *out);
   for (int64_t b = 0; b < nb; b++) {
     for (int64_t hd = 0; hd < heads; hd++) {
-      int64_t at = b * nt * d + hd * dh;  // row 0 of this sequence and head
+      int64_t at = b * nt * d + hd * dh, ot = b * nt * od + hd * dh;  // row 0: input, output
       for (int64_t i = 0; i < nt; i++) {
         int64_t last = n->attr.causal ? i : nt - 1;
         const double *qi = qv + at + i * d, *dyi = dy + at + i * d;
@@ -704,9 +704,9 @@ static int run_attention_grad(Run *r, const KilnNode *n, double *out) {
         for (int64_t j = 0; j <= last; j++) {
           double ds = p[j] * (dp[j] - pdp);
           for (int64_t c = 0; c < dh; c++) {
-            dq[at + i * d + c] += scale * ds * kv[at + j * d + c];
-            dk[at + j * d + c] += scale * ds * qi[c];
-            dv[at + j * d + c] += p[j] * dyi[c];
+            dq[ot + i * od + c] += scale * ds * kv[at + j * d + c];
+            dk[ot + j * od + c] += scale * ds * qi[c];
+            dv[ot + j * od + c] += p[j] * dyi[c];
           }
         }
       }

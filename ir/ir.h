@@ -77,6 +77,11 @@ enum {
   KILN_OPF_EPILOGUE = 1 << 8,   // its kernel can apply elementwise ops to its output rows
   KILN_OPF_STATE = 1 << 9,      // also writes its state inputs in place (a key/value cache,
                                 // a recurrent state): decoding one token at a time
+  KILN_OPF_STRIDED = 1 << 10,   // its kernel reads its inputs' rows with any stride, so
+                                // a WINDOW of the last axis it reads needs no copy
+  KILN_OPF_WINDOW = 1 << 11,    // output is a window of its first input along attr.axis,
+                                // [attr.start, attr.end): of the last axis, the input's
+                                // bytes read with the input's row stride
 };
 
 // Initializers of parameters.
@@ -177,11 +182,11 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(RESHAPE, "reshape", 1, 1, INJECTIVE, DIFF | INPLACE | VIEW, shape_reshape, NULL, flops_zero, attrs_reshape) \
   X(TRANSPOSE, "transpose", 1, 1, INJECTIVE, DIFF, shape_transpose, NULL, flops_zero, attrs_transpose) \
   X(CONCAT, "concat", 1, -1, INJECTIVE, DIFF, shape_concat, NULL, flops_zero, attrs_axis) \
-  X(SLICE, "slice", 1, 1, INJECTIVE, DIFF, shape_slice, NULL, flops_zero, attrs_slice) \
+  X(SLICE, "slice", 1, 1, INJECTIVE, DIFF | WINDOW, shape_slice, NULL, flops_zero, attrs_slice) \
   X(BROADCAST, "broadcast", 1, 1, INJECTIVE, DIFF, shape_broadcast, NULL, flops_zero, attrs_reshape) \
   X(EMBEDDING, "embedding", 2, 2, INJECTIVE, DIFF, shape_embedding, NULL, flops_zero, attrs_none) \
   X(LSTM, "lstm", 4, 4, OPAQUE, DIFF, shape_lstm, NULL, flops_lstm, attrs_none) \
-  X(ATTENTION, "attention", 3, 3, OPAQUE, DIFF, shape_attention, NULL, flops_attention, attrs_attention) \
+  X(ATTENTION, "attention", 3, 3, OPAQUE, DIFF | STRIDED, shape_attention, NULL, flops_attention, attrs_attention) \
   X(CROSS_ENTROPY, "cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_cross_entropy, NULL, flops_softmax, attrs_none) \
   X(MSE, "mse", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem3, attrs_none) \
   X(BCE, "binary_cross_entropy", 2, 2, OPAQUE, DIFF | LOSS, shape_mse, NULL, flops_elem8, attrs_none) \
@@ -196,7 +201,7 @@ typedef int64_t (*KilnFlopsFn)(const KilnGraph *g, const KilnNode *n);
   X(LAYERNORM_DGAMMA, "layernorm_dgamma", 2, 2, REDUCE, INTERNAL, shape_layernorm_dgamma, NULL, flops_layernorm, attrs_layernorm) \
   X(EMBEDDING_GRAD, "embedding_grad", 2, 2, OPAQUE, INTERNAL, shape_embedding_grad, NULL, flops_in, attrs_embedding_grad) \
   X(LSTM_GRAD, "lstm_grad", 5, 5, OPAQUE, INTERNAL, shape_lstm_grad, NULL, flops_lstm_grad, attrs_none) \
-  X(ATTENTION_GRAD, "attention_grad", 4, 4, OPAQUE, INTERNAL, shape_attention_grad, NULL, flops_attention_grad, attrs_attention) \
+  X(ATTENTION_GRAD, "attention_grad", 4, 4, OPAQUE, INTERNAL | STRIDED, shape_attention_grad, NULL, flops_attention_grad, attrs_attention) \
   X(CROSS_ENTROPY_GRAD, "cross_entropy_grad", 2, 2, OPAQUE, INTERNAL, shape_cross_entropy_grad, NULL, flops_softmax, attrs_none)
 
 typedef enum {
@@ -259,7 +264,8 @@ struct KilnGraph {
   int nforward;
   int32_t *grads;
   // After fusion: fused_into[i] is the node whose kernel computes node i inline
-  // (i then has no buffer and no kernel of its own), or -1. NULL before fusion.
+  // (i then has no kernel of its own, and no buffer unless nodes outside the
+  // group read it: kiln_graph_fused_stored), or -1. NULL before fusion.
   int32_t *fused_into;
 };
 
@@ -279,6 +285,9 @@ int64_t kiln_graph_param_count(const KilnGraph *g);
 // nodes marked in keep, renumbered in order; outputs, loss and grads follow.
 void kiln_graph_rewrite(KilnGraph *g, const int32_t *map, const bool *keep);
 int64_t kiln_graph_flops(const KilnGraph *g);  // forward pass, every node
+// Whether node id, fused into another node's kernel, is stored by that kernel too
+// (a node outside the group reads it).
+bool kiln_graph_fused_stored(const KilnGraph *g, int32_t id);
 
 //
 // shape.c: helpers shared by shape rules and the front end.

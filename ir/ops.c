@@ -238,6 +238,8 @@ static const KilnAttrSpec attrs_attention[] = {
 #define EPILOGUE KILN_OPF_EPILOGUE
 #define VIEW KILN_OPF_VIEW
 #define STATE KILN_OPF_STATE
+#define STRIDED KILN_OPF_STRIDED
+#define WINDOW KILN_OPF_WINDOW
 
 const KilnOpInfo kiln_ops[] = {
 #define X(op, spelling, lo, hi, fuse, flags, shape, scalar, flops, attrs) \
@@ -256,6 +258,8 @@ const KilnOpInfo kiln_ops[] = {
 #undef EPILOGUE
 #undef VIEW
 #undef STATE
+#undef STRIDED
+#undef WINDOW
 
 _Static_assert(sizeof kiln_ops / sizeof kiln_ops[0] == KILN_OP_COUNT,
                "kiln_ops must have one entry per KilnOp");

@@ -93,7 +93,8 @@ static void print_node(const KilnGraph *g, const KilnNode *n, FILE *f) {
   if (n->loc.line) fprintf(f, "  @ %d:%d", n->loc.line, n->loc.col);
   int32_t id = (int32_t)(n - g->nodes);
   if (g->fused_into && g->fused_into[id] >= 0)
-    fprintf(f, "  ; fused into %%%s", g->nodes[g->fused_into[id]].name);
+    fprintf(f, "  ; fused into %%%s%s", g->nodes[g->fused_into[id]].name,
+            kiln_graph_fused_stored(g, id) ? ", stored" : "");
   fputc('\n', f);
 }
 

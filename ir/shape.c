@@ -552,7 +552,8 @@ int kiln_shape_lstm_grad(const KilnGraph *g, KilnNode *n, char *err, size_t errl
   return set(n, KILN_F32, &total, 1, err, errlen);
 }
 
-// attention_grad(q, k, v, dy), each [B,T,D] -> [3, B, T, D]: dq, dk, dv.
+// attention_grad(q, k, v, dy), each [B,T,D] -> [B, T, 3D]: dq, dk, dv side by side
+// in each row, the layout of the fused q|k|v projection they are the gradient of.
 int kiln_shape_attention_grad(const KilnGraph *g, KilnNode *n, char *err, size_t errlen) {
   KilnNode fwd = *n;
   fwd.nin = 3;
@@ -560,7 +561,7 @@ int kiln_shape_attention_grad(const KilnGraph *g, KilnNode *n, char *err, size_t
   const KilnNode *dy = arg(g, n, 3);
   if (dy->dtype != KILN_F32 || !same_shape(dy, &fwd))
     return fail(err, errlen, "attention_grad dy must be f32%s, got %s", dims(fwd.shape, 3), str(dy));
-  return set(n, KILN_F32, (int64_t[]){3, fwd.shape[0], fwd.shape[1], fwd.shape[2]}, 4, err, errlen);
+  return set(n, KILN_F32, (int64_t[]){fwd.shape[0], fwd.shape[1], 3 * fwd.shape[2]}, 3, err, errlen);
 }
 
 // cross_entropy_grad(logits, labels) -> like logits: (softmax - onehot) / positions.

@@ -321,8 +321,9 @@ static void rule(Ad *a, const KilnNode *n, int32_t dy, int32_t *dx) {
   case KILN_OP_ATTENTION: {
     int32_t in[4] = {n->in[0], n->in[1], n->in[2], dy};
     int32_t packed = emit(a, KILN_OP_ATTENTION_GRAD, in, 4, &n->attr);
+    int64_t d = node(a, n->in[0])->shape[2];  // dq, dk, dv side by side in each row
     for (int i = 0; i < 3; i++)
-      if (a->needs[n->in[i]]) dx[i] = reshape_like(a, slice(a, packed, 0, i, i + 1), n->in[i]);
+      if (a->needs[n->in[i]]) dx[i] = slice(a, packed, 2, i * d, (i + 1) * d);
     return;
   }
   // Losses are the root: their output gradient is 1, not a node.
@@ -352,6 +353,77 @@ static void rule(Ad *a, const KilnNode *n, int32_t dy, int32_t *dx) {
   KILN_ASSERT(!"no gradient rule for this op");
 }
 
+//
+// Gradients of several slices of one value (the q, k, v of a fused projection):
+// each is its piece padded with zeros (unslice), and their sum is one concat of
+// the pieces, zeros only where no slice reads, instead of a concat per slice and
+// adds of whole tensors.
+//
+typedef struct {
+  int64_t start, len;  // along the concat's axis
+  int32_t id;
+} Piece;
+
+static bool zeros(Ad *a, int32_t x) {
+  const KilnNode *n = node(a, x);
+  if (n->op != KILN_OP_BROADCAST) return false;
+  const KilnNode *v = node(a, n->in[0]);
+  return v->op == KILN_OP_CONST && v->attr.value == 0;
+}
+
+// Appends the non-zero parts of concat x to p[*np], in order.
+static void pieces(Ad *a, int32_t x, Piece *p, int *np) {
+  const KilnNode *n = node(a, x);
+  int64_t at = 0, axis = kiln_norm_axis(n->attr.axis, n->rank);
+  for (int i = 0; i < n->nin; i++) {
+    int64_t len = node(a, n->in[i])->shape[axis];
+    if (!zeros(a, n->in[i])) p[(*np)++] = (Piece){at, len, n->in[i]};
+    at += len;
+  }
+}
+
+// x + y as one concat when both are pieces padded with zeros along the same axis
+// and no two pieces overlap; else -1.
+static int32_t merge_pieces(Ad *a, int32_t x, int32_t y) {
+  const KilnNode *nx = node(a, x), *ny = node(a, y);
+  if (nx->op != KILN_OP_CONCAT || ny->op != KILN_OP_CONCAT ||
+      kiln_norm_axis(nx->attr.axis, nx->rank) != kiln_norm_axis(ny->attr.axis, ny->rank))
+    return -1;
+  Piece p[2 * KILN_MAX_INPUTS];
+  int np = 0;
+  pieces(a, x, p, &np);
+  pieces(a, y, p, &np);
+  for (int i = 1; i < np; i++)  // by start
+    for (int k = i; k > 0 && p[k - 1].start > p[k].start; k--) {
+      Piece t = p[k];
+      p[k] = p[k - 1], p[k - 1] = t;
+    }
+  KilnNode like = *nx;  // a copy: emitting may move the node array
+  int axis = (int)kiln_norm_axis(like.attr.axis, like.rank), nparts = 0;
+  int64_t end = 0;
+  for (int i = 0; i <= np; i++) {
+    int64_t next = i < np ? p[i].start : like.shape[axis];
+    if (next < end) return -1;  // overlapping pieces are added
+    nparts += (next > end) + (i < np);
+    if (i < np) end = p[i].start + p[i].len;
+  }
+  if (nparts > KILN_MAX_INPUTS) return -1;
+  int32_t parts[KILN_MAX_INPUTS];
+  int n = 0;
+  int64_t at = 0;
+  for (int i = 0; i <= np; i++) {
+    int64_t next = i < np ? p[i].start : like.shape[axis];
+    if (next > at) {  // zeros where no piece is
+      KilnNode gap = like;
+      gap.shape[axis] = next - at;
+      parts[n++] = broadcast_to(a, constant(a, 0), &gap);
+    }
+    if (i < np) parts[n++] = p[i].id, at = p[i].start + p[i].len;
+  }
+  KilnAttrs attr = {.axis = axis};
+  return emit(a, KILN_OP_CONCAT, parts, n, &attr);
+}
+
 // Adds contribution d to the gradient accumulated for node j.
 static void accumulate(Ad *a, int32_t j, int32_t d) {
   if (d < 0) return;
@@ -363,8 +435,10 @@ static void accumulate(Ad *a, int32_t j, int32_t d) {
   const char *tag = a->tag;
   a->node = j;  // name the sum after the value it is the gradient of
   a->tag = "g";
-  a->seq = a->sums++;
-  a->adj[j] = op2(a, KILN_OP_ADD, a->adj[j], d);
+  a->seq = a->sums;
+  int32_t merged = merge_pieces(a, a->adj[j], d);
+  a->adj[j] = merged >= 0 ? merged : op2(a, KILN_OP_ADD, a->adj[j], d);
+  a->sums = a->seq;  // a merge may have made zeros too
   a->node = saved;
   a->tag = tag;
   a->seq = seq;

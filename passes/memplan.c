@@ -10,7 +10,11 @@
 //
 // Values map to buffers. A view (KILN_OPF_VIEW: reshape) is its input's bytes
 // under another shape: it joins the input's buffer, stretches its lifetime, and its
-// kernel does not run (alias[] names the value whose bytes it is). An op that may
+// kernel does not run (alias[] names the value whose bytes it is). A window of the
+// last axis (KILN_OPF_WINDOW: a slice) that only kernels reading strided rows read
+// (KILN_OPF_STRIDED: attention and its gradient reading the q, k, v of a fused
+// projection) is a view too, its bytes starting attr.start elements into the
+// input's and its rows as long as the input's. An op that may
 // run in place (KILN_OPF_INPLACE) joins its first input's buffer when that buffer
 // is read for the last time by this very node, holds the same number of elements,
 // and is not also one of the node's other inputs; its kernel reads each element
@@ -19,6 +23,9 @@
 //
 // After fusion (g->fused_into), a node computed inside another node's kernel has
 // no buffer, and what it reads is read at the step of the kernel that computes it.
+// A fused node that nodes outside its group read (kiln_graph_fused_stored) keeps
+// its buffer, written by the group's kernel: its lifetime starts at its own step,
+// before that kernel's, which only lengthens it; it is never in place.
 // A kernel that computes fused nodes does not run in place: a matmul epilogue
 // writes the matmul's rows into the output before it reads the other operands.
 //
@@ -81,9 +88,11 @@ void kiln_memplan_request(const KilnGraph *g, KilnArena *a, int64_t base, KilnMe
     // end: callers may run a step again on the same inputs without writing them
     // (bench, repeated steps in tests), and an i32 input overwritten by floats
     // would index out of bounds. They are small next to the activations.
-    // Parameters live in the weights block, not here; fused nodes nowhere.
+    // Parameters live in the weights block, not here; fused nodes nowhere, unless
+    // read outside their group.
     KILN_ASSERT(!keep[i] || runs_in(g, i) == i);  // fusion leaves the roots alone
-    store[i] = (store[i] || op == KILN_OP_INPUT) && op != KILN_OP_PARAM && runs_in(g, i) == i;
+    store[i] = (store[i] || op == KILN_OP_INPUT) && op != KILN_OP_PARAM &&
+               (runs_in(g, i) == i || kiln_graph_fused_stored(g, i));
     keep[i] |= op == KILN_OP_INPUT;
     bytes[i] = kiln_memplan_bytes(&g->nodes[i]);
   }
@@ -139,9 +148,27 @@ static bool can_view(Planner *pl, int32_t i) {
   return kiln_op_has(n->op, KILN_OPF_VIEW) && n->nin >= 1 && same_elements(pl, i, n->in[0]);
 }
 
+// Whether window i is read in place from its input's buffer (see the top).
+static bool can_stride(Planner *pl, int32_t i) {
+  const KilnGraph *g = pl->g;
+  const KilnNode *n = &g->nodes[i];
+  if (!kiln_op_has(n->op, KILN_OPF_WINDOW) || n->dtype != KILN_F32 || n->attr.axis != n->rank - 1 ||
+      pl->r->keep[i] || runs_in(g, i) != i)
+    return false;
+  int32_t x = n->in[0];
+  if (!pl->r->store[x] || pl->p->shift[x] >= 0) return false;  // x's own rows must be whole
+  for (int32_t r = i + 1; r < g->nnodes; r++) {
+    bool strided = kiln_op_has(g->nodes[r].op, KILN_OPF_STRIDED) && runs_in(g, r) == r;
+    for (int j = 0; j < g->nodes[r].nin; j++)
+      if (g->nodes[r].in[j] == i && !strided) return false;
+  }
+  return true;
+}
+
 static bool can_inplace(Planner *pl, int32_t i) {
   const KilnNode *n = &pl->g->nodes[i];
-  if (!pl->r->inplace || !kiln_op_has(n->op, KILN_OPF_INPLACE) || n->nin < 1 || pl->grouped[i])
+  if (!pl->r->inplace || !kiln_op_has(n->op, KILN_OPF_INPLACE) || n->nin < 1 || pl->grouped[i] ||
+      runs_in(pl->g, i) != i)
     return false;
   int32_t x = n->in[0];
   if (!same_elements(pl, i, x)) return false;
@@ -162,10 +189,11 @@ static void assign_buffers(Planner *pl) {
     if (!r->store[i]) continue;
     const KilnNode *n = &g->nodes[i];
     int32_t b;
-    if (can_view(pl, i)) {
+    if (can_view(pl, i) || can_stride(pl, i)) {
       int32_t x = n->in[0];
       b = p->buf[x];
       p->alias[i] = p->alias[x] >= 0 ? p->alias[x] : x;
+      if (!kiln_op_has(n->op, KILN_OPF_VIEW)) p->shift[i] = n->attr.start * 4;
     } else if (can_inplace(pl, i)) {
       b = p->buf[n->in[0]];
     } else {
@@ -257,18 +285,22 @@ void kiln_memplan(const KilnGraph *g, const KilnMemReq *r, KilnArena *a, KilnMem
   p->offset = kiln_arena_alloc(a, (size_t)m * sizeof *p->offset);
   p->scratch = kiln_arena_alloc(a, (size_t)m * sizeof *p->scratch);
   p->alias = kiln_arena_alloc(a, (size_t)m * sizeof *p->alias);
+  p->shift = kiln_arena_alloc(a, (size_t)m * sizeof *p->shift);
   p->buf = kiln_arena_alloc(a, (size_t)m * sizeof *p->buf);
   p->bufs = kiln_arena_alloc(a, (size_t)(2 * m) * sizeof *p->bufs);  // a value and a scratch each
   Planner pl = {g, r, p, kiln_xcalloc((size_t)m, sizeof(int32_t)),
                 kiln_xcalloc((size_t)m, sizeof(bool)), 2 * m};
-  for (int i = 0; i < n; i++) p->offset[i] = p->scratch[i] = -1, p->alias[i] = p->buf[i] = -1;
+  for (int i = 0; i < n; i++) {
+    p->offset[i] = p->scratch[i] = p->shift[i] = -1;
+    p->alias[i] = p->buf[i] = -1;
+  }
   last_reads(&pl);
   assign_buffers(&pl);
   pack(p, r->base);
   p->naive = r->base;
   for (int i = 0; i < n; i++) {
     if (!r->store[i]) continue;
-    p->offset[i] = p->bufs[p->buf[i]].offset;
+    p->offset[i] = p->bufs[p->buf[i]].offset + (p->shift[i] > 0 ? p->shift[i] : 0);
     p->naive += r->bytes[i] + (r->scratch ? r->scratch[i] : 0);
   }
   for (int b = 0; b < p->nbufs; b++)

@@ -42,7 +42,8 @@ int kiln_pass_fuse(KilnGraph *g, FILE *err);
 // Steps: node i's kernel runs at step i; -1 is before the first kernel (the
 // runtime writes the inputs), nnodes after the last (the runtime reads outputs,
 // the loss and the gradients). After fusion (g->fused_into) a fused node has no
-// storage and its inputs are read at its group root's step.
+// storage (unless read outside its group: kiln_graph_fused_stored) and its inputs
+// are read at its group root's step.
 typedef struct {
   int32_t first, last;  // steps it must hold its bytes, inclusive
   int64_t bytes;
@@ -66,6 +67,8 @@ typedef struct {
   int64_t *scratch;  // per node: offset of its kernel's scratch, or -1
   int32_t *alias;    // per node: the value whose bytes it is (a view: its kernel must not
                      // run), or -1
+  int64_t *shift;    // per node: a strided window's first byte in alias's bytes, or -1 (a
+                     // view of the same bytes, or no view)
   int32_t *buf;      // per node: index of its buffer in bufs, or -1
   KilnMemBuf *bufs;  // every buffer: values' (several values may share one), then scratch
   int nbufs;

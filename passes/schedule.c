@@ -11,8 +11,9 @@
 // order stays. Inputs and parameters come first, in their order (the model
 // descriptor lists them in node order). Forward nodes stay before backward ones,
 // so [0, nforward) remains the forward pass and grads[] keeps its meaning. After
-// fusion a group's inputs are read where its root's kernel runs, and the root
-// waits for every node of its group.
+// fusion a group's inputs are read where its root's kernel runs, the root waits
+// for every node of its group, and a reader of a value the group stores waits for
+// the root.
 //
 // Each greedy order is planned (memplan.c; values only: scratch is the backend's)
 // and the smallest peak wins; the current order stays unless an order beats it,
@@ -72,7 +73,7 @@ static void init(Sched *s, const KilnGraph *g, const KilnMemReq *r) {
                xcalloc((size_t)n, sizeof(bool)), xcalloc((size_t)n, sizeof(int32_t)),
                {0}, {0}, xcalloc((size_t)n, sizeof(int32_t)), 0,
                xcalloc((size_t)n, sizeof(int32_t)), 0};
-  for (int i = 0; i < n; i++) m += g->nodes[i].nin + 1;
+  for (int i = 0; i < n; i++) m += 2 * g->nodes[i].nin + 1;
   int32_t *from = xcalloc((size_t)m, sizeof(int32_t)), *to = xcalloc((size_t)m, sizeof(int32_t));
   int32_t *rfrom = xcalloc((size_t)m, sizeof(int32_t)), *rto = xcalloc((size_t)m, sizeof(int32_t));
   int e = 0;
@@ -83,6 +84,9 @@ static void init(Sched *s, const KilnGraph *g, const KilnMemReq *r) {
     s->kept[s->root[i]] |= r->keep[i];
     for (int j = 0; j < node->nin; j++) {
       from[e] = node->in[j], to[e++] = i;
+      // A value a group's kernel stores is there once the group's root has run.
+      int32_t src = runs_in(g, node->in[j]);
+      if (src != node->in[j] && src != at) from[e] = src, to[e++] = i;
       if (!r->store[at]) continue;
       rfrom[mr] = at, rto[mr++] = node->in[j];
       s->uses[s->root[node->in[j]]]++;

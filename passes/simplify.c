@@ -1,7 +1,9 @@
 // Algebraic simplification: identities that leave a value unchanged are removed
 // (x * 1, x + 0, x - 0, x / 1, pow(x, 1), -(-x), reshape or broadcast to the same
-// shape, a slice of a whole axis, concat of one input, the identity transpose), and
-// chains collapse (reshape of reshape, transpose of transpose). A node is replaced
+// shape, a slice of a whole axis, concat of one input, the identity transpose, a
+// concat of slices that tile one value along its axis, in order: the gradient of
+// a fused q|k|v projection from attention_grad's dq|dk|dv rows), and chains
+// collapse (reshape of reshape, transpose of transpose). A node is replaced
 // only by a value of exactly its type and shape. Autodiff leaves many of these.
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,22 @@ static bool same_type(const KilnNode *a, const KilnNode *b) {
 static bool is_const(const KilnGraph *g, int32_t id, double v) {
   const KilnNode *c = &g->nodes[id];
   return c->op == KILN_OP_CONST && c->rank == 0 && c->attr.value == v;
+}
+
+// The value concat n reassembles, when its inputs are slices of one value along
+// the concat's axis, each starting where the previous ends, covering it; else -1.
+static int32_t tiled(const KilnGraph *g, const KilnNode *n) {
+  int32_t src = g->nodes[n->in[0]].in[0];
+  const KilnNode *s = &g->nodes[src];
+  int64_t axis = kiln_norm_axis(n->attr.axis, n->rank), at = 0;
+  for (int j = 0; j < n->nin; j++) {
+    const KilnNode *x = &g->nodes[n->in[j]];
+    if (x->op != KILN_OP_SLICE || x->in[0] != src || kiln_norm_axis(x->attr.axis, s->rank) != axis ||
+        x->attr.start != at)
+      return -1;
+    at += x->shape[axis];
+  }
+  return at == s->shape[axis] && same_type(s, n) ? src : -1;
 }
 
 // The node i reduces to (an earlier node), or i. May rewrite i's own inputs.
@@ -54,7 +72,11 @@ static int32_t simplify(KilnGraph *g, int32_t i) {
     return n->in[0];
   }
   case KILN_OP_SLICE: return same_type(x, n) ? a : i;
-  case KILN_OP_CONCAT: return n->nin == 1 ? a : i;
+  case KILN_OP_CONCAT: {
+    if (n->nin == 1) return a;
+    int32_t src = x->op == KILN_OP_SLICE ? tiled(g, n) : -1;
+    return src >= 0 ? src : i;
+  }
   case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_EXP:
   case KILN_OP_LOG: case KILN_OP_SQRT: case KILN_OP_RSQRT: case KILN_OP_RELU:
   case KILN_OP_SIGMOID: case KILN_OP_TANH: case KILN_OP_GELU: case KILN_OP_SILU:

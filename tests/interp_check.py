@@ -262,7 +262,7 @@ def lstm_grad(ins, a, case):
 def attention_grad(ins, a, case):
     dy = ins[3]
     loss = lambda *p: (dy * attention(p, a, case)).sum()
-    return np.stack([cs_grad(loss, ins[:3], w) for w in range(3)])
+    return np.concatenate([cs_grad(loss, ins[:3], w) for w in range(3)], axis=-1)
 
 
 def cross_entropy_grad(ins, a, case):

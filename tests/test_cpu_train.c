@@ -248,6 +248,49 @@ static void gpt(void **state) {
   run_case("gpt.yaml", (KilnDimOverride[]){{"batch", 2}, {"ctx", 6}, {"d", 16}}, 3, &adamw);
 }
 
+// Matmul epilogues that store a value the backward pass reads as well as their
+// root's: fc's pre-activation (matmul, bias add; gelu in the same kernel) and
+// fc2's bare matmul output (bias: false), both read again by gelu's gradient.
+// 100 rows run through OpenBLAS in row blocks of 64 and 36, on two threads; the
+// GPT case covers the generated matmul loop. A wrong stored value shows in the
+// gradients, a wrong root in the loss.
+static const char ffn_yaml[] =
+    "kiln: 1\n"
+    "name: ffn\n"
+    "dims: {batch: 100, d: 48, hidden: 64}\n"
+    "inputs:\n"
+    "  x:     {shape: [batch, d]}\n"
+    "  label: {shape: [batch], dtype: i32}\n"
+    "graph:\n"
+    "  - dense: {units: hidden, activation: gelu, name: fc}\n"
+    "  - dense: {units: hidden, activation: gelu, bias: false, name: fc2}\n"
+    "  - dense: {units: 3, name: logits}\n"
+    "outputs: [logits]\n"
+    "loss: {cross_entropy: {logits: logits, labels: label}}\n"
+    "train: {optimizer: {adam: {lr: 0.01}}, steps: 1}\n";
+
+// Values fused into a matmul's kernel and stored by it too, at -O2.
+static int stored_epilogue_values(const char *path) {
+  KilnDiag diag;
+  kiln_diag_init(&diag, stderr);
+  KilnModel m;
+  assert_int_equal(kiln_model_load(&m, &diag, path, NULL, 0), 0);
+  KilnPipelineOpts po = {.out = stdout, .training = true, .level = 2};
+  assert_int_equal(kiln_pipeline_run(&m.graph, &po, stderr), 0);
+  int stored = 0;
+  for (int32_t i = 0; i < m.graph.nnodes; i++) stored += kiln_graph_fused_stored(&m.graph, i);
+  kiln_model_free(&m);
+  return stored;
+}
+
+static void epilogue_stores(void **state) {
+  (void)state;
+  const char *path = kiln_test_join(tmpdir, "ffn.yaml");
+  kiln_test_write(path, ffn_yaml, sizeof ffn_yaml - 1);
+  assert_int_equal(stored_epilogue_values(path), 2);  // fc.bias_add and fc2.matmul
+  run_case(path, NULL, 0, &adam);
+}
+
 static int setup(void **state) {
   (void)state;
   return mkdtemp(tmpdir) ? 0 : -1;
@@ -263,6 +306,6 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(mlp), cmocka_unit_test(digits),
                                      cmocka_unit_test(lstm), cmocka_unit_test(lstm_layers),
-                                     cmocka_unit_test(gpt)};
+                                     cmocka_unit_test(gpt), cmocka_unit_test(epilogue_stores)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

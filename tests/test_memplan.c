@@ -210,6 +210,44 @@ static void view(void **state) {
   kiln_arena_free(&t.a);
 }
 
+// Windows of the last axis: q, k and v slice one f32[2,4,24] value x = exp(x0);
+// read only by attention (flag STRIDED), they are x's bytes 0, 32 and 64 bytes in,
+// with x's rows, and x's buffer lasts to attention's step; w, a slice like v but
+// read by a softmax, is a copy of its own.
+static void window(void **state) {
+  (void)state;
+  T t;
+  t_init(&t);
+  int32_t x0 = kiln_graph_add(&t.g, KILN_OP_INPUT, NULL, 0, "x0", (KilnLoc){0});
+  t.g.nodes[x0] = (KilnNode){.op = KILN_OP_INPUT, .dtype = KILN_F32, .rank = 3, .shape = {2, 4, 24},
+                             .name = "x0"};
+  int32_t x = op(&t, KILN_OP_EXP, "x", x0, -1);
+  int32_t s[4];
+  const char *names[4] = {"q", "k", "v", "w"};
+  for (int i = 0; i < 4; i++) {
+    s[i] = kiln_graph_add(&t.g, KILN_OP_SLICE, &x, 1, names[i], (KilnLoc){0});
+    t.g.nodes[s[i]].attr = (KilnAttrs){.axis = 2, .start = 8 * (i % 3), .end = 8 * (i % 3) + 8};
+    char err[256];
+    if (kiln_graph_infer(&t.g, s[i], err, sizeof err) != 0) fail_msg("%s", err);
+  }
+  int32_t y = kiln_graph_add(&t.g, KILN_OP_ATTENTION, s, 3, "y", (KilnLoc){0});
+  t.g.nodes[y].attr = (KilnAttrs){.heads = 2};
+  char err[256];
+  if (kiln_graph_infer(&t.g, y, err, sizeof err) != 0) fail_msg("%s", err);
+  int32_t e = op(&t, KILN_OP_SOFTMAX, "e", s[3], -1);
+  kiln_graph_add_output(&t.g, y);
+  kiln_graph_add_output(&t.g, e);
+  plan(&t, true, NULL);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(t.p.alias[s[i]], x);
+    assert_int_equal(t.p.offset[s[i]], t.p.offset[x] + 32 * i);
+  }
+  assert_int_equal(t.p.alias[s[3]], -1);
+  assert_false(overlap(t.p.offset[s[3]], 64, t.p.offset[x], 2 * 4 * 24 * 4));
+  assert_int_equal(t.p.bufs[t.p.buf[x]].last, y);
+  kiln_arena_free(&t.a);
+}
+
 // When the caller lets inputs go after their last read (the request's keep),
 // their bytes are reused: x [-1, 1] and b [2, end] share: 2 S.
 static void input_reuse(void **state) {
@@ -293,9 +331,16 @@ static int spans(const KilnGraph *g, const KilnPlan *p, Span *out) {
     const KilnNode *node = &g->nodes[i];
     int32_t first = node->op == KILN_OP_INPUT ? -1 : i;
     if (p->alias[i] >= 0) {  // a view: the op says so, and its bytes are its root's
-      assert_true(kiln_op_has(node->op, KILN_OPF_VIEW));
       int32_t root = p->alias[i];
-      assert_int_equal(p->offset[i], p->offset[root]);
+      if (kiln_op_has(node->op, KILN_OPF_VIEW)) {
+        assert_int_equal(p->offset[i], p->offset[root]);
+      } else {  // a window of the last axis, read in place: from there on, by strided readers
+        assert_true(kiln_op_has(node->op, KILN_OPF_WINDOW) && node->attr.axis == node->rank - 1);
+        assert_int_equal(p->offset[i], p->offset[root] + 4 * node->attr.start);
+        for (int r = i + 1; r < n; r++)
+          for (int j = 0; j < g->nodes[r].nin; j++)
+            assert_true(g->nodes[r].in[j] != i || kiln_op_has(g->nodes[r].op, KILN_OPF_STRIDED));
+      }
       Span *s = &out[span[root]];
       if (s->last < last[i]) s->last = last[i];
       span[i] = span[root];
@@ -517,7 +562,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(chain),         cmocka_unit_test(chain_inplace),
       cmocka_unit_test(diamond),       cmocka_unit_test(outputs_kept),
-      cmocka_unit_test(scratch),       cmocka_unit_test(view),
+      cmocka_unit_test(scratch),       cmocka_unit_test(view),          cmocka_unit_test(window),
       cmocka_unit_test(input_reuse),   cmocka_unit_test(base),
       cmocka_unit_test(bundled),       cmocka_unit_test(schedule_branches),
       cmocka_unit_test(schedule_bundled),

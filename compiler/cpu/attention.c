@@ -1,7 +1,7 @@
 // Scaled dot-product attention, forward and gradient (semantics: ir/interp.c).
 // Both kernels are parallel over (batch, head); a head is a column range of the
-// [B, T, D] buffers, so every matrix below is read in place with leading
-// dimension D. Within a head the query rows go in blocks of ROW_BLOCK: the
+// [B, T, D] buffers, so every matrix below is read in place with its buffer's row
+// length as leading dimension (Mat). Within a head the query rows go in blocks of ROW_BLOCK: the
 // block's scores against the keys it may see are one cblas_sgemm (with a causal
 // mask only keys up to the block's last row: the masked triangle right of the
 // diagonal block is never computed), the softmax a few vector passes over each
@@ -44,9 +44,9 @@ int64_t kiln_cpu_attention_scratch(const KilnNode *n) {
     Att a = att_of(n, n->shape[1], n->shape[2]);
     return n->shape[0] * a.heads * a.rb * a.T;
   }
-  KILN_ASSERT(n->op == KILN_OP_ATTENTION_GRAD);  // [3, B, T, D]: p and dp (then ds)
-  Att a = att_of(n, n->shape[2], n->shape[3]);
-  return n->shape[1] * a.heads * 2 * a.rb * a.T;
+  KILN_ASSERT(n->op == KILN_OP_ATTENTION_GRAD);  // [B, T, 3D]: p and dp (then ds)
+  Att a = att_of(n, n->shape[1], n->shape[2] / 3);
+  return n->shape[0] * a.heads * 2 * a.rb * a.T;
 }
 
 static LLVMValueRef scratch(KilnKernel *k) {
@@ -131,26 +131,54 @@ static void softmax_row(KilnCg *c, LLVMValueRef s, LLVMValueRef n, LLVMValueRef 
 //
 // One (batch, head) and one block of its query rows.
 //
+// An operand as the kernels see it: the current pair's head, a [T, dh] matrix with
+// rows ld elements apart: D for a [B, T, D] buffer, 3D for attention_grad's
+// output, the row length of a wider value when the operand is a window of it read
+// in place (passes/memplan.c: the q, k, v slices of a fused projection).
 typedef struct {
-  LLVMValueRef base;   // element index of row 0, column 0 of the head in a [B, T, D] buffer
+  LLVMValueRef p;  // row 0, column 0 of the head
+  int64_t ld;
+} Mat;
+
+typedef struct {
   LLVMValueRef i0;     // the block's first query row
   LLVMValueRef rows;   // its rows: ROW_BLOCK, fewer in the last block
   LLVMValueRef j1;     // keys it sees: [0, j1), up to its last row when causal
-  LLVMValueRef qoff;   // element index of its first row in a [B, T, D] buffer
 } Block;
 
-static LLVMValueRef head_base(KilnCg *c, const Att *a, LLVMValueRef bh) {
-  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh, kiln_cg_i64(c, a->heads), "");
-  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh, kiln_cg_i64(c, a->heads), ""), kiln_cg_i64(c, a->dh));
-  return kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, a->T * a->D)), col);
+// The row stride of input id: its own row length, or its source's when it is a
+// window read in place.
+static int64_t row_stride(const KilnKernel *k, int32_t id) {
+  const KilnNode *x = &k->g->nodes[id];
+  if (!k->plan->alias || k->plan->alias[id] < 0 || !kiln_op_has(x->op, KILN_OPF_WINDOW))
+    return x->shape[x->rank - 1];
+  const KilnNode *src = &k->g->nodes[x->in[0]];
+  return src->shape[src->rank - 1];
 }
 
-static Block block_of(KilnCg *c, const Att *a, LLVMValueRef base, LLVMValueRef blk) {
-  Block b = {.base = base};
+// Pair bh's head in the buffer at base, rows ld elements apart.
+static Mat head(KilnCg *c, const Att *a, LLVMValueRef base, int64_t ld, LLVMValueRef bh) {
+  LLVMValueRef bi = LLVMBuildSDiv(c->b, bh, kiln_cg_i64(c, a->heads), "");
+  LLVMValueRef col = kiln_cg_mul(c, LLVMBuildSRem(c->b, bh, kiln_cg_i64(c, a->heads), ""), kiln_cg_i64(c, a->dh));
+  return (Mat){at(c, base, kiln_cg_add(c, kiln_cg_mul(c, bi, kiln_cg_i64(c, a->T * ld)), col)), ld};
+}
+
+// Input j of the kernel's node at pair bh's head.
+static Mat input_head(KilnKernel *k, const Att *a, int j, LLVMValueRef bh) {
+  int32_t id = k->n->in[j];
+  return head(k->cg, a, kiln_cpu_ptr(k, id), row_stride(k, id), bh);
+}
+
+// Row i of a head.
+static LLVMValueRef row(KilnCg *c, Mat m, LLVMValueRef i) {
+  return at(c, m.p, kiln_cg_mul(c, i, kiln_cg_i64(c, m.ld)));
+}
+
+static Block block_of(KilnCg *c, const Att *a, LLVMValueRef blk) {
+  Block b;
   b.i0 = kiln_cg_mul(c, blk, kiln_cg_i64(c, a->rb));
   b.rows = imin(c, kiln_cg_i64(c, a->rb), LLVMBuildSub(c->b, kiln_cg_i64(c, a->T), b.i0, ""));
   b.j1 = a->causal ? kiln_cg_add(c, b.i0, b.rows) : kiln_cg_i64(c, a->T);
-  b.qoff = kiln_cg_add(c, base, kiln_cg_mul(c, b.i0, kiln_cg_i64(c, a->D)));
   return b;
 }
 
@@ -162,10 +190,9 @@ static LLVMValueRef row_keys(KilnCg *c, const Att *a, const Block *b, LLVMValueR
 
 // P [rows, j1] (row stride T) = softmax(Q_block K^T * scale), masked: one sgemm,
 // then each row's softmax.
-static void block_probs(KilnCg *c, const Att *a, const Block *b, LLVMValueRef Q, LLVMValueRef K,
-                        LLVMValueRef P) {
+static void block_probs(KilnCg *c, const Att *a, const Block *b, Mat Q, Mat K, LLVMValueRef P) {
   kiln_cpu_sgemm(c, &(KilnGemm){.tb = true, .m = b->rows, .n = b->j1, .k = kiln_cg_i64(c, a->dh), .alpha = a->scale,
-                   .a = at(c, Q, b->qoff), .lda = a->D, .b = at(c, K, b->base), .ldb = a->D,
+                   .a = row(c, Q, b->i0), .lda = Q.ld, .b = K.p, .ldb = K.ld,
                    .beta = kiln_cg_f32(c, 0), .c = P, .ldc = a->T});
   KilnLoop r = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b->rows, "row");
   softmax_row(c, at(c, P, kiln_cg_mul(c, r.index, kiln_cg_i64(c, a->T))), row_keys(c, a, b, r.index), b->j1);
@@ -178,23 +205,25 @@ int64_t kiln_cpu_attention(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
   Att a = att_of(o, o->shape[1], o->shape[2]);
-  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), Y = kiln_cpu_ptr(k, k->id), S = scratch(k);
+  LLVMValueRef S = scratch(k);
   KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
-  LLVMValueRef base = head_base(c, &a, bh.index);
+  Mat Q = input_head(k, &a, 0, bh.index), K = input_head(k, &a, 1, bh.index);
+  Mat V = input_head(k, &a, 2, bh.index), Y = head(c, &a, kiln_cpu_ptr(k, k->id), a.D, bh.index);
   LLVMValueRef P = at(c, S, kiln_cg_mul(c, bh.index, kiln_cg_i64(c, a.rb * a.T)));
   KilnLoop blk = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, a.nblk), "blk");
-  Block b = block_of(c, &a, base, blk.index);
+  Block b = block_of(c, &a, blk.index);
   block_probs(c, &a, &b, Q, K, P);
   kiln_cpu_sgemm(c, &(KilnGemm){.m = b.rows, .n = kiln_cg_i64(c, a.dh), .k = b.j1, .alpha = 1, .a = P, .lda = a.T,
-                   .b = at(c, V, base), .ldb = a.D, .beta = kiln_cg_f32(c, 0), .c = at(c, Y, b.qoff),
-                   .ldc = a.D});
+                   .b = V.p, .ldb = V.ld, .beta = kiln_cg_f32(c, 0), .c = row(c, Y, b.i0),
+                   .ldc = Y.ld});
   kiln_cg_loop_end(c, &blk);
   kiln_cg_loop_end(c, &bh);
   return o->shape[0] * a.heads;
 }
 
-// attention_grad(q, k, v, dy [B, T, D]) -> [3, B, T, D]: dq, dk, dv. Per block,
+// attention_grad(q, k, v, dy [B, T, D]) -> [B, T, 3D]: dq, dk, dv side by side in
+// each row (leading dimension 3D, the layout of a fused q|k|v projection's
+// output, whose gradient it then is without a copy). Per block,
 // P as the forward computes it, dP = dY_block V^T, and per row
 // dS = P (dP - sum_j P dP) * scale (the sum is dy_i . y_i, taken from P and dP
 // since y is not an input); then
@@ -205,24 +234,25 @@ int64_t kiln_cpu_attention(KilnKernel *k) {
 int64_t kiln_cpu_attention_grad(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
-  int64_t B = o->shape[1];
-  Att a = att_of(o, o->shape[2], o->shape[3]);
-  LLVMValueRef Q = kiln_cpu_ptr(k, o->in[0]), K = kiln_cpu_ptr(k, o->in[1]);
-  LLVMValueRef V = kiln_cpu_ptr(k, o->in[2]), DY = kiln_cpu_ptr(k, o->in[3]);
-  LLVMValueRef DQ = kiln_cpu_ptr(k, k->id), S = scratch(k);
-  LLVMValueRef DK = at(c, DQ, kiln_cg_i64(c, B * a.T * a.D)), DV = at(c, DQ, kiln_cg_i64(c, 2 * B * a.T * a.D));
+  int64_t B = o->shape[0], od = o->shape[2];
+  Att a = att_of(o, o->shape[1], od / 3);
+  LLVMValueRef S = scratch(k), out = kiln_cpu_ptr(k, k->id);
   LLVMValueRef dh = kiln_cg_i64(c, a.dh), zero = kiln_cg_f32(c, 0);
   KilnLoop bh = kiln_cg_loop_begin(c, k->lo, k->hi, "bh");
-  LLVMValueRef base = head_base(c, &a, bh.index);
+  Mat Q = input_head(k, &a, 0, bh.index), K = input_head(k, &a, 1, bh.index);
+  Mat V = input_head(k, &a, 2, bh.index), DY = input_head(k, &a, 3, bh.index);
+  Mat DQ = head(c, &a, out, od, bh.index);
+  Mat DK = {at(c, DQ.p, kiln_cg_i64(c, a.D)), od}, DV = {at(c, DQ.p, kiln_cg_i64(c, 2 * a.D)), od};
   LLVMValueRef P = at(c, S, kiln_cg_mul(c, bh.index, kiln_cg_i64(c, 2 * a.rb * a.T)));
   LLVMValueRef DS = at(c, P, kiln_cg_i64(c, a.rb * a.T));
   KilnLoop it = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, a.nblk), "blk");
-  Block b = block_of(c, &a, base, LLVMBuildSub(c->b, kiln_cg_i64(c, a.nblk - 1), it.index, ""));
+  Block b = block_of(c, &a, LLVMBuildSub(c->b, kiln_cg_i64(c, a.nblk - 1), it.index, ""));
   LLVMValueRef beta = LLVMBuildSelect(c->b, LLVMBuildICmp(c->b, LLVMIntEQ, it.index, kiln_cg_i64(c, 0), ""),
                                       zero, kiln_cg_f32(c, 1), "");
+  LLVMValueRef dyb = row(c, DY, b.i0), qb = row(c, Q, b.i0);  // the block's rows
   block_probs(c, &a, &b, Q, K, P);
-  kiln_cpu_sgemm(c, &(KilnGemm){.tb = true, .m = b.rows, .n = b.j1, .k = dh, .alpha = 1, .a = at(c, DY, b.qoff),
-                   .lda = a.D, .b = at(c, V, base), .ldb = a.D, .beta = zero, .c = DS, .ldc = a.T});
+  kiln_cpu_sgemm(c, &(KilnGemm){.tb = true, .m = b.rows, .n = b.j1, .k = dh, .alpha = 1, .a = dyb,
+                   .lda = DY.ld, .b = V.p, .ldb = V.ld, .beta = zero, .c = DS, .ldc = a.T});
   KilnLoop r = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), b.rows, "row");
   LLVMValueRef roff = kiln_cg_mul(c, r.index, kiln_cg_i64(c, a.T));
   LLVMValueRef prow = at(c, P, roff), srow = at(c, DS, roff);
@@ -235,11 +265,11 @@ int64_t kiln_cpu_attention_grad(KilnKernel *k) {
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
   kiln_cpu_sgemm(c, &(KilnGemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = P, .lda = a.T,
-                   .b = at(c, DY, b.qoff), .ldb = a.D, .beta = beta, .c = at(c, DV, base), .ldc = a.D});
+                   .b = dyb, .ldb = DY.ld, .beta = beta, .c = DV.p, .ldc = DV.ld});
   kiln_cpu_sgemm(c, &(KilnGemm){.m = b.rows, .n = dh, .k = b.j1, .alpha = 1, .a = DS, .lda = a.T,
-                   .b = at(c, K, base), .ldb = a.D, .beta = zero, .c = at(c, DQ, b.qoff), .ldc = a.D});
+                   .b = K.p, .ldb = K.ld, .beta = zero, .c = row(c, DQ, b.i0), .ldc = DQ.ld});
   kiln_cpu_sgemm(c, &(KilnGemm){.ta = true, .m = b.j1, .n = dh, .k = b.rows, .alpha = 1, .a = DS, .lda = a.T,
-                   .b = at(c, Q, b.qoff), .ldb = a.D, .beta = beta, .c = at(c, DK, base), .ldc = a.D});
+                   .b = qb, .ldb = Q.ld, .beta = beta, .c = DK.p, .ldc = DK.ld});
   kiln_cg_loop_end(c, &it);
   kiln_cg_loop_end(c, &bh);
   return B * a.heads;

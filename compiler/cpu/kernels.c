@@ -17,11 +17,21 @@
 
 static const KilnNode *in_node(KilnKernel *k, int i) { return &k->g->nodes[k->n->in[i]]; }
 
+// Bytes from a value's first element to its last: a window read in place from a
+// wider value's rows (passes/memplan.c) spans those rows.
+static int64_t extent(const KilnKernel *k, int32_t id) {
+  const KilnNode *x = &k->g->nodes[id];
+  int64_t n = kiln_node_numel(x), d = x->rank ? x->shape[x->rank - 1] : 1;
+  if (!k->plan->alias || k->plan->alias[id] < 0 || !kiln_op_has(x->op, KILN_OPF_WINDOW) || !n)
+    return n * 4;
+  const KilnNode *s = &k->g->nodes[x->in[0]];
+  return ((n / d - 1) * s->shape[s->rank - 1] + d) * 4;
+}
+
 // Buffers reach a kernel body as parameters (kiln_cpu_shared_kernel): no offset
 // of the plan appears in a body, so the layers' identical kernels share one.
 LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id) {
-  return kiln_cpu_body_ptr(k->cg, k->body, k->plan->where[id], k->plan->offset[id],
-                           kiln_node_numel(&k->g->nodes[id]) * 4);
+  return kiln_cpu_body_ptr(k->cg, k->body, k->plan->where[id], k->plan->offset[id], extent(k, id));
 }
 
 static int64_t prod(const int64_t *s, int from, int to) {
@@ -214,20 +224,33 @@ static bool inline_here(const KilnKernel *k, int32_t id) {
   return k->g->fused_into && k->g->fused_into[id] == k->id;
 }
 
+// The buffer the group's matmul mm writes: its own when nodes outside the group
+// read it, else the root's, which the epilogue then overwrites row by row.
+static int32_t matmul_out(const KilnKernel *k, int32_t mm) {
+  return kiln_graph_fused_stored(k->g, mm) ? mm : k->id;
+}
+
 // The value of node id at (row, col) of top's shape. Interior nodes of a tree have
-// the top's shape and are computed from their inputs; the group's matmul sits in
-// the root's buffer already; other leaves are loaded, broadcast to the top's shape.
+// the top's shape and are computed from their inputs (and stored as well when
+// read outside the group); the group's matmul has written its rows already; other
+// leaves are loaded, broadcast to the top's shape.
 static LLVMValueRef tree_at(const KilnKernel *k, int32_t id, const KilnNode *top, LLVMValueRef row,
                             LLVMValueRef col) {
   KilnCg *c = k->cg;
   const KilnNode *n = &k->g->nodes[id];
   int64_t last = top->rank ? top->shape[top->rank - 1] : 1;
   if (inline_here(k, id) && kiln_op_has(n->op, KILN_OPF_EPILOGUE))
-    return kiln_cg_load(c, c->f32, kiln_cpu_ptr((KilnKernel *)k, k->id), ix(c, row, last, col));
+    return kiln_cg_load(c, c->f32, kiln_cpu_ptr((KilnKernel *)k, matmul_out(k, id)),
+                        ix(c, row, last, col));
   if (inline_here(k, id)) {
     LLVMValueRef x[KILN_MAX_INPUTS];
     for (int j = 0; j < n->nin; j++) x[j] = tree_at(k, n->in[j], top, row, col);
-    return kiln_cpu_scalar(c, n, x);
+    LLVMValueRef v = kiln_cpu_scalar(c, n, x);
+    if (kiln_graph_fused_stored(k->g, id)) {
+      KILN_ASSERT(kiln_node_numel(n) == kiln_node_numel(top));  // fuse.c: a chain of one shape
+      kiln_cg_store(c, v, kiln_cpu_ptr((KilnKernel *)k, id), ix(c, row, last, col));
+    }
+    return v;
   }
   // A leaf of the top's own shape is read at the top's flat index, the very
   // expression the output is written at: LLVM then sees an in-place kernel's
@@ -856,12 +879,13 @@ static int64_t emit_matmul_gemv(KilnKernel *k, const Mm *mm) {
 }
 
 // A matmul fused with the elementwise chain of root k: the matmul writes into the
-// root's buffer and the chain runs over each block of rows right after.
+// root's buffer (or its own, when stored) and the chain runs over each block of
+// rows right after.
 static int64_t emit_matmul_group(KilnKernel *k, int32_t mm) {
   KilnKernel km = *k;
   km.n = &k->g->nodes[mm];
   km.id = mm;
-  km.out = k->id;
+  km.out = matmul_out(k, mm);
   km.epi = k;
   return emit_matmul(&km);
 }

@@ -59,7 +59,8 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *p) 
   kiln_memplan_request(g, a, KILN_ABI_HEADER_BYTES, &r);
   int64_t *scratch = kiln_arena_alloc(a, (size_t)n * sizeof *scratch);
   for (int i = 0; i < n; i++) {
-    bool fused = g->fused_into && g->fused_into[i] >= 0;  // computed in another kernel
+    // Computed in another kernel, and read only there.
+    bool fused = g->fused_into && g->fused_into[i] >= 0 && !kiln_graph_fused_stored(g, i);
     KILN_ASSERT(r.store[i] == ((p->live[i] || g->nodes[i].op == KILN_OP_INPUT) &&
                                g->nodes[i].op != KILN_OP_PARAM && !fused));
     scratch[i] = align_up(scratch_floats(g, &g->nodes[i]) * 4);
