@@ -1,8 +1,8 @@
 // The CPU backend: every kernel an LLVM function built with the LLVM C API over the
 // static shapes of the IR, optimized for the target CPU and emitted as an object.
 //
-// Sections follow the files of compiler/cpu/: plan.c, loops.c, kernels.c, lstm.c, attention.c,
-// train.c, module.c, target.c.
+// Sections follow the files of compiler/cpu/: plan.c, loops.c, kernels.c, gemm.c, lstm.c,
+// attention.c, train.c, module.c, target.c.
 #ifndef KILN_CPU_H
 #define KILN_CPU_H
 
@@ -165,6 +165,27 @@ typedef struct {
   int64_t ldc;
 } KilnGemm;
 void kiln_cpu_sgemm(KilnCg *c, const KilnGemm *g);
+
+//
+// gemm.c: sgemm as generated code, a function per leading dimensions, transposes,
+// alpha and tile: a register-blocked micro-kernel of mr x (8 nv) floats with
+// packed panels of B where they pay. kiln_cpu_sgemm calls it for the shapes
+// where it was measured faster than OpenBLAS (kiln_cpu_gemm_wins).
+//
+typedef struct {
+  int mr, nv;  // tile: mr rows x nv vectors of 8 floats (mr <= 8, nv <= 3)
+  bool pack;   // pack every panel of B (a transposed B is always packed)
+} KilnGemmTile;
+// Whether the generated kernel beats cblas_sgemm on g's layout (transposes,
+// leading dimensions) with sizes up to m x n x k, and with which tile.
+bool kiln_cpu_gemm_wins(const KilnGemm *g, int64_t m, int64_t n, int64_t k);
+KilnGemmTile kiln_cpu_gemm_tile(const KilnGemm *g, int64_t m, int64_t n, int64_t k);
+// A call of the generated kernel: same contract as kiln_cpu_sgemm.
+void kiln_cpu_gemm(KilnCg *c, const KilnGemm *g, KilnGemmTile t);
+// The call kiln_cpu_sgemm makes when the generated kernel wins on the sizes g's
+// values can take (constants, or bounds from the leading dimensions); returns
+// false, emitting nothing, where OpenBLAS stays.
+bool kiln_cpu_gemm_try(KilnCg *c, const KilnGemm *g);
 
 //
 // lstm.c: the lstm layer and its gradient (two phases), products in cblas_sgemm

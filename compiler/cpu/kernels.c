@@ -792,7 +792,11 @@ static int64_t emit_matmul_loops(KilnKernel *k, const Mm *mm) {
   return mm->batch * mm->m;
 }
 
+// Where generated code was measured faster (attention's blocks, small layers, a
+// transposed B in row blocks) it runs instead of OpenBLAS: kiln_cpu_gemm_wins
+// (compiler/cpu/gemm.c) holds the rule and the measurements.
 void kiln_cpu_sgemm(KilnCg *c, const KilnGemm *g) {
+  if (kiln_cpu_gemm_try(c, g)) return;
   enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };  // CBLAS's values
   LLVMTypeRef i32 = c->i32;
   LLVMTypeRef params[] = {i32, i32, i32, i32, i32, i32, c->f32, c->ptr, i32, c->ptr, i32, c->f32, c->ptr, i32};
