@@ -613,8 +613,8 @@ static int train_ranks(KilnTrainOpts *o, bool shard, double timeout, KilnStatus 
     long cpus = sysconf(_SC_NPROCESSORS_ONLN) / o->dist->local;
     o->threads = cpus > 1 ? (int)cpus : 1;
   }
-  // Rank 0 speaks for the run; the others print only their errors.
-  if (o->dist->rank != 0) o->quiet = true, o->bar = false;
+  // Rank 0 speaks for the run (and profiles it); the others print only their errors.
+  if (o->dist->rank != 0) o->quiet = true, o->bar = false, o->profile = NULL;
   return 0;
 }
 
