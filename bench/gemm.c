@@ -123,22 +123,8 @@ static void *build(const char *dir) {
     fprintf(stderr, "%s\n", err);
     exit(1);
   }
-  KilnCg cg = {0};
-  cg.ctx = LLVMContextCreate();
-  cg.mod = LLVMModuleCreateWithNameInContext("gemm", cg.ctx);
-  cg.b = LLVMCreateBuilderInContext(cg.ctx);
-  cg.f32 = LLVMFloatTypeInContext(cg.ctx);
-  cg.i32 = LLVMInt32TypeInContext(cg.ctx);
-  cg.i64 = LLVMInt64TypeInContext(cg.ctx);
-  cg.i8 = LLVMInt8TypeInContext(cg.ctx);
-  cg.ptr = LLVMPointerTypeInContext(cg.ctx, 0);
-  cg.v = LLVMVoidTypeInContext(cg.ctx);
-  char *triple = LLVMGetTargetMachineTriple(tm);
-  LLVMSetTarget(cg.mod, triple);
-  LLVMDisposeMessage(triple);
-  LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
-  LLVMSetModuleDataLayout(cg.mod, layout);
-  LLVMDisposeTargetData(layout);
+  KilnCg cg;
+  kiln_cg_init(&cg, "gemm", tm);
   for (size_t i = 0; i < NSHAPES; i++)
     for (size_t t = 0; t < NTILES; t++) add_wrapper(&cg, i, t);
   char obj[512], so[512], cmd[1200];
@@ -148,9 +134,7 @@ static void *build(const char *dir) {
     fprintf(stderr, "%s\n", err);
     exit(1);
   }
-  LLVMDisposeBuilder(cg.b);
-  LLVMDisposeModule(cg.mod);
-  LLVMContextDispose(cg.ctx);
+  kiln_cpu_module_free(&cg);
   LLVMDisposeTargetMachine(tm);
   snprintf(cmd, sizeof cmd, "cc -shared -o %s %s", so, obj);
   if (system(cmd) != 0) exit(1);

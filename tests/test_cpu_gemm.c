@@ -110,28 +110,12 @@ static int setup(void **state) {
   KilnTargetOpts to = {"native", 3};
   LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
   if (!tm) return -1;
-  KilnCg cg = {0};
-  cg.ctx = LLVMContextCreate();
-  cg.mod = LLVMModuleCreateWithNameInContext("gemm", cg.ctx);
-  cg.b = LLVMCreateBuilderInContext(cg.ctx);
-  cg.f32 = LLVMFloatTypeInContext(cg.ctx);
-  cg.i32 = LLVMInt32TypeInContext(cg.ctx);
-  cg.i64 = LLVMInt64TypeInContext(cg.ctx);
-  cg.i8 = LLVMInt8TypeInContext(cg.ctx);
-  cg.ptr = LLVMPointerTypeInContext(cg.ctx, 0);
-  cg.v = LLVMVoidTypeInContext(cg.ctx);
-  char *triple = LLVMGetTargetMachineTriple(tm);
-  LLVMSetTarget(cg.mod, triple);
-  LLVMDisposeMessage(triple);
-  LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
-  LLVMSetModuleDataLayout(cg.mod, layout);
-  LLVMDisposeTargetData(layout);
+  KilnCg cg;
+  kiln_cg_init(&cg, "gemm", tm);
   for (size_t i = 0; i < NCASES; i++) add_case(&cg, i);
   const char *obj = kiln_test_join(tmpdir, "gemm.o"), *so = kiln_test_join(tmpdir, "gemm.so");
   int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
-  LLVMDisposeBuilder(cg.b);
-  LLVMDisposeModule(cg.mod);
-  LLVMContextDispose(cg.ctx);
+  kiln_cpu_module_free(&cg);
   LLVMDisposeTargetMachine(tm);
   if (rc != 0) {
     fprintf(stderr, "%s\n", err);
@@ -274,15 +258,8 @@ static LLVMValueRef size_value(KilnCg *cg, int64_t kind, LLVMValueRef x) {
 
 static bool picks_generated(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda,
                             int64_t ldb, int64_t ldc) {
-  KilnCg cg = {0};
-  cg.ctx = LLVMContextCreate();
-  cg.mod = LLVMModuleCreateWithNameInContext("pick", cg.ctx);
-  cg.b = LLVMCreateBuilderInContext(cg.ctx);
-  cg.f32 = LLVMFloatTypeInContext(cg.ctx);
-  cg.i32 = LLVMInt32TypeInContext(cg.ctx);
-  cg.i64 = LLVMInt64TypeInContext(cg.ctx);
-  cg.ptr = LLVMPointerTypeInContext(cg.ctx, 0);
-  cg.v = LLVMVoidTypeInContext(cg.ctx);
+  KilnCg cg;
+  kiln_cg_init(&cg, "pick", NULL);
   LLVMTypeRef params[] = {cg.ptr, cg.i64};
   cg.fn = LLVMAddFunction(cg.mod, "f", LLVMFunctionType(cg.v, params, 2, 0));
   LLVMPositionBuilderAtEnd(cg.b, LLVMAppendBasicBlockInContext(cg.ctx, cg.fn, "entry"));
@@ -293,9 +270,7 @@ static bool picks_generated(bool ta, bool tb, int64_t m, int64_t n, int64_t k, i
   kiln_cpu_sgemm(&cg, &g);
   LLVMBuildRetVoid(cg.b);
   bool blas = LLVMGetNamedFunction(cg.mod, "cblas_sgemm") != NULL;
-  LLVMDisposeBuilder(cg.b);
-  LLVMDisposeModule(cg.mod);
-  LLVMContextDispose(cg.ctx);
+  kiln_cpu_module_free(&cg);
   return !blas;
 }
 

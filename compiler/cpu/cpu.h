@@ -61,6 +61,9 @@ typedef struct {
   LLVMValueRef phi;
 } KilnLoop;
 
+// A fresh context, module `name` and builder with c's types; with tm, the module
+// takes its triple and data layout. kiln_cpu_module_free releases them.
+void kiln_cg_init(KilnCg *c, const char *name, LLVMTargetMachineRef tm);
 // for (i = lo; i < hi; i++) { body }: begin leaves the builder in the body.
 KilnLoop kiln_cg_loop_begin(KilnCg *c, LLVMValueRef lo, LLVMValueRef hi, const char *name);
 void kiln_cg_loop_end(KilnCg *c, KilnLoop *l);

@@ -5,6 +5,26 @@
 
 #include "compiler/cpu/cpu.h"
 
+void kiln_cg_init(KilnCg *c, const char *name, LLVMTargetMachineRef tm) {
+  *c = (KilnCg){0};
+  c->ctx = LLVMContextCreate();
+  c->mod = LLVMModuleCreateWithNameInContext(name, c->ctx);
+  c->b = LLVMCreateBuilderInContext(c->ctx);
+  c->f32 = LLVMFloatTypeInContext(c->ctx);
+  c->i32 = LLVMInt32TypeInContext(c->ctx);
+  c->i64 = LLVMInt64TypeInContext(c->ctx);
+  c->i8 = LLVMInt8TypeInContext(c->ctx);
+  c->ptr = LLVMPointerTypeInContext(c->ctx, 0);
+  c->v = LLVMVoidTypeInContext(c->ctx);
+  if (!tm) return;
+  char *triple = LLVMGetTargetMachineTriple(tm);
+  LLVMSetTarget(c->mod, triple);
+  LLVMDisposeMessage(triple);
+  LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(tm);
+  LLVMSetModuleDataLayout(c->mod, dl);
+  LLVMDisposeTargetData(dl);
+}
+
 LLVMValueRef kiln_cg_i64(KilnCg *c, int64_t v) {
   return LLVMConstInt(c->i64, (unsigned long long)v, 1);
 }

@@ -567,23 +567,7 @@ static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, co
 }
 
 void kiln_cpu_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnModuleOpts *o) {
-  c->ctx = LLVMContextCreate();
-  c->mod = LLVMModuleCreateWithNameInContext(g->name, c->ctx);
-  c->b = LLVMCreateBuilderInContext(c->ctx);
-  c->f32 = LLVMFloatTypeInContext(c->ctx);
-  c->i32 = LLVMInt32TypeInContext(c->ctx);
-  c->i64 = LLVMInt64TypeInContext(c->ctx);
-  c->i8 = LLVMInt8TypeInContext(c->ctx);
-  c->ptr = LLVMPointerTypeInContext(c->ctx, 0);
-  c->v = LLVMVoidTypeInContext(c->ctx);
-  if (o->tm) {
-    char *triple = LLVMGetTargetMachineTriple(o->tm);
-    LLVMSetTarget(c->mod, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef dl = LLVMCreateTargetDataLayout(o->tm);
-    LLVMSetModuleDataLayout(c->mod, dl);
-    LLVMDisposeTargetData(dl);
-  }
+  kiln_cg_init(c, g->name, o->tm);
   Types t;
   make_types(c, &t);
   char name[256];
