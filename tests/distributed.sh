@@ -79,7 +79,8 @@ expect gpt-two 0 mpi 2 ./gpt4 train --steps 12 --save g2.st --log g2.csv --quiet
 # whatever the gradient's size. Where a gradient is rounding noise (attention's
 # key bias: softmax ignores a shift) the two sum orders give different noise
 # and Adam moves the weight by up to lr per step either way: 1% of 12 * lr bounds
-# that; every other weight agrees to about 1e-7.
+# that; every other weight agrees to within about 1e-6 (seen: the embedding
+# table, whose rare rows get small gradients), most to 1e-7.
 close gpt-weights g1.st g2.st 1.2e-4
 losses gpt-losses g1.csv g2.csv 1e-5
 expect gpt-shard 0 mpi 2 ./gpt4 train --steps 12 --save g3.st --quiet --shard-optimizer
