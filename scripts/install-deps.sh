@@ -11,6 +11,7 @@ pkgs=(
   libopenblas-dev      # large matmuls
   libcmocka-dev        # unit tests
   libopenmpi-dev openmpi-bin   # data-parallel training (kiln build --mpi) and its tests
+  procps               # pgrep: tests/distributed.sh finds the rank processes
   valgrind             # the runtime is checked under it
   libjansson-dev       # safetensors headers (JSON)
   clang-16 libclang-rt-16-dev   # libFuzzer harnesses (tests/fuzz, scripts/fuzz.sh)
