@@ -20,14 +20,17 @@
 // Programs linked without mpi.c have no transport.
 __attribute__((weak)) const KilnCommOps *kiln_comm_mpi(void) { return NULL; }
 
-// How many processes an MPI launcher started this one among; 0: not launched so.
+// Open MPI's mpirun and Hydra (MPICH) say how many; PMIx (srun --mpi=pmix) only
+// that a launcher started the process.
 long kiln_dist_launched(void) {
   const char *names[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     const char *v = getenv(names[i]);
-    if (v && *v) return strtol(v, NULL, 10);
+    if (!v || !*v) continue;
+    long n = strtol(v, NULL, 10);
+    return n > 0 ? n : 1;
   }
-  return 0;
+  return getenv("PMIX_RANK") || getenv("PMI_RANK") ? 1 : 0;
 }
 
 int kiln_dist_init(const KilnCommOps *ops, KilnDist **out, KilnStatus *st) {
@@ -77,7 +80,7 @@ void kiln_dist_die(KilnDist *d, const char *who, const KilnStatus *st) {
 static int plan_shards(KilnDist *d, KilnStatus *st) {
   const KilnModelDesc *m = d->c->d;
   int np = m->nparams, ns = np ? m->nopt / np : 0;
-  if (!np || ns * np != m->nopt)
+  if (!np || !ns || ns * np != m->nopt)
     return kiln_rt_fail(st, "--shard-optimizer: model '%s' has no per-parameter optimizer state "
                         "to shard", m->name);
   for (int p = 1; p < np; p++)

@@ -30,16 +30,9 @@ static int mpi_fail(KilnStatus *st, const char *call, int rc) {
   return kiln_rt_fail(st, "%s failed: %s (another rank has probably stopped)", call, msg);
 }
 
-static bool launched(void) {
-  const char *names[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"};
-  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-    if (getenv(names[i])) return true;
-  return false;
-}
-
 static int mpi_init(int *rank, int *size, int *local, KilnStatus *st) {
   *rank = 0, *size = 1, *local = 1;
-  if (!launched()) return 0;
+  if (!kiln_dist_launched()) return 0;
   int rc = MPI_Init(NULL, NULL);
   if (rc != MPI_SUCCESS) return mpi_fail(st, "MPI_Init", rc);
   joined = true;

@@ -238,7 +238,8 @@ typedef struct KilnDist {
 // Joins the job an MPI launcher started the process in, through ops (NULL: none),
 // if any: *out is NULL for one rank. A launch by mpirun without ops is an error.
 int kiln_dist_init(const KilnCommOps *ops, KilnDist **out, KilnStatus *st);
-// How many processes an MPI launcher started this one among; 0: none.
+// How many processes an MPI launcher started this one among (1 when it does not
+// say); 0: no launcher started it.
 long kiln_dist_launched(void);
 void kiln_dist_finish(KilnDist *d);
 // Prints st's error as this rank's (who: the program) and ends every rank.

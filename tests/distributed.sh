@@ -68,6 +68,10 @@ has mlp-summary "$tmp/stdout" "2 ranks, rank 0 waited"
 close mlp-weights one.st two.st 1e-5
 losses mlp-losses one.csv two.csv 1e-5
 [ "$(grep -c . two.csv)" -eq 51 ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL log rows"; }
+# Plain SGD keeps no optimizer state: nothing to shard, which is an error.
+mpi 2 ./mlp10 train --steps 2 --quiet --shard-optimizer >shard.out 2>&1
+check "shard without state: refused (exit $?)" test $? -ne 0
+has shard-sgd-msg shard.out "--shard-optimizer: model 'mlp' has no per-parameter optimizer state to shard"
 
 # A small GPT with AdamW (every kernel kind of the transformer, gradient clipping).
 dims="--dim ctx=32 --dim d=64"
