@@ -52,4 +52,33 @@ has bad-model-hint "$tmp/stderr" "hint: did you mean 'units'?"
 # One bad file among good ones: every file is checked, the status says one failed.
 expect mixed 1 "$kiln" check -q "$src/models/mlp.yaml" "$tmp/bad.yaml"
 
+# kiln import on the fuzz seeds (tests/fuzz/onnx, gen.py) and on the inputs the
+# fuzzer found (tests/fuzz/regress/onnx): good models import and check; each bad
+# one is an error naming what is wrong.
+onnx=$src/tests/fuzz/onnx
+bad=$src/tests/fuzz/regress/onnx
+for m in mlp embed elementwise; do
+  expect "import-$m" 0 "$kiln" import "$onnx/$m.onnx" -o "$tmp/$m.yaml" --dim batch=2
+  expect "import-$m-check" 0 "$kiln" check -q "$tmp/$m.yaml"
+done
+expect import-refused 1 "$kiln" import "$onnx/refused.onnx" -o "$tmp/r.yaml"
+has import-refused-msg "$tmp/stderr" "Erf (node '')"
+while IFS='|' read -r file msg; do
+  expect "import-$file" 1 "$kiln" import "$bad/$file" -o "$tmp/b.yaml" --dim batch=2
+  has "import-$file-msg" "$tmp/stderr" "$msg"
+done <<'EOF'
+245b68725b77|cannot reshape 't' to the shape given
+2605a195ae3c|epsilon -2682.76 is not between 0 and 1
+3f263f0d506d|output 'y' is listed twice
+4c9e8fe34753|node 'r' (Relu) has no output
+54a585f73acb|the graph has no outputs
+6db8bf0f63d1|axis -28710447624486913 is out of range for 'z' (rank 2)
+805a0c7202ea|perm is not a permutation of 2 axes
+d55ef4a26dbb|node 'z' (Add) has no output
+EOF
+# A producer name with control characters: they become '?' in the comment, and
+# the model file still reads.
+expect import-control-chars 0 "$kiln" import "$bad/2f6a6d8fb9ff" -o "$tmp/c.yaml" --dim batch=2
+expect import-control-chars-check 0 "$kiln" check -q "$tmp/c.yaml"
+has import-control-chars-comment "$tmp/c.yaml" "(made by ????batch???? , ONNX opset 13)"
 finish cli
