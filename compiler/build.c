@@ -15,6 +15,9 @@
 
 #include "compiler/compiler.h"
 #include "compiler/cpu/cpu.h"
+#ifdef KILN_HAVE_CUDA
+#include "compiler/cuda/cuda.h"
+#endif
 #include "passes/passes.h"
 
 extern char **environ;
@@ -112,7 +115,7 @@ static const char *env_or(const char *name, const char *dflt) {
 
 // With mpi, libkiln_mpi.a comes between the program's main and the runtime, so
 // its MPI transport replaces the runtime's none, and MPI's libraries follow.
-static int link_exe(KilnDiag *d, const char *obj, const char *out, bool mpi) {
+static int link_exe(KilnDiag *d, const char *obj, const char *out, bool mpi, bool cuda) {
   const char *rt = runtime_dir(d);
   if (!rt) return -1;
   char cli[4096], lib[4096], tmp[8192];
@@ -134,8 +137,11 @@ static int link_exe(KilnDiag *d, const char *obj, const char *out, bool mpi) {
                           "(scripts/install-deps.sh) and rebuild kiln");
 #endif
   }
+  // A GPU program calls no BLAS: the runtime's OpenBLAS set-up is a weak reference.
   char *rest[] = {lib, "-lopenblas", "-ljansson", "-lpthread", "-lm", KILN_LINK_FLAG, NULL};
-  memcpy(argv + n, rest, sizeof rest);
+  char *rest_cuda[] = {lib, "-ljansson", "-lpthread", "-lm", KILN_LINK_FLAG, NULL};
+  if (cuda) memcpy(argv + n, rest_cuda, sizeof rest_cuda);
+  else memcpy(argv + n, rest, sizeof rest);
   if (run(d, argv) != 0) {
     unlink(tmp);
     return -1;
@@ -271,6 +277,7 @@ static int write_text(KilnDiag *d, const char *path,
 }
 
 static const char *pc_dir;
+static bool pc_cuda;  // the library is for --target=cuda
 
 static void write_pc(FILE *f, const KilnModel *m, const KilnPlan *p) {
   (void)p;
@@ -278,7 +285,9 @@ static void write_pc(FILE *f, const KilnModel *m, const KilnPlan *p) {
   fprintf(f, "prefix=%s\n\nName: %s\nDescription: model %s compiled by kiln %s\n", pc_dir, m->name,
           m->name, KILN_VERSION);
   fprintf(f, "Version: %s\nCflags: -I${prefix}\n", KILN_VERSION);
-  fprintf(f, "Libs: -L${prefix} -l%s -lopenblas -ljansson -lpthread -lm\n", m->name);
+  // A GPU model calls no BLAS (its runtime loads the CUDA driver at run time).
+  fprintf(f, "Libs: -L${prefix} -l%s%s -ljansson -lpthread -lm\n", m->name,
+          pc_cuda ? "" : " -lopenblas");
 }
 
 // out is DIR/NAME: DIR/libNAME.a (runtime objects + the model), DIR/NAME.h, DIR/NAME.pc.
@@ -505,7 +514,48 @@ static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOp
   if (dec)
     mo.decode = &dec->m.graph, mo.window = &win->m.graph, mo.decode_plan = &dec->plan,
     mo.window_plan = &win->plan, mo.context = context;
-  kiln_cpu_module(&cg, &m->graph, &plan, &mo);
+  if (o->cuda) {
+#ifdef KILN_HAVE_CUDA
+    int archs[8];
+    int narchs = kiln_cuda_parse_archs(o->gpu_arch ? o->gpu_arch : "sm_80,sm_90", archs, 8, err,
+                                       sizeof err);
+    if (narchs < 0) {
+      LLVMDisposeTargetMachine(tm);
+      return build_error(d, "%s", err);
+    }
+    FILE *stats = NULL;
+    if (o->kernel_stats)
+      stats = strcmp(o->kernel_stats, "-") == 0 ? stdout : fopen(o->kernel_stats, "w");
+    if (o->kernel_stats && !stats) {
+      LLVMDisposeTargetMachine(tm);
+      return build_error(d, "cannot write %s: %s", o->kernel_stats, strerror(errno));
+    }
+    char *cerr = kiln_xmalloc(1 << 16), srcpath[8192];
+    beside(srcpath, sizeof srcpath, o->output);
+    bool src_only = o->emit == KILN_BUILD_CUDA;
+    KilnCudaOpts co = {archs, narchs, src_only ? srcpath : o->cuda_source, stats};
+    int crc = kiln_cuda_module(&cg, &m->graph, &plan, &mo, &co, cerr, 1 << 16);
+    if (stats && stats != stdout && fclose(stats) != 0 && crc == 0)
+      crc = -1, snprintf(cerr, 1 << 16, "cannot write %s", o->kernel_stats);
+    if (crc == 0 && src_only && rename(srcpath, o->output) != 0)
+      crc = -1, snprintf(cerr, 1 << 16, "cannot write %s: %s", o->output, strerror(errno));
+    if (crc != 0 || src_only) {
+      if (src_only) unlink(srcpath);
+      if (crc == 0) kiln_cpu_module_free(&cg);
+      LLVMDisposeTargetMachine(tm);
+      if (crc != 0) build_error(d, "%s", cerr);
+      free(cerr);
+      return crc;
+    }
+    free(cerr);
+#else
+    LLVMDisposeTargetMachine(tm);
+    return build_error(d, "--target=cuda: this kiln was built without the CUDA toolkit (NVRTC); "
+                          "install it and rebuild kiln (docs/cuda.md)");
+#endif
+  } else {
+    kiln_cpu_module(&cg, &m->graph, &plan, &mo);
+  }
   char tmpdir[] = "/tmp/kiln-build-XXXXXX", obj[4096];
   if (!mkdtemp(tmpdir)) {
     kiln_cpu_module_free(&cg);
@@ -524,9 +574,9 @@ static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOp
   if (rc != 0) build_error(d, "%s", err);
   else if (direct && rename(tmpout, o->output) != 0)
     rc = build_error(d, "cannot write %s: %s", o->output, strerror(errno));
-  else if (o->emit == KILN_BUILD_EXE) rc = link_exe(d, obj, o->output, o->mpi);
+  else if (o->emit == KILN_BUILD_EXE) rc = link_exe(d, obj, o->output, o->mpi, o->cuda);
   else if (o->emit == KILN_BUILD_LIB)
-    header_generate = dec != NULL, rc = write_lib(d, m, &plan, obj, o->output);
+    header_generate = dec != NULL, pc_cuda = o->cuda, rc = write_lib(d, m, &plan, obj, o->output);
   if (rc != 0 && direct) unlink(tmpout);
   remove_tree(tmpdir);
   return rc;

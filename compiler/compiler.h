@@ -274,6 +274,7 @@ typedef enum {
   KILN_BUILD_OBJ,
   KILN_BUILD_ASM,
   KILN_BUILD_LLVM,
+  KILN_BUILD_CUDA,  // the kernels' CUDA source (--target=cuda)
 } KilnBuildEmit;
 
 typedef struct {
@@ -286,6 +287,10 @@ typedef struct {
   int graph_level;          // -1, or the graph pass level alone (0..2)
   bool time_passes;
   bool mpi;                 // exe: link runtime/mpi.c and MPI (data-parallel training)
+  bool cuda;                // --target=cuda: kernels for NVIDIA GPUs (compiler/cuda/)
+  const char *gpu_arch;     // --gpu-arch: "sm_80,sm_90" by default
+  const char *cuda_source;  // also write the kernels' CUDA source here, or NULL
+  const char *kernel_stats; // write registers/spills per kernel here ("-": stdout), or NULL
   const KilnDimOverride *dims;
   int ndims;
 } KilnBuildOpts;

@@ -188,16 +188,23 @@ static int cmd_check(int argc, char **argv) {
 static void build_usage(FILE *f) {
   fputs("usage: kiln build [options] MODEL.yaml\n"
         "\n"
-        "Compiles the model ahead of time for this CPU and links it with the Kiln\n"
-        "runtime into a standalone program (infer, info, bench), or archives it into a\n"
-        "static library with a C header.\n"
+        "Compiles the model ahead of time for this CPU (or NVIDIA GPUs) and links it\n"
+        "with the Kiln runtime into a standalone program (train, infer, info, bench),\n"
+        "or archives it into a static library with a C header.\n"
         "\n"
         "options:\n"
         "  -o, --output PATH      the program (default: the model's name); with\n"
         "                         --emit=lib, DIR/NAME gives DIR/libNAME.a, DIR/NAME.h,\n"
         "                         DIR/NAME.pc\n"
-        "  --emit=exe|lib|obj|asm|llvm   what to produce (default: exe)\n"
-        "  --target=cpu           the target (cpu)\n"
+        "  --emit=exe|lib|obj|asm|llvm|cuda   what to produce (default: exe); cuda:\n"
+        "                         the kernels' CUDA source (--target=cuda)\n"
+        "  --target=cpu|cuda      the target: this CPU (default) or NVIDIA GPUs, kernels\n"
+        "                         compiled by NVRTC into the output (docs/cuda.md)\n"
+        "  --gpu-arch=LIST        cuda: cubins for these architectures, plus PTX of the\n"
+        "                         newest for newer GPUs (default: sm_80,sm_90)\n"
+        "  --cuda-source=FILE     cuda: also write the kernels' CUDA source to FILE\n"
+        "  --kernel-stats=FILE    cuda: registers, spills, stack and shared memory of\n"
+        "                         every kernel per architecture ('-': standard output)\n"
         "  --cpu=NAME             CPU to optimize for: native (default) or an LLVM CPU\n"
         "                         name such as x86-64-v3 or skylake-avx512\n"
         "  -O0 .. -O3             optimization level: graph passes (-O1 clean-up, -O2\n"
@@ -217,8 +224,8 @@ static void build_usage(FILE *f) {
 }
 
 static int parse_emit(const char *s, KilnBuildEmit *out) {
-  static const char *const names[] = {"exe", "lib", "obj", "asm", "llvm"};
-  for (int i = 0; i < 5; i++)
+  static const char *const names[] = {"exe", "lib", "obj", "asm", "llvm", "cuda"};
+  for (int i = 0; i < 6; i++)
     if (strcmp(s, names[i]) == 0) return *out = (KilnBuildEmit)i, 0;
   return -1;
 }
@@ -229,7 +236,9 @@ static int cmd_build(int argc, char **argv) {
       {"target", required_argument, NULL, 'T'}, {"cpu", required_argument, NULL, 'C'},
       {"dim", required_argument, NULL, 'D'},    {"print-ir-after", required_argument, NULL, 'A'},
       {"help", no_argument, NULL, 'h'},         {"time-passes", no_argument, NULL, 'P'},
-      {"graph-level", required_argument, NULL, 'G'}, {"mpi", no_argument, NULL, 'M'}, {0}};
+      {"graph-level", required_argument, NULL, 'G'}, {"mpi", no_argument, NULL, 'M'},
+      {"gpu-arch", required_argument, NULL, 'R'}, {"cuda-source", required_argument, NULL, 'S'},
+      {"kernel-stats", required_argument, NULL, 'K'}, {0}};
   KilnDimOverride dims[MAX_DIMS];
   KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .graph_level = -1, .dims = dims};
   int c, rc = 2;
@@ -238,16 +247,22 @@ static int cmd_build(int argc, char **argv) {
     case 'o': o.output = optarg; break;
     case 'E':
       if (parse_emit(optarg, &o.emit) != 0) {
-        fprintf(stderr, "kiln build: --emit expects exe, lib, obj, asm or llvm, got '%s'\n", optarg);
+        fprintf(stderr, "kiln build: --emit expects exe, lib, obj, asm, llvm or cuda, got '%s'\n",
+                optarg);
         goto out;
       }
       break;
     case 'T':
-      if (strcmp(optarg, "cpu") != 0) {
-        fprintf(stderr, "kiln build: unknown target '%s'; this kiln compiles for: cpu\n", optarg);
+      if (strcmp(optarg, "cuda") == 0) o.cuda = true;
+      else if (strcmp(optarg, "cpu") == 0) o.cuda = false;
+      else {
+        fprintf(stderr, "kiln build: unknown target '%s'; kiln compiles for: cpu, cuda\n", optarg);
         goto out;
       }
       break;
+    case 'R': o.gpu_arch = optarg; break;
+    case 'S': o.cuda_source = optarg; break;
+    case 'K': o.kernel_stats = optarg; break;
     case 'C': o.cpu = optarg; break;
     case 'O':
       if (parse_level(optarg, &o.opt_level) != 0) goto out;
@@ -281,6 +296,15 @@ static int cmd_build(int argc, char **argv) {
     fputs("kiln build: --mpi links a program: it goes with --emit=exe\n", stderr);
     goto out;
   }
+  if (!o.cuda && (o.gpu_arch || o.cuda_source || o.kernel_stats || o.emit == KILN_BUILD_CUDA)) {
+    fputs("kiln build: --gpu-arch, --cuda-source, --kernel-stats and --emit=cuda go with "
+          "--target=cuda\n", stderr);
+    goto out;
+  }
+  if (o.cuda && o.mpi) {
+    fputs("kiln build: --mpi is for the CPU target; GPU programs train on one GPU\n", stderr);
+    goto out;
+  }
   o.model = argv[optind];
   char def[512];
   if (!o.output) {
@@ -289,7 +313,7 @@ static int cmd_build(int argc, char **argv) {
     const char *base = strrchr(o.model, '/');
     base = base ? base + 1 : o.model;
     const char *dot = strrchr(base, '.');
-    static const char *const ext[] = {"", "", ".o", ".s", ".ll"};
+    static const char *const ext[] = {"", "", ".o", ".s", ".ll", ".cu"};
     snprintf(def, sizeof def, "%.*s%s", dot ? (int)(dot - base) : (int)strlen(base), base, ext[o.emit]);
     o.output = def;
   }

@@ -227,6 +227,34 @@ void kiln_cpu_update_work(const KilnTrainDesc *t, int nstate, int64_t *out_flops
 // module.c: the model's module: kernels, the forward step, the descriptor and
 // (for libraries) the prefixed C API.
 //
+// What a backend's step builder hands the module (kiln_cpu_module): the step
+// functions (void (ptr w, ptr a, ptr rt)), the gradients in the update's order, and
+// the profiler's kernel table.
+typedef struct {
+  int n;
+  int32_t *param;   // index into the descriptor's params
+  int32_t *node;    // the gradient's value
+  int32_t *ready;   // report after this node's kernels
+} KilnGrads;
+
+typedef struct {
+  LLVMValueRef forward, eval, train;
+  KilnGrads grads;       // the train step's, else n = 0
+  int nkernels;
+  KilnKernelCost *info;  // the profiler's kernel table, as the launches index it (malloc'd)
+  int ninfo;
+  LLVMValueRef program;  // the descriptor's `cuda` (a KilnCudaProgram), or NULL
+} KilnSteps;
+
+// Every gradient the update reads, in its order, with the node after whose kernels
+// it is final (kiln_rt_grad_ready).
+void kiln_cpu_find_grads(const KilnGraph *g, const KilnPlan *p, KilnGrads *out);
+void kiln_cpu_grads_free(KilnGrads *gr);
+// Appends the profiler's entries of the gradient norm and the optimizer update
+// (over `params` elements) to out->info.
+void kiln_cpu_train_costs(const KilnPlan *p, const KilnTrainDesc *train, int64_t params,
+                          KilnSteps *out);
+
 typedef struct {
   const char *kiln_version;
   bool library;            // emit NAME_create, NAME_forward, ... (else the exe's entry)
@@ -238,6 +266,12 @@ typedef struct {
   const KilnGraph *decode, *window;
   const KilnPlan *decode_plan, *window_plan;
   int64_t context;
+  // Another backend's steps (the CUDA target's): called for each model in place of
+  // the CPU's kernels and step functions. NULL: the CPU's.
+  const char *target;      // the descriptor's target name (NULL: "cpu")
+  void (*steps)(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnTrainDesc *train,
+                void *ctx, KilnSteps *out);
+  void *steps_ctx;
 } KilnModuleOpts;
 
 // Builds the whole model into c->mod (created here with c->ctx, c->b).

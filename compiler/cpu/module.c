@@ -24,9 +24,10 @@ static void make_types(KilnCg *c, Types *t) {
   LLVMTypeRef desc[] = {c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64, c->i64, c->i64, c->i64,
                         c->i64, c->i64, c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->ptr,
                         c->ptr, c->ptr, c->i64, c->i64, c->i32, c->i32, c->ptr, c->ptr,
-                        c->ptr, c->ptr, c->i64, c->i32, c->i32, c->ptr, c->i32, c->i32, c->ptr};
+                        c->ptr, c->ptr, c->i64, c->i32, c->i32, c->ptr, c->i32, c->i32, c->ptr,
+                        c->ptr};
   t->desc = LLVMStructCreateNamed(c->ctx, "KilnModelDesc");
-  LLVMStructSetBody(t->desc, desc, 36, 0);
+  LLVMStructSetBody(t->desc, desc, 37, 0);
   LLVMTypeRef kinfo[] = {c->ptr, c->ptr, c->ptr, c->i64, c->i64};
   t->kinfo = LLVMStructCreateNamed(c->ctx, "KilnKernelInfo");
   LLVMStructSetBody(t->kinfo, kinfo, 5, 0);
@@ -125,12 +126,6 @@ static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, 
 // Where the train step reports gradients final (kiln_rt_grad_ready): the grads
 // the update reads, in its order, each with the node after whose kernels no
 // kernel writes or reads its buffer again.
-typedef struct {
-  int n;
-  int32_t *param;   // index into the descriptor's params
-  int32_t *node;    // the gradient's value
-  int32_t *ready;   // report after this node's kernels
-} Grads;
 
 // The node whose kernel computes i, and the value whose bytes i's are.
 static int32_t kernel_of(const KilnGraph *g, int32_t i) {
@@ -140,7 +135,7 @@ static int32_t bytes_of(const KilnPlan *p, int32_t i) {
   return p->alias && p->alias[i] >= 0 ? p->alias[i] : i;
 }
 
-static void find_grads(const KilnGraph *g, const KilnPlan *p, Grads *out) {
+void kiln_cpu_find_grads(const KilnGraph *g, const KilnPlan *p, KilnGrads *out) {
   int n = g->nnodes;
   int32_t *last = malloc((size_t)n * sizeof *last);
   for (int i = 0; i < n; i++) last[i] = -1;
@@ -172,7 +167,7 @@ static void find_grads(const KilnGraph *g, const KilnPlan *p, Grads *out) {
   free(last);
 }
 
-static void grads_free(Grads *gr) {
+void kiln_cpu_grads_free(KilnGrads *gr) {
   free(gr->param);
   free(gr->node);
   free(gr->ready);
@@ -186,7 +181,7 @@ static void grads_free(Grads *gr) {
 static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
                                const char *name, const bool *live, LLVMValueRef *kern,
                                const int64_t *iters, const int64_t *cost, const int32_t *index,
-                               int32_t training, const Grads *gr) {
+                               int32_t training, const KilnGrads *gr) {
   LLVMValueRef fn = LLVMAddFunction(c->mod, name, t->step_fn);
   LLVMSetLinkage(fn, LLVMInternalLinkage);
   c->fn = fn;
@@ -234,13 +229,6 @@ static void store_loss(KilnCg *c, const KilnPlan *p, int32_t loss, LLVMValueRef 
 // Computed inside another node's kernel (passes/fuse.c): no kernel of its own.
 static bool fused(const KilnGraph *g, int32_t i) { return g->fused_into && g->fused_into[i] >= 0; }
 
-typedef struct {
-  LLVMValueRef forward, eval, train;
-  Grads grads;          // the train step's, else n = 0
-  int nkernels;
-  KilnKernelCost *info;  // the profiler's kernel table, as the launches index it
-  int ninfo;
-} Steps;
 
 // The optimizer update of every parameter as one kernel: its iterations are the
 // parameters' elements end to end, so the runtime splits them evenly over its
@@ -279,8 +267,8 @@ static LLVMValueRef update_group(KilnCg *c, const Types *t, const KilnGraph *g, 
 
 // The profiler's entries for the training kernels: the gradient norm (a square and
 // an add per gradient element) and the optimizer update of every parameter.
-static void train_costs(const KilnPlan *p, const KilnTrainDesc *train, int64_t params,
-                        Steps *out) {
+void kiln_cpu_train_costs(const KilnPlan *p, const KilnTrainDesc *train, int64_t params,
+                          KilnSteps *out) {
   static const char *const opt[] = {"sgd", "adam", "adamw"};
   int64_t per, tensors;
   kiln_cpu_update_work(train, p->nstate, &per, &tensors);
@@ -290,13 +278,14 @@ static void train_costs(const KilnPlan *p, const KilnTrainDesc *train, int64_t p
 }
 
 static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
-                        const KilnTrainDesc *train, Steps *out) {
+                        const KilnTrainDesc *train, KilnSteps *out) {
   int n = g->nnodes;
   size_t nk = (size_t)n * KILN_CPU_MAX_PHASES;
   LLVMValueRef *kern = calloc(nk, sizeof *kern);
   int64_t *iters = calloc(nk, sizeof *iters), *cost = calloc(nk, sizeof *cost);
   int32_t *index = calloc(nk, sizeof *index);
   out->nkernels = out->ninfo = 0;
+  out->program = NULL;
   out->info = calloc((size_t)n + 2, sizeof *out->info);
   for (int i = 0; i < n; i++)
     if (p->live[i] && kiln_op(g->nodes[i].op)->fuse != KILN_FUSE_SOURCE && !fused(g, i) &&
@@ -312,7 +301,7 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
   out->forward = build_step(c, t, g, p, "kiln_forward", p->live_fwd, kern, iters, cost, index, 0, NULL);
   LLVMBuildRetVoid(c->b);
   out->eval = out->train = NULL;
-  out->grads = (Grads){0};
+  out->grads = (KilnGrads){0};
   if (g->loss >= 0) {
     out->eval = build_step(c, t, g, p, "kiln_eval", p->live_eval, kern, iters, cost, index, 0, NULL);
     store_loss(c, p, g->loss, out->eval);
@@ -325,11 +314,11 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
       if (g->grads[i] >= 0) upd[i] = kiln_cpu_update_kernel(c, g, p, i, train), out->nkernels++;
     int64_t total = 0;
     LLVMValueRef all = update_group(c, t, g, upd, &total);
-    find_grads(g, p, &out->grads);
+    kiln_cpu_find_grads(g, p, &out->grads);
     out->train = build_step(c, t, g, p, "kiln_train", p->live, kern, iters, cost, index, 1,
                             &out->grads);
     store_loss(c, p, g->loss, out->train);
-    train_costs(p, train, total, out);
+    kiln_cpu_train_costs(p, train, total, out);
     LLVMValueRef rt = LLVMGetParam(out->train, 2);
     LLVMBuildCall2(c->b, t->done_fn, runtime_fn(c, "kiln_rt_grads_done", t->done_fn), &rt, 1, "");
     parfor(c, t, out->train, norm, 1, 1, out->ninfo - 2);
@@ -478,7 +467,7 @@ static LLVMValueRef opt_array(KilnCg *c, const Types *t, const KilnGraph *g, con
 
 // The descriptor's grads table (KilnGradDesc), in the update's order.
 static LLVMValueRef grads_array(KilnCg *c, const Types *t, const KilnGraph *g, const KilnPlan *p,
-                                const Grads *gr) {
+                                const KilnGrads *gr) {
   LLVMValueRef *v = calloc((size_t)gr->n + 1, sizeof *v);
   for (int k = 0; k < gr->n; k++) {
     int32_t x = gr->node[k];
@@ -529,8 +518,9 @@ static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, co
                                const KilnModuleOpts *o, const KilnTrainDesc *train,
                                const char *sym, LLVMValueRef decode, LLVMValueRef window,
                                int64_t context, bool *has_train) {
-  Steps st;
-  build_steps(c, t, g, p, train, &st);
+  KilnSteps st;
+  if (o->steps) o->steps(c, g, p, train, o->steps_ctx, &st);
+  else build_steps(c, t, g, p, train, &st);
   int np = 0, ni = 0, nopt = 0, nopt_check = 0;
   int32_t *params = calloc((size_t)g->nnodes, sizeof *params), *inputs = calloc((size_t)g->nnodes, sizeof *inputs);
   for (int i = 0; i < g->nnodes; i++) {
@@ -539,7 +529,7 @@ static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, co
   }
   LLVMValueRef fields[] = {
       i32c(c, KILN_ABI_VERSION), i32c(c, 0), cstring(c, g->name, "model_name"),
-      cstring(c, o->kiln_version, "kiln_version"), cstring(c, "cpu", "target"),
+      cstring(c, o->kiln_version, "kiln_version"), cstring(c, o->target ? o->target : "cpu", "target"),
       kiln_cg_i64(c, (int64_t)o->seed), kiln_cg_i64(c, batch_of(g, inputs, ni)),
       kiln_cg_i64(c, p->weights_bytes), kiln_cg_i64(c, p->arena_bytes),
       kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, forward_flops(g, p)),
@@ -553,16 +543,16 @@ static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, co
       decode ? decode : LLVMConstNull(c->ptr), window ? window : LLVMConstNull(c->ptr),
       kiln_cg_i64(c, context), i32c(c, st.ninfo), i32c(c, 0),
       kernel_info_array(c, t, st.info, st.ninfo), i32c(c, st.grads.n), i32c(c, 0),
-      grads_array(c, t, g, p, &st.grads)};
+      grads_array(c, t, g, p, &st.grads), st.program ? st.program : LLVMConstNull(c->ptr)};
   LLVMValueRef desc = LLVMAddGlobal(c->mod, t->desc, sym);
   KILN_ASSERT(nopt_check == nopt);
-  LLVMSetInitializer(desc, LLVMConstNamedStruct(t->desc, fields, 36));
+  LLVMSetInitializer(desc, LLVMConstNamedStruct(t->desc, fields, 37));
   LLVMSetGlobalConstant(desc, 1);
   *has_train = st.train != NULL;
   free(params);
   free(inputs);
   free(st.info);
-  grads_free(&st.grads);
+  kiln_cpu_grads_free(&st.grads);
   return desc;
 }
 

@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 4
+#define KILN_ABI_VERSION 5
 #define KILN_ABI_MAX_RANK 6
 
 enum { KILN_ABI_F32 = 0, KILN_ABI_I32 = 1 };
@@ -181,6 +181,66 @@ struct KilnModelDesc {
   // Training: every gradient the update reads (see kiln_rt_grad_ready).
   int32_t ngrads, pad3_;
   const KilnGradDesc *grads;
+  // The CUDA target's kernels and launches (target "cuda"), the program its step
+  // functions hand to kiln_rt_cuda_step; NULL for the CPU.
+  const struct KilnCudaProgram *cuda;
 };
+
+// The CUDA target. Its step functions hand a program to the runtime: the kernels'
+// images (cubins per architecture, PTX for newer GPUs) and, per step, the launches
+// in order. The runtime (runtime/cuda.c) loads the driver with dlopen, keeps the
+// weights block and the arena on the device at the offsets the descriptor gives,
+// copies the `up` ranges of the arena to the device before a step and the `down`
+// ranges back after it, and replays the launches (as a CUDA graph after the first).
+#define KILN_ABI_CUDA_MAX_SLOTS 24
+enum { KILN_ABI_CUDA_FORWARD = 0, KILN_ABI_CUDA_EVAL = 1, KILN_ABI_CUDA_TRAIN = 2 };
+enum { KILN_ABI_BLOCK_WEIGHTS = 0, KILN_ABI_BLOCK_ARENA = 1 };
+
+typedef struct {
+  int32_t block;          // KILN_ABI_BLOCK_*
+  int32_t pad_;
+  int64_t offset;         // bytes into the block
+} KilnCudaSlot;
+
+// One kernel launch. Its only parameter is a KilnArgs (templates/prelude.cuh): the
+// weights and arena device bases, then a pointer per slot.
+typedef struct {
+  int32_t function;       // index into the program's functions
+  int32_t info;           // the kernel's entry in the descriptor's kernel_info
+  uint32_t grid[3], block[3];
+  uint32_t smem;          // dynamic shared memory bytes
+  int32_t nslots;
+  const KilnCudaSlot *slots;
+} KilnCudaLaunch;
+
+typedef struct {
+  int64_t offset, bytes;  // of the arena
+} KilnCudaRange;
+
+typedef struct {
+  int32_t nlaunches, nup, ndown, training;
+  const KilnCudaLaunch *launches;
+  const KilnCudaRange *up;    // the host writes these before the step: header, inputs
+  const KilnCudaRange *down;  // the host reads these after it: header, outputs
+  int64_t loss_offset;        // the step's f32 loss in the arena (copied into the
+                              // host's header.loss), or -1
+} KilnCudaStep;
+
+typedef struct {
+  int32_t arch;           // 80: a cubin for sm_80; -90: PTX for compute_90 (JIT-compiled)
+  int32_t pad_;
+  const unsigned char *data;
+  int64_t size;
+} KilnCudaImage;
+
+typedef struct KilnCudaProgram {
+  int32_t nimages, nfunctions;
+  const KilnCudaImage *images;
+  const char *const *functions;   // the __global__ names in every image
+  KilnCudaStep steps[3];          // KILN_ABI_CUDA_FORWARD, _EVAL, _TRAIN (empty: none)
+} KilnCudaProgram;
+
+// Called by the CUDA target's step functions; rt is the runtime's context.
+void kiln_rt_cuda_step(void *rt, const KilnCudaProgram *program, int32_t step);
 
 #endif
