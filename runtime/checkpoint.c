@@ -51,6 +51,7 @@ static int check_finite(const KilnCtx *c, const KilnTensorDesc *t, int n, const 
 
 int kiln_ckpt_save(KilnCtx *c, const char *path, const KilnCkptState *s, KilnStatus *st) {
   const KilnModelDesc *d = c->d;
+  KILN_TRY(kiln_ctx_weights_sync(c, st));
   KILN_TRY(check_finite(c, d->params, d->nparams, path, st));
   KILN_TRY(check_finite(c, d->opt, d->nopt, path, st));
   int n = d->nparams + d->nopt;
@@ -175,6 +176,7 @@ static int load_file(KilnCtx *c, const char *path, const KilnStFile *f, KilnCkpt
     const KilnStEntry *e = kiln_st_find(f, t->name);
     memcpy(c->weights + t->offset, f->data + e->begin, (size_t)(e->end - e->begin));
   }
+  kiln_ctx_weights_changed(c);
   c->step = s->step;
   c->seed = seed;
   c->lr = s->lr;

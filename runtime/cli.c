@@ -375,6 +375,7 @@ static int cmd_infer(int argc, char **argv) {
       if (fill_input(c, &feeds[i], r0, n, &st) != 0) goto done;
     if (kiln_ctx_check_inputs(c, &st) != 0) goto done;
     kiln_ctx_forward(c);
+    if (kiln_ctx_check(c, &st) != 0) goto done;
     if (npy) gather_rows(c, r0, n, argmax, all);
     else write_rows(out, c, n, argmax);
   }
@@ -476,6 +477,10 @@ static int cmd_bench(int argc, char **argv) {
   double t0 = kiln_now();
   bench_call(c, train);
   double one = kiln_now() - t0;
+  if (kiln_ctx_check(c, &st) != 0) {
+    kiln_ctx_destroy(c);
+    return fail(&st);
+  }
   int reps = one > 1e-3 ? 1 : (int)(1e-3 / (one > 1e-8 ? one : 1e-8)) + 1;
   double *t = malloc((size_t)runs * sizeof *t);
   if (profile_begin(&prof, c, &st) != 0) {
@@ -489,9 +494,18 @@ static int cmd_bench(int argc, char **argv) {
     t[i] = (kiln_now() - s) / reps;
   }
   int prc = kiln_rt_profile_end(c, &st);
+  if (kiln_ctx_check(c, &st) != 0) {
+    free(t);
+    kiln_ctx_destroy(c);
+    return fail(&st);
+  }
   double med = kiln_median(t, runs);
-  printf("model %s, batch %lld, %d threads, %d runs x %d calls\n", M->name, (long long)M->batch,
-         kiln_pool_threads(c->pool), runs, reps);
+  if (kiln_cuda_device(c))
+    printf("model %s, batch %lld, on %s, %d runs x %d calls\n", M->name, (long long)M->batch,
+           kiln_cuda_device(c), runs, reps);
+  else
+    printf("model %s, batch %lld, %d threads, %d runs x %d calls\n", M->name,
+           (long long)M->batch, kiln_pool_threads(c->pool), runs, reps);
   printf("%s: median %.3f us, min %.3f us, max %.3f us\n", train ? "train step" : "forward",
          med * 1e6, t[0] * 1e6, t[runs - 1] * 1e6);
   printf("throughput: %.1f samples/s", (double)M->batch / med);

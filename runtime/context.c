@@ -8,7 +8,8 @@
 
 #include "runtime/runtime.h"
 
-void openblas_set_num_threads(int n);
+// Weak: a GPU program (--target=cuda) calls no BLAS and is linked without OpenBLAS.
+void openblas_set_num_threads(int n) __attribute__((weak));
 
 // Below this many FLOPs a kernel runs on the calling thread: waking workers costs
 // more than the work (a few microseconds).
@@ -45,8 +46,9 @@ KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st) {
   c->d = d;
   c->weights = alloc64(d->weights_bytes + d->opt_bytes);
   c->arena = alloc64(d->arena_bytes);
+  bool gpu = kiln_cuda_target(d);
   if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-  c->pool = kiln_pool_create(threads);
+  c->pool = kiln_pool_create(gpu ? 1 : threads);  // the GPU runs the kernels
   if (!c->weights || !c->arena || !c->pool) {
     kiln_rt_fail(st, "out of memory allocating %lld bytes of weights and %lld of activations",
                  (long long)(d->weights_bytes + d->opt_bytes), (long long)d->arena_bytes);
@@ -54,8 +56,12 @@ KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st) {
     return NULL;
   }
   // Kiln spreads BLAS calls over its own pool; OpenBLAS's threads would fight it.
-  openblas_set_num_threads(1);
+  if (openblas_set_num_threads) openblas_set_num_threads(1);
   c->header = header_reserved(d);
+  if (gpu && kiln_cuda_open(c, st) != 0) {
+    kiln_ctx_destroy(c);
+    return NULL;
+  }
   c->seed = d->seed;
   if (d->train) {
     c->lr = d->train->lr;
@@ -78,12 +84,17 @@ KilnCtx *kiln_ctx_create_view(const KilnModelDesc *d, KilnCtx *owner, KilnStatus
   c->pool = owner->pool;
   c->header = header_reserved(d);
   c->seed = owner->seed;
+  if (kiln_cuda_target(d) && kiln_cuda_open(c, st) != 0) {
+    kiln_ctx_destroy(c);
+    return NULL;
+  }
   return c;
 }
 
 void kiln_ctx_destroy(KilnCtx *c) {
   if (!c) return;
   kiln_rt_profile_end(c, NULL);
+  kiln_cuda_close(c);
   if (c->owner) {
     free(c->arena);
     free(c);
@@ -103,6 +114,32 @@ void kiln_ctx_init_params(KilnCtx *c, uint64_t seed) {
     kiln_rng_init_param(p, seed, (float *)(c->weights + p->offset));
   }
   if (c->d->opt_bytes > 0) memset(c->weights + c->d->weights_bytes, 0, (size_t)c->d->opt_bytes);
+  kiln_ctx_weights_changed(c);
+}
+
+// A view's weights are its owner's: so is their state on the device.
+void kiln_ctx_weights_changed(KilnCtx *c) { kiln_cuda_weights_changed(c->owner ? c->owner : c); }
+
+int kiln_ctx_weights_sync(KilnCtx *c, KilnStatus *st) {
+  KilnCtx *o = c->owner ? c->owner : c;
+  // After a failed step the device's weights are not to be trusted, nor written out.
+  if (o->fault.code) return kiln_ctx_check(o, st);
+  return kiln_cuda_weights_sync(o, st);
+}
+
+int kiln_ctx_check(const KilnCtx *c, KilnStatus *st) {
+  if (!c->fault.code) return 0;
+  if (st != &c->fault) *st = c->fault;
+  return -1;
+}
+
+void kiln_ctx_state_reset(KilnCtx *c) {
+  for (int i = 0; i < c->d->ninputs; i++) {
+    const KilnTensorDesc *t = &c->d->inputs[i];
+    if (!(t->flags & KILN_ABI_STATE)) continue;
+    memset(c->arena + t->offset, 0, (size_t)t->bytes);
+    if (c->cuda && !c->fault.code) kiln_cuda_zero(c, t->offset, t->bytes, &c->fault);
+  }
 }
 
 static const KilnTensorDesc *find_desc(const KilnTensorDesc *t, int n, const char *name) {
@@ -167,21 +204,26 @@ int kiln_ctx_check_file(const KilnModelDesc *d, const KilnStFile *f, const char 
   return kiln_rt_fail(st, "%s does not fit model '%s':%s", path, d->name, m.msg);
 }
 
+// The parameters only: a CUDA context's optimizer state, if its steps changed it,
+// comes back from the device first so that the upload after keeps it.
 int kiln_ctx_load(KilnCtx *c, const char *path, KilnStatus *st) {
   KilnStFile f;
   KILN_TRY(kiln_st_read(path, &f, st));
   int rc = kiln_ctx_check_file(c->d, &f, path, false, st);
+  if (rc == 0) rc = kiln_ctx_weights_sync(c, st);
   for (int i = 0; rc == 0 && i < c->d->nparams; i++) {
     const KilnTensorDesc *p = &c->d->params[i];
     const KilnStEntry *e = kiln_st_find(&f, p->name);
     memcpy(c->weights + p->offset, f.data + e->begin, (size_t)(e->end - e->begin));
   }
   kiln_st_free(&f);
+  if (rc == 0) kiln_ctx_weights_changed(c);
   return rc;
 }
 
 int kiln_ctx_save(KilnCtx *c, const char *path, KilnStatus *st) {
   const KilnModelDesc *d = c->d;
+  KILN_TRY(kiln_ctx_weights_sync(c, st));
   const void **data = calloc((size_t)(d->nparams ? d->nparams : 1), sizeof *data);
   if (!data) return kiln_rt_fail(st, "out of memory");
   for (int i = 0; i < d->nparams; i++) data[i] = c->weights + d->params[i].offset;

@@ -111,6 +111,11 @@ static int plan_shards(KilnDist *d, KilnStatus *st) {
 
 int kiln_dist_attach(KilnDist *d, KilnCtx *c, KilnStatus *st) {
   const KilnModelDesc *m = c->d;
+  // The GPU's train step neither hands its gradients to the ranks nor lets the
+  // update be sharded: every rank would train alone.
+  if (c->cuda)
+    return kiln_rt_fail(st, "model '%s' is built for CUDA: data-parallel training (%d ranks) is "
+                        "not supported on the GPU yet; run it as one process", m->name, d->size);
   d->c = c;
   c->dist = d;
   if (!(d->first = malloc((size_t)(m->ngrads ? m->ngrads : 1) * sizeof *d->first)))
@@ -172,6 +177,7 @@ static double hash_bytes(const unsigned char *p, int64_t n, uint64_t h) {
 int kiln_dist_check_same(KilnDist *d, KilnStatus *st) {
   const KilnModelDesc *m = d->c->d;
   int64_t n = m->weights_bytes + (d->shard ? 0 : m->opt_bytes);
+  KILN_TRY(kiln_ctx_weights_sync(d->c, st));
   double h = hash_bytes((const unsigned char *)d->c->weights, n, 0xcbf29ce484222325ull);
   double v[2] = {h, -h};
   KILN_TRY(d->ops->reduce_f64(v, 2, true, d->timeout, st));

@@ -62,19 +62,21 @@ int kiln_eval_data(KilnCtx *c, const KilnData *dt, const int64_t *idx, int64_t n
       kiln_data_fill(dt, c, idx + b0, rows);
       sum += kiln_ctx_eval_step(c);
       out->batches++;
+      if (kiln_ctx_check(c, st) != 0) break;
     }
     if (acc) {
       kiln_data_fill(dt, c, idx + b0, rows);
       int t = d->train->loss_target_input;
       memcpy(labels, kiln_ctx_input(c, t), (size_t)d->inputs[t].bytes);
       kiln_ctx_forward(c);
+      if (kiln_ctx_check(c, st) != 0) break;
       out->correct += count_correct(c, labels, rows);
       out->total += rows * (d->inputs[t].bytes / 4 / d->batch);
     }
   }
   free(labels);
   out->loss = out->batches ? sum / (double)out->batches : NAN;
-  return 0;
+  return kiln_ctx_check(c, st);
 }
 
 //

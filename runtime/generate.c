@@ -87,9 +87,7 @@ KilnCtx *kiln_gen_ctx(KilnGen *g) { return g->c; }
 
 // Decode: zero every state tensor; the next token goes to position 0.
 static void reset(KilnGen *g) {
-  for (int i = 0; i < g->d->ninputs; i++)
-    if (g->d->inputs[i].flags & KILN_ABI_STATE)
-      memset(kiln_ctx_input(g->c, i), 0, (size_t)g->d->inputs[i].bytes);
+  kiln_ctx_state_reset(g->c);
   g->next = 0;
 }
 
@@ -167,16 +165,18 @@ int kiln_gen_run(KilnGen *g, const int32_t *prompt, int64_t nprompt, int64_t cou
   if (!g->window) reset(g);
   for (int64_t i = 0; i < nprompt; i++) {
     if (!g->window) feed(g, prompt[i]);
+    KILN_TRY(kiln_ctx_check(g->c, st));
     g->hist[g->n++] = prompt[i];
   }
   for (int64_t k = 0; k < count; k++) {
     const float *logits = g->window ? window_logits(g) : kiln_ctx_output(g->c, 0);
+    KILN_TRY(kiln_ctx_check(g->c, st));
     int32_t id = sample(g, logits, s, &rng);
     if (emit) emit(id, user);
     if (!g->window && k + 1 < count) feed(g, id);
     g->hist[g->n++] = id;
   }
-  return 0;
+  return kiln_ctx_check(g->c, st);
 }
 
 // The vocabulary: from the weights file's metadata (train writes it), else the

@@ -91,6 +91,7 @@ int kiln_lib_forward(KilnCtx *c, const void *const *ins, void *const *outs) {
     if (d->inputs[i].flags & KILN_ABI_LIVE) memcpy(kiln_ctx_input(c, i), ins[k++], (size_t)d->inputs[i].bytes);
   if (kiln_ctx_check_inputs(c, &c->st) != 0) return -1;
   kiln_ctx_forward(c);
+  KILN_TRY(kiln_ctx_check(c, &c->st));
   for (int i = 0; i < d->noutputs; i++) memcpy(outs[i], kiln_ctx_output(c, i), (size_t)d->outputs[i].bytes);
   return 0;
 }
@@ -108,6 +109,7 @@ int kiln_lib_train_step(KilnCtx *c, const void *const *ins, float *out_loss) {
   for (int i = 0; i < d->ninputs; i++) memcpy(kiln_ctx_input(c, i), ins[i], (size_t)d->inputs[i].bytes);
   if (kiln_ctx_check_all_inputs(c, &c->st) != 0) return -1;
   float loss = kiln_ctx_train_step(c);
+  KILN_TRY(kiln_ctx_check(c, &c->st));
   if (out_loss) *out_loss = loss;
   if (!isfinite(loss))
     return kiln_rt_fail(&c->st, "step %lld: the loss is %s (the update was applied)",

@@ -44,6 +44,7 @@ struct KilnProfile {
   KilnPeak peak;
   bool has_peak;
   int threads;                   // the context's pool
+  const char *device;            // a CUDA context's GPU (kernels timed by device events)
 };
 
 static int64_t now_ns(void) {
@@ -99,12 +100,15 @@ int kiln_rt_profile_begin(KilnCtx *c, const KilnProfileOpts *o, KilnStatus *st) 
   }
   atomic_init(&p->nev, 0);
   p->threads = kiln_pool_threads(c->pool);
+  p->device = kiln_cuda_device(c);
   bool given = o->peak_gflops > 0 && o->peak_gbs > 0;
-  if (!given && !o->no_peak && kiln_peak_get(&p->peak, o->table, st) != 0) {
+  // This machine's CPU peaks say nothing of a GPU's: there, only peaks given count.
+  bool measure = !given && !o->no_peak && !p->device;
+  if (measure && kiln_peak_get(&p->peak, o->table, st) != 0) {
     profile_free(p);
     return -1;
   }
-  p->has_peak = given || !o->no_peak;
+  p->has_peak = given || measure;
   if (given) snprintf(p->peak.isa, sizeof p->peak.isa, "given");
   if (o->peak_gflops > 0) p->peak.gflops_core = o->peak_gflops;
   if (o->peak_gbs > 0) p->peak.gbs = p->peak.gbs_core = o->peak_gbs;
@@ -164,8 +168,12 @@ void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t
   } else {
     kernel(w, a, lo, hi);
   }
-  int64_t t1 = now_ns();
-  if (index < 0 || index >= c->d->nkernel_info) return;
+  kiln_prof_kernel(c, index, threads, t0, now_ns());
+}
+
+void kiln_prof_kernel(KilnCtx *c, int32_t index, int threads, int64_t t0, int64_t t1) {
+  KilnProfile *p = c->prof;
+  if (!p || index < 0 || index >= c->d->nkernel_info) return;
   KernelStat *k = &p->k[index];
   k->calls++;
   k->ns += t1 - t0;
@@ -231,7 +239,8 @@ static void table_head(const KilnProfile *p, const KilnModelDesc *d, FILE *f) {
   for (int k = 0; k < MAX_STEP_KINDS && p->step_kind[k]; k++)
     fprintf(f, "%s%lld %s (%.3f ms)", k ? ", " : "", (long long)p->step_calls[k], p->step_kind[k],
             (double)p->step_ns[k] / 1e6);
-  fprintf(f, "; %d thread%s\n", p->threads, p->threads == 1 ? "" : "s");
+  if (p->device) fprintf(f, "; on %s\n", p->device);
+  else fprintf(f, "; %d thread%s\n", p->threads, p->threads == 1 ? "" : "s");
   if (p->has_peak)
     fprintf(f, "peaks: %.1f GFLOP/s per core (%s), %.1f GB/s one thread, %.1f GB/s all\n",
             p->peak.gflops_core, p->peak.isa, p->peak.gbs_core, p->peak.gbs);

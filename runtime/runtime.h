@@ -2,8 +2,8 @@
 // pthreads, jansson (safetensors headers) and CBLAS only.
 //
 // Sections follow the files of runtime/: status.c, safetensors.c, npy.c, csv.c,
-// rng.c, pool.c, clock.c, context.c, profile.c, peak.c, data.c, generate.c, checkpoint.c,
-// train.c, eval.c, lib.c, cli.c.
+// rng.c, pool.c, clock.c, context.c, cuda.c, profile.c, peak.c, data.c, generate.c,
+// checkpoint.c, train.c, eval.c, lib.c, cli.c.
 #ifndef KILN_RUNTIME_H
 #define KILN_RUNTIME_H
 
@@ -138,7 +138,10 @@ double kiln_median(double *v, int n);      // sorts v
 //
 // context.c: one compiled model, ready to run: its weights block (parameters, then
 // optimizer state) and planned arena (allocated once, 64-byte aligned), a thread
-// pool, the training position, and the last error.
+// pool, the training position, and the last error. A model built for CUDA keeps
+// both blocks on the GPU too (cuda.c); the host copies are what the runtime reads
+// and writes outside a step, and kiln_ctx_weights_changed / _sync keep the two
+// sides in step.
 //
 typedef struct KilnCtx {
   const KilnModelDesc *d;
@@ -157,9 +160,14 @@ typedef struct KilnCtx {
   struct KilnGen *gen;    // the library's generator, made at its first use
   struct KilnVocab *vocab;  // the library: the vocabulary of the weights loaded last
   struct KilnDist *dist;  // dist.c: the ranks this context trains with, or NULL
+  struct KilnCuda *cuda;  // cuda.c: the device side of a model built for CUDA, else NULL
+  KilnStatus fault;       // a step failed (code != 0, the message why): later steps do
+                          // nothing, and kiln_ctx_check reports it to the caller
 } KilnCtx;
 
-// threads <= 0: all online CPUs. Parameters are initialized from the model's seed.
+// threads <= 0: all online CPUs (a CUDA model's context has no worker threads).
+// Parameters are initialized from the model's seed. A CUDA model's context opens
+// the GPU here, so a machine without one fails before any work.
 KilnCtx *kiln_ctx_create(const KilnModelDesc *d, int threads, KilnStatus *st);
 void kiln_ctx_destroy(KilnCtx *c);
 // A context for d (a sub-model of owner's: decode, window) that uses owner's
@@ -186,9 +194,43 @@ int kiln_ctx_check_inputs(KilnCtx *c, KilnStatus *st);
 int kiln_ctx_check_all_inputs(KilnCtx *c, KilnStatus *st);
 // Runs the forward pass (header.training = 0) on the inputs in the arena.
 void kiln_ctx_forward(KilnCtx *c);
+// Steps return nothing; one that failed (a CUDA error) leaves c->fault set. 0, or
+// -1 with the failure copied into st. Every caller of a step checks it.
+int kiln_ctx_check(const KilnCtx *c, KilnStatus *st);
+// The host wrote the whole weights block (parameters and optimizer state: init,
+// load, resume): a CUDA context uploads it before its next step. A writer of only
+// part of the block calls kiln_ctx_weights_sync first.
+void kiln_ctx_weights_changed(KilnCtx *c);
+// The host is about to read (or partly rewrite) the weights block: a CUDA context
+// whose train steps changed it on the device copies it back. CPU contexts: 0.
+int kiln_ctx_weights_sync(KilnCtx *c, KilnStatus *st);
+// Zeroes the decode state inputs (KILN_ABI_STATE), on the device too: the start of
+// a sequence. A failure goes into c->fault like a step's.
+void kiln_ctx_state_reset(KilnCtx *c);
 // kiln_rt_parallel_for over iterations [lo, hi) of kernel.
 void kiln_rt_launch(KilnCtx *c, KilnKernelFn kernel, char *weights, char *arena, int64_t lo,
                     int64_t hi, int64_t cost, int32_t index);
+
+//
+// cuda.c: the device side of a context of a model built with --target=cuda (the
+// driver loaded with dlopen; see the file's head for the entry points it uses).
+// The step functions of such a model call kiln_rt_cuda_step (include/kiln/abi.h).
+//
+typedef struct KilnCuda KilnCuda;
+
+bool kiln_cuda_target(const KilnModelDesc *d);   // d->target is "cuda"
+// Opens the GPU for c (a view, c->owner set, shares its owner's device weights):
+// the driver, the device, the blocks, the stream, and the model's kernels.
+int kiln_cuda_open(KilnCtx *c, KilnStatus *st);
+void kiln_cuda_close(KilnCtx *c);
+void kiln_cuda_weights_changed(KilnCtx *c);
+int kiln_cuda_weights_sync(KilnCtx *c, KilnStatus *st);
+int kiln_cuda_zero(KilnCtx *c, int64_t offset, int64_t bytes, KilnStatus *st);  // arena bytes
+const char *kiln_cuda_device(const KilnCtx *c);  // "CUDA device 0 (NAME, compute ...)", or NULL
+// The image of a program to load on a GPU of compute capability major.minor: the
+// index, or -1 with the reason (what the program holds, what the GPU is) in err.
+int kiln_cuda_pick_image(const KilnCudaImage *images, int n, int major, int minor, char *err,
+                         size_t errlen);
 
 //
 // dist.c: data-parallel training. Every rank runs the same program on its share
@@ -292,6 +334,9 @@ void kiln_rt_run_step(KilnCtx *c, KilnStepFn fn, const char *kind);
 // One timed kernel launch of kiln_rt_launch: over the pool when parallel.
 void kiln_prof_launch(KilnCtx *c, KilnKernelFn kernel, char *w, char *a, int64_t lo, int64_t hi,
                       bool parallel, int32_t index);
+// A kernel timed elsewhere (cuda.c: by device events): on `threads` threads from t0
+// to t1, CLOCK_MONOTONIC nanoseconds.
+void kiln_prof_kernel(KilnCtx *c, int32_t index, int threads, int64_t t0, int64_t t1);
 
 //
 // peak.c: what this machine can do, for the roofline. One core's f32 FMA

@@ -490,6 +490,7 @@ static int loop(Run *r, KilnStatus *st) {
     int64_t at = r->cs.pos * r->gbatch + (int64_t)r->rank * r->d->batch;
     kiln_data_fill(&r->train, r->c, r->perm + at, r->d->batch);
     float loss = kiln_ctx_train_step(r->c);
+    KILN_TRY(kiln_ctx_check(r->c, st));
     if (r->dist) {
       bool stop = interrupted;
       KILN_TRY(kiln_dist_agree(r->dist, &loss, &stop, st));
