@@ -9,6 +9,9 @@
 #include <cmocka.h>
 
 #include "tests/helpers.h"
+#ifdef KILN_TEST_CUDA_EMU
+#include "compiler/cuda/cuda.h"
+#endif
 
 char *kiln_test_slurp(const char *path, size_t *out_len) {
   FILE *f = fopen(path, "rb");
@@ -59,6 +62,22 @@ void kiln_test_golden(const char *path, const char *text, size_t len) {
   free(want);
 }
 
+// Links obj into so and loads it; returns the descriptor of model `name`.
+static const KilnModelDesc *load_model(const char *obj, const char *so, const char *name,
+                                       void **out_dl) {
+  char cmd[1536];
+  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lopenblas -lm", so, obj);
+  assert_int_equal(system(cmd), 0);
+  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  if (!dl) fail_msg("%s", dlerror());
+  char sym[256];
+  snprintf(sym, sizeof sym, "kiln_model_%s", name);
+  const KilnModelDesc *d = dlsym(dl, sym);
+  assert_non_null(d);
+  *out_dl = dl;
+  return d;
+}
+
 const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nstate,
                                        const KilnTrainDesc *td, uint64_t seed, const char *dir,
                                        void **out_dl) {
@@ -72,21 +91,51 @@ const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nst
   KilnCg cg = {0};
   KilnModuleOpts mo = {"test", false, seed, tm, td};
   kiln_cpu_module(&cg, g, &plan, &mo);
-  char obj[512], so[512], cmd[1536];
+  char obj[512], so[512];
   snprintf(obj, sizeof obj, "%s/m%d.o", dir, serial);
   snprintf(so, sizeof so, "%s/m%d.so", dir, serial++);
   int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
   kiln_cpu_module_free(&cg);
   LLVMDisposeTargetMachine(tm);
   if (rc != 0) fail_msg("%s", err);
-  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lopenblas -lm", so, obj);
-  assert_int_equal(system(cmd), 0);
-  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
-  if (!dl) fail_msg("%s", dlerror());
-  char sym[256];
-  snprintf(sym, sizeof sym, "kiln_model_%s", g->name);
-  const KilnModelDesc *d = dlsym(dl, sym);
-  assert_non_null(d);
-  *out_dl = dl;
-  return d;
+  return load_model(obj, so, g->name, out_dl);
 }
+
+#ifdef KILN_TEST_CUDA_EMU
+const KilnModelDesc *kiln_test_compile_cuda(const KilnGraph *g, KilnArena *a, int nstate,
+                                            const KilnTrainDesc *td, uint64_t seed,
+                                            const char *dir, void **out_dl) {
+  static int serial;
+  KilnPlan plan;
+  kiln_plan_build(g, a, nstate, &plan);
+  static char err[1 << 16];
+  KilnTargetOpts to = {"native", 3};
+  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
+  assert_non_null(tm);
+  char obj[512], so[512], src[512], kernels[512], cmd[2048];
+  snprintf(obj, sizeof obj, "%s/g%d.o", dir, serial);
+  snprintf(so, sizeof so, "%s/g%d.so", dir, serial);
+  snprintf(src, sizeof src, "%s/g%d.cu", dir, serial);
+  snprintf(kernels, sizeof kernels, "%s/g%d-kernels.so", dir, serial++);
+  // One architecture: NVRTC's time per case is most of the test's; which image a
+  // device picks is tests/cuda.sh's to check.
+  static const int archs[] = {90};
+  KilnCudaOpts co = {archs, 1, src, NULL};
+  KilnCg cg = {0};
+  KilnModuleOpts mo = {"test", false, seed, tm, td};
+  if (kiln_cuda_module(&cg, g, &plan, &mo, &co, err, sizeof err) != 0) {
+    LLVMDisposeTargetMachine(tm);
+    fail_msg("%s: %s", g->name, err);
+  }
+  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
+  kiln_cpu_module_free(&cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) fail_msg("%s", err);
+  snprintf(cmd, sizeof cmd, "%s -O1 -fPIC -shared -fvisibility=hidden -include %s -x c++ %s -x none -o %s %s",
+           KILN_CXX, KILN_CUDA_EMU_HEADER, src, kernels, KILN_CUDA_EMU_DRIVER);
+  if (system(cmd) != 0) fail_msg("%s: the kernels do not compile for the emulator: %s", g->name, cmd);
+  setenv("KILN_CUDA_DRIVER", KILN_CUDA_EMU_DRIVER, 1);
+  setenv("KILN_CUDA_EMU_KERNELS", kernels, 1);
+  return load_model(obj, so, g->name, out_dl);
+}
+#endif

@@ -28,4 +28,14 @@ const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nst
                                        const KilnTrainDesc *td, uint64_t seed, const char *dir,
                                        void **out_dl);
 
+#ifdef KILN_TEST_CUDA_EMU
+// As kiln_test_compile, through the CUDA backend: the host module links the same
+// way; the kernels' source, compiled for the host with tests/cuda-emu/emu.h, runs
+// under the emulated driver (KILN_CUDA_DRIVER and KILN_CUDA_EMU_KERNELS are set
+// here for the context the caller creates next).
+const KilnModelDesc *kiln_test_compile_cuda(const KilnGraph *g, KilnArena *a, int nstate,
+                                            const KilnTrainDesc *td, uint64_t seed,
+                                            const char *dir, void **out_dl);
+#endif
+
 #endif

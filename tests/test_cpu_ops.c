@@ -12,6 +12,12 @@
 // same way (row statistics, accumulation over rows, positions or time steps).
 // Dropout in training is compared exactly where it matters: the same elements
 // must be dropped.
+//
+// `test_cpu_ops cuda` runs the same cases through the CUDA backend, its kernels
+// compiled for the host and run by the emulated driver of tests/cuda-emu/ (CTest
+// cuda_ops), with the same tolerances: the kernels compute in f32 as the CPU's do,
+// with the same libm (expf, tanhf) under the emulator. Dropout's training mask is
+// the CPU kernel's own test; on the GPU the forward step runs dropout as a copy.
 #include <dirent.h>
 #include <dlfcn.h>
 #include <math.h>
@@ -34,6 +40,10 @@
 static char tmpdir[] = "/tmp/kiln-cpu-XXXXXX";
 static int serial;  // names graphs and kernel files apart
 static bool tested[KILN_OP_COUNT];
+// The backend under test: kiln_test_compile (CPU) or kiln_test_compile_cuda.
+static const KilnModelDesc *(*compile)(const KilnGraph *, KilnArena *, int, const KilnTrainDesc *,
+                                       uint64_t, const char *, void **) = kiln_test_compile;
+static bool cuda;
 
 static double uniform(uint64_t *s, double lo, double hi) {
   *s = *s * 6364136223846793005ull + 1442695040888963407ull;
@@ -71,7 +81,8 @@ static int64_t terms(const KilnGraph *g, const KilnNode *n) {
 // every output. lo/hi bound the random f32 inputs; i32 inputs draw from [0, bound).
 static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
   void *dl;
-  const KilnModelDesc *d = kiln_test_compile(g, a, 0, NULL, 7, tmpdir, &dl);
+  const KilnModelDesc *d = compile(g, a, 0, NULL, 7, tmpdir, &dl);
+  assert_string_equal(d->target, cuda ? "cuda" : "cpu");
   KilnStatus st = {0};
   KilnCtx *c = kiln_ctx_create(d, 2, &st);
   if (!c) fail_msg("%s", st.msg);
@@ -402,6 +413,7 @@ static void dropout_train_case(double p, int64_t key, uint64_t seed, In shape) {
 
 static void dropout_training(void **state) {
   (void)state;
+  if (cuda) skip();  // the CPU kernel, called directly
   dropout_train_case(0.5, 1, 7, F(1));
   dropout_train_case(0.5, 1, 8, F(3, 17));
   dropout_train_case(0.1, -12345, UINT64_MAX, F(2, 5, 33));
@@ -524,7 +536,22 @@ static int teardown(void **state) {
   return system(cmd) == 0 ? 0 : -1;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "cuda") == 0) {
+#if !defined(KILN_HAVE_CUDA)
+    puts("skipped: kiln was built without the CUDA toolkit, so it has no CUDA target");
+    return 77;
+#elif !defined(KILN_TEST_CUDA_EMU)
+    puts("skipped: no C++ compiler to build the CUDA emulator (tests/cuda-emu) with");
+    return 77;
+#else
+    compile = kiln_test_compile_cuda;
+    cuda = true;
+#endif
+  } else if (argc > 1) {
+    fprintf(stderr, "usage: %s [cuda]\n", argv[0]);
+    return 2;
+  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unary_ops), cmocka_unit_test(binary_ops), cmocka_unit_test(reductions),
       cmocka_unit_test(matmuls),   cmocka_unit_test(layout),     cmocka_unit_test(sequence_ops),

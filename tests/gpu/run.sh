@@ -1,0 +1,498 @@
+#!/usr/bin/env bash
+# Every GPU check of the CUDA target, in two halves: `prepare` runs where Kiln is
+# built (no GPU needed) and leaves one folder of programs, data and CPU reference
+# numbers; `check` runs on a machine with an NVIDIA GPU, needs nothing but that
+# folder, this repository's tree, bash, awk and (for the PyTorch comparison) a
+# python3 with torch, and writes a report. docs/gpu-checks.md explains the checks.
+#
+#   tests/gpu/run.sh prepare [--kiln PATH] [DIR]    (DIR: tests/gpu/prepared)
+#   tests/gpu/run.sh check DIR OUTDIR
+#
+# check exits 0 when every check passed, 1 on a failure, 2 on bad usage, and 77
+# (every check SKIPPED) where there is no GPU. KILN_GPU_CHECK_PROGRAMS=cpu runs
+# check against DIR's CPU programs in place of the CUDA ones, and PyTorch on the
+# CPU: a dry run of the comparison and the report where there is no GPU.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+MODELS="mlp digits lstm gpt"
+BENCH_MODELS="mlp784_train gpt"
+STEPS=20
+SEED=42
+# Each program run is cut off after this many seconds, so a hang costs minutes,
+# not the machine's whole loan.
+LIMIT=${KILN_GPU_CHECK_LIMIT:-150}
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+usage() {
+  cat <<'EOF'
+usage: tests/gpu/run.sh prepare [--kiln PATH] [DIR]
+       tests/gpu/run.sh check DIR OUTDIR
+
+prepare  build the CPU and CUDA programs of models/{mlp,digits,lstm,gpt}.yaml and
+         bench/models/mlp784_train.yaml into DIR (default tests/gpu/prepared),
+         with their data, the CPU's losses of 20 training steps and its bench
+         numbers (kiln: --kiln, else $KILN, else build/kiln)
+check    on a GPU machine: the CUDA programs' losses against the CPU's, with and
+         without CUDA graphs, `info`, and Kiln against PyTorch (bench/gpu.py);
+         writes OUTDIR/report.md and the logs. Exit 77 where there is no GPU.
+EOF
+}
+
+# The model file of a program name.
+model_file() {
+  case $1 in
+  mlp784_train) echo "$root/bench/models/mlp784_train.yaml" ;;
+  *) echo "$root/models/$1.yaml" ;;
+  esac
+}
+
+# --data of a model's training run, relative to DIR.
+model_data() {
+  case $1 in
+  mlp) echo data/mlp.csv ;;
+  digits) echo data/digits.csv ;;
+  lstm | gpt) echo data/licenses.txt ;;
+  esac
+}
+
+# The python that has torch: $PYTHON, else the first of python3 and
+# /usr/bin/python3 that imports it.
+find_python() {
+  local p
+  for p in ${PYTHON:-} python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import torch, numpy' 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# `generate`'s "... in T ms: M ms per generated token" from a stderr file: M.
+gen_ms() { sed -n 's/.* ms: \([0-9.]*\) ms per generated token.*/\1/p' "$1" | tail -1; }
+# `bench`'s "train step: median X us, ..." from a stdout file: X.
+bench_us() { sed -n 's/^train step: median \([0-9.]*\) us.*/\1/p' "$1" | tail -1; }
+# ratio A B: A / B to two places, "-" when either is missing.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+# The median of numbers, one per line on stdin.
+median() { sort -g | awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+
+#
+# prepare
+#
+prepare() {
+  local kiln=${KILN:-$root/build/kiln} dir=$here/prepared
+  while [ $# -gt 0 ]; do
+    case $1 in
+    --kiln) [ $# -ge 2 ] || die "--kiln needs a path"; kiln=$2; shift 2 ;;
+    --kiln=*) kiln=${1#--kiln=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    -*) die "prepare: unknown option '$1'" ;;
+    *) dir=$1; shift; [ $# -eq 0 ] || die "prepare: one DIR only" ;;
+    esac
+  done
+  [ -x "$kiln" ] || die "no kiln at '$kiln': build it (docs/building.md) or give --kiln PATH"
+  kiln=$(cd "$(dirname "$kiln")" && pwd)/$(basename "$kiln")
+  rm -rf "$dir"
+  mkdir -p "$dir"/{cpu,cuda,data,lib,ref,weights} || die "cannot make $dir"
+  dir=$(cd "$dir" && pwd)
+  local failed=0 m
+
+  # Data: the text models read a folder (/usr/share/common-licenses), which a
+  # GPU machine need not have. Its regular files, in the order Kiln reads a
+  # folder (byte order of the names, links left out), make one file: the same
+  # characters in the same order.
+  cp "$root/models/mlp.csv" "$root/models/digits.csv" "$dir/data/" || die "cannot copy the CSV data"
+  local lic=/usr/share/common-licenses f
+  [ -d "$lic" ] || die "$lic is missing: the text models' data comes from there"
+  (cd "$lic" && for f in $(LC_ALL=C ls); do [ -f "$f" ] && [ ! -L "$f" ] && cat "$f"; done) \
+    >"$dir/data/licenses.txt"
+
+  # Programs: every model must build for the CPU; a CUDA build that fails is
+  # reported (check fails that model) and the rest goes on.
+  for m in $MODELS mlp784_train; do
+    if ! "$kiln" build "$(model_file $m)" -o "$dir/cpu/$m" >"$dir/cpu/$m.build.log" 2>&1; then
+      echo "FAIL prepare: kiln build $m (CPU):"; head -20 "$dir/cpu/$m.build.log"; failed=1
+    fi
+    if "$kiln" build --target=cuda "$(model_file $m)" -o "$dir/cuda/$m" \
+      >"$dir/cuda/$m.build.log" 2>&1; then
+      echo "built $m: cpu/$m, cuda/$m"
+    else
+      echo "FAIL prepare: kiln build --target=cuda $m:"; head -20 "$dir/cuda/$m.build.log"; failed=1
+      rm -f "$dir/cuda/$m"
+    fi
+  done
+  # The CUDA programs' shared libraries other than the C library's (jansson),
+  # which the GPU machine's system need not have; check puts lib/ on
+  # LD_LIBRARY_PATH.
+  for m in "$dir"/cuda/*; do
+    [ -x "$m" ] && [ ! -d "$m" ] || continue
+    ldd "$m" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
+      grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' |
+      while read -r f; do cp -L "$f" "$dir/lib/"; done
+  done
+
+  # The CPU's reference: STEPS steps of each model from the same seed, logged.
+  # One thread: kernels may split reductions by thread count, and one thread is
+  # the same order on any machine.
+  local save
+  for m in $MODELS; do
+    [ -x "$dir/cpu/$m" ] || continue
+    save=()
+    [ $m = gpt ] && save=(--save weights/gpt.ckpt.safetensors)
+    if ! (cd "$dir" && timeout "$LIMIT" "cpu/$m" train --steps $STEPS --seed $SEED \
+      --data "$(model_data $m)" --log "ref/$m.csv" --threads 1 --print-every 5 \
+      "${save[@]}" >"ref/$m.train.out" 2>&1); then
+      echo "FAIL prepare: cpu/$m train:"; tail -5 "$dir/ref/$m.train.out"; failed=1
+    fi
+  done
+  # The GPT's weights for `generate` (which also takes its vocabulary from them):
+  # the checkpoint less its optimizer state, a third of its size.
+  if [ -f "$dir/weights/gpt.ckpt.safetensors" ]; then
+    strip_state "$dir/weights/gpt.ckpt.safetensors" "$dir/weights/gpt.safetensors" || failed=1
+    rm -f "$dir/weights/gpt.ckpt.safetensors"
+  fi
+
+  # CPU bench numbers, for the report's context (another machine's CPU).
+  local t
+  t=$(nproc)
+  for m in $BENCH_MODELS; do
+    [ -x "$dir/cpu/$m" ] || continue
+    timeout "$LIMIT" "$dir/cpu/$m" bench --train --runs 5 --warmup 2 --threads "$t" \
+      >"$dir/ref/$m.bench.txt" 2>&1 || { echo "FAIL prepare: cpu/$m bench"; failed=1; }
+  done
+  if [ -x "$dir/cpu/gpt" ] && [ -f "$dir/weights/gpt.safetensors" ]; then
+    (cd "$dir" && timeout "$LIMIT" cpu/gpt generate --weights weights/gpt.safetensors \
+      --tokens 127 --temperature 0 --threads "$t" >ref/gpt.generate.txt 2>ref/gpt.generate.err) ||
+      { echo "FAIL prepare: cpu/gpt generate"; cat "$dir/ref/gpt.generate.err"; failed=1; }
+  fi
+
+  {
+    echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "kiln=$("$kiln" version 2>/dev/null)"
+    echo "commit=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+    echo "cpu_threads=$t"
+    echo "steps=$STEPS"
+    echo "seed=$SEED"
+    echo "models=$MODELS"
+  } >"$dir/manifest"
+  local size
+  size=$(du -sm "$dir" | cut -f1)
+  echo "prepared $dir: ${size} MiB"
+  if [ "$size" -gt 50 ]; then echo "FAIL prepare: $dir is ${size} MiB, over the 50 MiB it may carry"; failed=1; fi
+  return $failed
+}
+
+# strip_state IN OUT: a safetensors file without the optimizer's tensors
+# (adam.*, sgd.*), metadata kept. Plain Python: no numpy needed.
+strip_state() {
+  local py
+  py=$(command -v python3 || echo /usr/bin/python3)
+  "$py" - "$1" "$2" <<'PY'
+import json, sys
+src, dst = sys.argv[1:]
+blob = open(src, "rb").read()
+n = int.from_bytes(blob[:8], "little")
+head = json.loads(blob[8:8 + n])
+out, parts, at = {"__metadata__": head.pop("__metadata__", {})}, [], 0
+for name, e in head.items():
+    if name.split(".", 1)[0] in ("adam", "sgd"):
+        continue
+    b, end = e["data_offsets"]
+    parts.append(blob[8 + n + b:8 + n + end])
+    out[name] = dict(e, data_offsets=[at, at + end - b])
+    at += end - b
+text = json.dumps(out, separators=(",", ":")).encode()
+text += b" " * (-len(text) % 8)
+with open(dst, "wb") as f:
+    f.write(len(text).to_bytes(8, "little") + text + b"".join(parts))
+PY
+}
+
+#
+# check
+#
+# Tolerances of the loss comparison, relative to the CPU's loss. Both sides are
+# float32 and differ only in the order they add things up (blocked GEMMs, tree
+# reductions across a GPU's threads, fused kernels):
+# - step 1 is the loss of the same initial weights on the same batch: a forward
+#   pass only, where rounding leaves ~1e-6 (bench/train.py holds Kiln's CPU to
+#   PyTorch by 1e-5 on a step); RTOL1 = 1e-5.
+# - from step 2 the weights themselves differ by rounding, and each step compounds
+#   it: SGD moves a weight by lr g, so a gradient's relative rounding stays
+#   relative; Adam divides by sqrt(v), which turns a rounding-sized gradient (an
+#   element where |g| ~ eps, attention biases whose exact gradient is 0) into a
+#   full step of lr, so the losses drift apart step by step. The bound grows by
+#   GROW per step: 1e-5 (SGD) or 1e-4 (Adam and AdamW), 2e-4 and 2e-3 at step 20.
+#   A wrong gradient or update shows as far more within a few steps where the
+#   learning rate is large; the GPT's warm-up keeps its first steps small, so its
+#   step-1 forward check and the later steps together carry its test.
+RTOL1=1e-5
+
+grow_of() { case $1 in mlp) echo 1e-5 ;; *) echo 1e-4 ;; esac; }
+
+# compare REF GOT GROW: prints "maxrel STEP FIRSTBAD" over the loss column and the
+# final val_loss; FIRSTBAD is 0 when every step is within its bound, -1 when GOT
+# has another number of steps.
+compare_losses() {
+  awk -F, -v rtol1=$RTOL1 -v grow="$3" '
+    FNR == 1 { next }
+    NR == FNR { ref[$1] = $3; if ($7 != "") rval = $7; nref++; next }
+    {
+      ngot++
+      if (!($1 in ref)) { bad = -1; next }
+      d = $3 - ref[$1]; if (d < 0) d = -d
+      r = ref[$1] != 0 ? d / (ref[$1] < 0 ? -ref[$1] : ref[$1]) : d
+      if ($3 !~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/) r = 1e30   # nan, inf or empty
+      if (r > max) { max = r; at = $1 }
+      if (r > rtol1 + grow * ($1 - 1) && !bad) bad = $1
+      if ($7 != "") gval = $7; last = $1
+    }
+    END {
+      if (ngot != nref) bad = -1
+      if (rval != "" && gval != "") {
+        d = gval - rval; if (d < 0) d = -d; r = d / rval
+        if (gval !~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/) r = 1e30
+        if (r > max) { max = r; at = "val" }
+        if (r > rtol1 + grow * (last - 1) && !bad) bad = "val"
+      }
+      printf "%.3g %s %s\n", max, at == "" ? "-" : at, bad ? bad : 0
+    }' "$1" "$2"
+}
+
+# The log without its timing column (samples_per_s): what must be bit-identical.
+exact_cols() { cut -d, -f1-5,7- "$1"; }
+
+pass=0
+fail=0
+results=()
+# result NAME PASS|FAIL|SKIPPED DETAIL
+result() {
+  printf '%-7s %-24s %s\n' "$2" "$1" "$3"
+  results+=("| $1 | $2 | $3 |")
+  case $2 in PASS) pass=$((pass + 1)) ;; FAIL) fail=$((fail + 1)) ;; esac
+}
+
+check_names() {
+  local m
+  echo gpu
+  for m in $MODELS; do echo "built-$m train-$m losses-$m graphs-off-$m info-$m"; done
+  echo "bench-kiln-mlp784 bench-kiln-gpt generate-kiln-gpt bench-torch"
+}
+
+check() {
+  [ $# -eq 2 ] || { usage >&2; exit 2; }
+  local dir=$1 out=$2 m swap=${KILN_GPU_CHECK_PROGRAMS:-cuda}
+  [ -f "$dir/manifest" ] || die "$dir holds no prepared checks (no manifest): run 'run.sh prepare' first"
+  case $swap in cuda | cpu) ;; *) die "KILN_GPU_CHECK_PROGRAMS is cuda or cpu, not '$swap'" ;; esac
+  dir=$(cd "$dir" && pwd)
+  mkdir -p "$out" || die "cannot make $out"
+  out=$(cd "$out" && pwd)
+  local steps seed
+  steps=$(sed -n 's/^steps=//p' "$dir/manifest")
+  seed=$(sed -n 's/^seed=//p' "$dir/manifest")
+
+  # The GPU.
+  local gpu="" driver="" cudaver=""
+  if [ "$swap" = cpu ]; then
+    gpu="(none: KILN_GPU_CHECK_PROGRAMS=cpu, the CPU programs stand in for the CUDA ones)"
+    echo "GPU: $gpu"
+  elif command -v nvidia-smi >/dev/null 2>&1 &&
+    q=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null) &&
+    [ -n "$q" ]; then
+    gpu=$(echo "$q" | head -1 | cut -d, -f1 | sed 's/^ *//')
+    driver=$(echo "$q" | head -1 | cut -d, -f2 | sed 's/^ *//')
+    cudaver=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -1)
+    echo "GPU: $gpu; driver $driver; CUDA $cudaver ($(echo "$q" | wc -l) GPU(s), the checks use device ${KILN_CUDA_DEVICE:-0})"
+  else
+    echo "GPU: none (no nvidia-smi, or it lists no GPU)"
+    for m in $(check_names); do echo "SKIPPED $m"; done
+    exit 77
+  fi
+  if [ "$swap" = cpu ]; then result gpu SKIPPED "$gpu"
+  else result gpu PASS "$gpu${driver:+, driver $driver}${cudaver:+, CUDA $cudaver}"; fi
+
+  export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local prog=$swap
+  local -a losstab=()
+  for m in $MODELS; do
+    local p="$prog/$m" grow r max at bad
+    grow=$(grow_of $m)
+    if [ ! -x "$dir/$p" ]; then
+      result "built-$m" FAIL "$p is missing: its build failed at prepare ($dir/$p.build.log)"
+      continue
+    fi
+    result "built-$m" PASS "$p"
+    # Graphs on (the default), then off.
+    local ok=1 g
+    for g in 1 0; do
+      (cd "$dir" && KILN_CUDA_GRAPHS=$g timeout "$LIMIT" "$p" train --steps "$steps" --seed "$seed" \
+        --data "$(model_data $m)" --log "$out/$m.graphs$g.csv" --print-every 5 \
+        >"$out/$m.graphs$g.out" 2>&1)
+      r=$?
+      if [ $r -ne 0 ]; then
+        result "train-$m" FAIL "KILN_CUDA_GRAPHS=$g: exit $r: $(tail -1 "$out/$m.graphs$g.out")"
+        ok=0
+        break
+      fi
+    done
+    if [ $ok = 1 ]; then
+      result "train-$m" PASS "$steps steps, graphs on and off"
+      read -r max at bad < <(compare_losses "$dir/ref/$m.csv" "$out/$m.graphs1.csv" "$grow")
+      local tol="step 1: $RTOL1, then +$grow per step"
+      if [ "$bad" = 0 ]; then
+        result "losses-$m" PASS "max relative difference $max (at step $at); bound $tol"
+      elif [ "$bad" = -1 ]; then
+        result "losses-$m" FAIL "the CUDA log's steps differ from the CPU's"
+      else
+        result "losses-$m" FAIL "max relative difference $max (at step $at), first beyond the bound at step $bad; bound $tol"
+      fi
+      losstab+=("| $m | $(loss_at "$dir/ref/$m.csv" 1) | $(loss_at "$out/$m.graphs1.csv" 1) | $(loss_at "$dir/ref/$m.csv" "$steps") | $(loss_at "$out/$m.graphs1.csv" "$steps") | $max | $at | $RTOL1 + $grow (s-1) |")
+      if cmp -s <(exact_cols "$out/$m.graphs1.csv") <(exact_cols "$out/$m.graphs0.csv"); then
+        result "graphs-off-$m" PASS "bit-identical loss, lr, grad_norm with KILN_CUDA_GRAPHS=0"
+      else
+        result "graphs-off-$m" FAIL "KILN_CUDA_GRAPHS=0 differs, first at (step,epoch,loss,lr,grad_norm,...) $(paste -d'|' <(exact_cols "$out/$m.graphs1.csv") <(exact_cols "$out/$m.graphs0.csv") | awk -F'|' '$1 != $2 { print "on " $1 ", off " $2; exit }')"
+      fi
+    fi
+    if [ $ok = 0 ]; then
+      result "losses-$m" SKIPPED "training failed"
+      result "graphs-off-$m" SKIPPED "training failed"
+    fi
+    if (cd "$dir" && timeout "$LIMIT" "$p" info >"$out/$m.info.txt" 2>&1) &&
+      grep -q "target $swap" "$out/$m.info.txt"; then
+      result "info-$m" PASS "$(sed -n 's/^memory: *//p' "$out/$m.info.txt")"
+    else
+      result "info-$m" FAIL "$(tail -1 "$out/$m.info.txt")"
+    fi
+  done
+
+  # Kiln's speed.
+  local -A kus=() cpuus=()
+  local runs=30 warm=10 key
+  [ "$swap" = cpu ] && runs=3 warm=1
+  for m in $BENCH_MODELS; do
+    key=${m%_train}
+    cpuus[$key]=$(bench_us "$dir/ref/$m.bench.txt")
+    if [ -x "$dir/$prog/$m" ] && (cd "$dir" && timeout "$LIMIT" "$prog/$m" bench --train --runs $runs \
+      --warmup $warm >"$out/$m.bench.txt" 2>&1) && kus[$key]=$(bench_us "$out/$m.bench.txt") &&
+      [ -n "${kus[$key]}" ]; then
+      result "bench-kiln-$key" PASS "train step median ${kus[$key]} us"
+    else
+      result "bench-kiln-$key" FAIL "$(tail -1 "$out/$m.bench.txt" 2>/dev/null || echo "no $prog/$m")"
+    fi
+  done
+  local gms="" gtext=""
+  if [ -x "$dir/$prog/gpt" ]; then
+    local i times=()
+    for i in 1 2 3; do
+      if (cd "$dir" && timeout "$LIMIT" "$prog/gpt" generate --weights weights/gpt.safetensors \
+        --tokens 127 --temperature 0 >"$out/gpt.generate.txt" 2>"$out/gpt.generate.err"); then
+        times+=("$(gen_ms "$out/gpt.generate.err")")
+      fi
+    done
+    gms=$(printf '%s\n' "${times[@]}" | grep . | median)
+  fi
+  if [ -n "$gms" ]; then
+    result generate-kiln-gpt PASS "$gms ms per token (median of 3 runs of 127 tokens)"
+    if cmp -s "$out/gpt.generate.txt" "$dir/ref/gpt.generate.txt"; then
+      gtext="the same greedy text as the CPU's"
+    else
+      gtext="greedy text differs from the CPU's from character $(cmp "$out/gpt.generate.txt" \
+        "$dir/ref/gpt.generate.txt" 2>/dev/null | sed -n 's/.*byte \([0-9]*\).*/\1/p') (a near-tie of two logits flips argmax; not a failure)"
+    fi
+    echo "        $gtext"
+  else
+    result generate-kiln-gpt FAIL "$(tail -1 "$out/gpt.generate.err" 2>/dev/null || echo "no $prog/gpt")"
+  fi
+
+  # PyTorch eager on the same device.
+  local py tj="$out/torch.json" targs=()
+  [ "$swap" = cpu ] && targs=(--device cpu --runs 3 --warmup 1 --run-ms 5 --tokens 127 --reps 1)
+  if ! py=$(find_python); then
+    result bench-torch FAIL "no python3 with torch and numpy (set PYTHON)"
+  elif timeout 300 "$py" "$root/bench/gpu.py" "${targs[@]}" --out "$tj" >/dev/null 2>"$out/torch.err"; then
+    result bench-torch PASS "$(tail -n +1 "$out/torch.err" | sed -n 's/^gpu.py: torch/torch/p')"
+  else
+    result bench-torch FAIL "$(tail -1 "$out/torch.err")"
+  fi
+  local tmlp="" tgpt="" ttok=""
+  if [ -f "$tj" ]; then
+    read -r tmlp tgpt ttok < <("$py" -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+t = j["train"]
+print(t["mlp784"]["median_us"], t["gpt"]["median_us"], j["generate"]["gpt"]["tokens_per_s"])' "$tj")
+  fi
+  local -a speed=()
+  speed+=("| mlp 784-512-512-10, Adam, batch 128: train step, us | ${kus[mlp784]:--} | ${tmlp:+$(printf %.1f "$tmlp")} | $(ratio "${tmlp:-0}" "${kus[mlp784]:-0}") | ${cpuus[mlp784]:--} |")
+  speed+=("| gpt 4x256 ctx 128, AdamW, batch 16: train step, us | ${kus[gpt]:--} | ${tgpt:+$(printf %.1f "$tgpt")} | $(ratio "${tgpt:-0}" "${kus[gpt]:-0}") | ${cpuus[gpt]:--} |")
+  local ktok="" ctok
+  [ -n "$gms" ] && ktok=$(awk -v m="$gms" 'BEGIN { printf "%.1f", 1000 / m }')
+  ctok=$(gen_ms "$dir/ref/gpt.generate.err" 2>/dev/null)
+  [ -n "$ctok" ] && ctok=$(awk -v m="$ctok" 'BEGIN { printf "%.1f", 1000 / m }')
+  speed+=("| gpt generation (KV cache, greedy, 127 tokens), tokens/s | ${ktok:--} | ${ttok:+$(printf %.1f "$ttok")} | $(ratio "${ktok:-0}" "${ttok:-0}") | ${ctok:--} |")
+  echo
+  echo "Kiln against PyTorch eager (ratio > 1: Kiln faster):"
+  printf '%s\n' "${speed[@]}" | sed 's/^| //; s/ |$//'
+
+  report "$dir" "$out" "$gpu" "$driver" "$cudaver" "$gtext"
+  echo
+  echo "$pass passed, $fail failed; report: $out/report.md"
+  [ "$fail" -eq 0 ]
+}
+
+# The loss of step S in a log.
+loss_at() { awk -F, -v s="$2" '$1 == s { print $3 }' "$1"; }
+
+report() {
+  local dir=$1 out=$2 gpu=$3 driver=$4 cudaver=$5 gtext=$6
+  {
+    echo "# Kiln CUDA checks, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- GPU: $gpu${driver:+; driver $driver}${cudaver:+; CUDA $cudaver}"
+    echo "- host: $(uname -srm); $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+    echo "- prepared: $(sed -n 's/^date=//p' "$dir/manifest") by $(sed -n 's/^kiln=//p' "$dir/manifest") at $(sed -n 's/^commit=//p' "$dir/manifest") on $(sed -n 's/^cpu=//p' "$dir/manifest")"
+    [ -f "$out/torch.json" ] && echo "- PyTorch: $(sed -n 's/^ *"\(torch\|cuda\|tf32_matmul\|capability\)": *\(.*\),$/\1 \2/p' "$out/torch.json" | tr -d '"' | paste -sd, - | sed 's/,/, /g')"
+    echo "- result: $pass passed, $fail failed"
+    echo
+    echo "| check | result | detail |"
+    echo "|---|---|---|"
+    printf '%s\n' "${results[@]}"
+    echo
+    echo "## Losses, CUDA against CPU ($(sed -n 's/^steps=//p' "$dir/manifest") steps, seed $(sed -n 's/^seed=//p' "$dir/manifest"))"
+    echo
+    echo "Relative to the CPU's loss; the bound at step s is the last column."
+    echo "Both are float32 and differ in summation order; under Adam the"
+    echo "difference grows with the steps (docs/gpu-checks.md)."
+    echo
+    echo "| model | CPU step 1 | CUDA step 1 | CPU last | CUDA last | max rel. diff | at step | bound |"
+    echo "|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${losstab[@]}"
+    echo
+    echo "## Speed"
+    echo
+    echo "Kiln: \`PROG bench --train\` (median), \`PROG generate --tokens 127 --temperature 0\`"
+    echo "(median of 3). PyTorch eager: bench/gpu.py on the same device (torch.json)."
+    echo "Ratio: PyTorch's time over Kiln's (tokens/s: Kiln's over PyTorch's); above 1,"
+    echo "Kiln is faster. The last column is the preparing machine's CPU, for scale."
+    echo
+    echo "| measure | Kiln | PyTorch | ratio | Kiln CPU (prepare) |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${speed[@]}"
+    echo
+    [ -n "$gtext" ] && echo "Generation: $gtext." && echo
+    echo "Logs: MODEL.graphs1.csv and MODEL.graphs0.csv (train --log, graphs on and off),"
+    echo "*.out, *.info.txt, *.bench.txt, gpt.generate.*, torch.json and torch.err."
+  } >"$out/report.md"
+}
+
+case ${1:-} in
+prepare) shift; prepare "$@"; exit $? ;;
+check) shift; check "$@"; exit $? ;;
+-h | --help | help) usage ;;
+*) usage >&2; exit 2 ;;
+esac
