@@ -640,9 +640,12 @@ static int run(KilnCtx *c, const KilnCudaProgram *prog, int k, KilnStatus *st) {
                         "forward did; rebuild it", d->name);
   const KilnCudaStep *s = &prog->steps[k];
   Step *x = &cu->step[k];
-  if (!s->nlaunches)
+  // A step that exists copies its header at least; one without kernels (a forward
+  // pass of views only) still copies.
+  if (!s->nlaunches && !s->nup)
     return kiln_rt_fail(st, "model '%s' has no %s on the GPU", d->name, step_name[k]);
-  bool timed = c->prof != NULL, graph = cu->graphs && !timed && !cu->sync_each;
+  bool timed = c->prof != NULL;
+  bool graph = cu->graphs && !timed && !cu->sync_each && s->nlaunches > 0;
   KilnStepHeader *h = (KilnStepHeader *)c->arena;
   if (c->header) h->training = s->training;
   if (timed) KILN_TRY(make_events(c, k, st));

@@ -12,6 +12,19 @@
 
 __device__ __forceinline__ float kiln_lstm_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// Unit u's step from the pre-activations zs (gates i f g o, H each) and its cell c.
+struct KilnLstmUnit {
+  float i, f, g, o, c, h;
+};
+__device__ __forceinline__ KilnLstmUnit kiln_lstm_unit(const float *zs, float c, long long H,
+                                                       long long u) {
+  KilnLstmUnit r;
+  r.i = kiln_lstm_sigmoid(zs[u]), r.f = kiln_lstm_sigmoid(zs[H + u]);
+  r.g = tanhf(zs[2 * H + u]), r.o = kiln_lstm_sigmoid(zs[3 * H + u]);
+  r.c = r.f * c + r.i * r.g, r.h = r.o * tanhf(r.c);
+  return r;
+}
+
 // The G columns of z += h wh for the h in shared memory, G / NT (rounded up) per
 // thread, columns t + NT p so that neighbouring threads read neighbouring weights.
 template <long long H>
@@ -53,13 +66,12 @@ __device__ void kiln_lstm_forward(const float *x, const float *wi, const float *
     if (s > 0) kiln_lstm_hw<H>(h, wh, zs);  // h_{-1} = 0 adds nothing
     __syncthreads();  // zs complete, h read
     for (long long u = t; u < H; u += NT) {
-      float gi = kiln_lstm_sigmoid(zs[u]), gf = kiln_lstm_sigmoid(zs[H + u]);
-      float gg = tanhf(zs[2 * H + u]), go = kiln_lstm_sigmoid(zs[3 * H + u]);
-      float cn = gf * c[u] + gi * gg, hn = go * tanhf(cn);
+      KilnLstmUnit r = kiln_lstm_unit(zs, c[u], H, u);
+      float cn = r.c, hn = r.h;
       c[u] = cn;
       h[u] = hn;
       if (KEEP) {
-        zr[u] = gi, zr[H + u] = gf, zr[2 * H + u] = gg, zr[3 * H + u] = go;
+        zr[u] = r.i, zr[H + u] = r.f, zr[2 * H + u] = r.g, zr[3 * H + u] = r.o;
         cs[row * H + u] = cn;
         hn = s < T - 1 ? hn : 0.0f;
       }
@@ -184,9 +196,8 @@ __device__ __forceinline__ void kiln_lstm_step(const float *x, const float *wi, 
       kiln_lstm_hw<H>(h, wh, zs);
       __syncthreads();
       for (long long u = t; u < H; u += NT) {
-        float gi = kiln_lstm_sigmoid(zs[u]), gf = kiln_lstm_sigmoid(zs[H + u]);
-        float gg = tanhf(zs[2 * H + u]), go = kiln_lstm_sigmoid(zs[3 * H + u]);
-        float cn = gf * c[u] + gi * gg, hn = go * tanhf(cn);
+        KilnLstmUnit r = kiln_lstm_unit(zs, c[u], H, u);
+        float cn = r.c, hn = r.h;
         c[u] = cn;
         h[u] = hn;
         st[(B + b) * H + u] = cn;

@@ -18,8 +18,13 @@
 // cuda_ops), with the same tolerances: the kernels compute in f32 as the CPU's do,
 // with the same libm (expf, tanhf) under the emulator. Dropout's training mask is
 // the CPU kernel's own test; on the GPU the forward step runs dropout as a copy.
+//
+// `test_cpu_ops pack DIR` compiles the same cases for CUDA and, instead of running
+// them, writes each with its inputs, the interpreter's outputs and the tolerance,
+// for tests/gpu/ops_check.c to run on a real GPU (docs/gpu-checks.md).
 #include <dirent.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,6 +32,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -36,6 +42,9 @@
 #include "passes/passes.h"
 #include "runtime/runtime.h"
 #include "tests/helpers.h"
+#ifdef KILN_HAVE_CUDA
+#include "compiler/cuda/cuda.h"
+#endif
 
 static char tmpdir[] = "/tmp/kiln-cpu-XXXXXX";
 static int serial;  // names graphs and kernel files apart
@@ -44,6 +53,16 @@ static bool tested[KILN_OP_COUNT];
 static const KilnModelDesc *(*compile)(const KilnGraph *, KilnArena *, int, const KilnTrainDesc *,
                                        uint64_t, const char *, void **) = kiln_test_compile;
 static bool cuda;
+// `test_cpu_ops pack DIR` writes each CUDA case into DIR for a GPU instead of
+// running it (pack_graph).
+static struct {
+  const char *dir;
+  FILE *index;
+  const char *only;  // --only: the op names (and "models") to pack, comma-separated; NULL: all
+  bool emu;          // --emu: also each case's kernels built for the emulator
+  int n;             // cases written
+} pack;
+static char case_desc[256];  // the case being checked, for the pack's index
 
 static double uniform(uint64_t *s, double lo, double hi) {
   *s = *s * 6364136223846793005ull + 1442695040888963407ull;
@@ -77,15 +96,18 @@ static int64_t terms(const KilnGraph *g, const KilnNode *n) {
   return 1;
 }
 
-// Runs graph g both ways on the same random inputs and parameters and compares
-// every output. lo/hi bound the random f32 inputs; i32 inputs draw from [0, bound).
-static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
-  void *dl;
-  const KilnModelDesc *d = compile(g, a, 0, NULL, 7, tmpdir, &dl);
-  assert_string_equal(d->target, cuda ? "cuda" : "cpu");
-  KilnStatus st = {0};
-  KilnCtx *c = kiln_ctx_create(d, 2, &st);
-  if (!c) fail_msg("%s", st.msg);
+// The tolerance of output node n: an element may differ from the interpreter's by
+// scale * (1 + |want|) (the head of this file says why).
+static double tol_scale(const KilnGraph *g, const KilnNode *n) {
+  return 1e-5 * fmax(1.0, (double)terms(g, n) / 16);
+}
+
+// The reference values of every node of g (the caller frees them with free_values):
+// parameters as read from weights, the model's parameter block; inputs drawn at
+// random, lo/hi bounding f32 values and i32 ones drawn from [0, bound), and also
+// written to in[i], model input i's buffer; then the interpreter's for the rest.
+static double **reference(const KilnGraph *g, const KilnModelDesc *d, const char *weights,
+                          void *const *in, double lo, double hi) {
   double **v = calloc((size_t)g->nnodes, sizeof *v);
   uint64_t seed = 12345;
   int pi = 0, ii = 0;
@@ -93,12 +115,12 @@ static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) 
     const KilnNode *n = &g->nodes[i];
     int64_t ne = kiln_node_numel(n);
     v[i] = calloc((size_t)(ne ? ne : 1), sizeof(double));
-    if (n->op == KILN_OP_PARAM) {  // the runtime initialized it from the seed
-      const float *w = (const float *)(c->weights + d->params[pi++].offset);
+    if (n->op == KILN_OP_PARAM) {
+      const float *w = (const float *)(weights + d->params[pi++].offset);
       for (int64_t j = 0; j < ne; j++) v[i][j] = w[j];
     } else if (n->op == KILN_OP_INPUT) {
       const KilnTensorDesc *t = &d->inputs[ii];
-      void *dst = kiln_ctx_input(c, ii++);
+      void *dst = in[ii++];
       for (int64_t j = 0; j < ne; j++) {
         if (n->dtype == KILN_F32) {
           float x = (float)uniform(&seed, lo, hi);
@@ -115,23 +137,166 @@ static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) 
   char err[256];
   KilnInterpOpts io = {0};
   if (kiln_interp_run(g, v, &io, err, sizeof err) != 0) fail_msg("interpreter: %s", err);
+  return v;
+}
+
+static void free_values(const KilnGraph *g, double **v) {
+  for (int i = 0; i < g->nnodes; i++) free(v[i]);
+  free(v);
+}
+
+#ifdef KILN_HAVE_CUDA
+static void pack_graph(const KilnGraph *g, KilnArena *a, double lo, double hi);
+#endif
+
+// Runs graph g both ways on the same random inputs and parameters and compares
+// every output. lo/hi bound the random f32 inputs; i32 inputs draw from [0, bound).
+static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
+#ifdef KILN_HAVE_CUDA
+  if (pack.dir) {
+    pack_graph(g, a, lo, hi);
+    return;
+  }
+#endif
+  void *dl;
+  const KilnModelDesc *d = compile(g, a, 0, NULL, 7, tmpdir, &dl);
+  assert_string_equal(d->target, cuda ? "cuda" : "cpu");
+  KilnStatus st = {0};
+  KilnCtx *c = kiln_ctx_create(d, 2, &st);
+  if (!c) fail_msg("%s", st.msg);
+  void **in = calloc((size_t)d->ninputs + 1, sizeof *in);
+  for (int i = 0; i < d->ninputs; i++) in[i] = kiln_ctx_input(c, i);
+  // The parameters as the runtime initialized them from the seed.
+  double **v = reference(g, d, c->weights, in, lo, hi);
   kiln_ctx_forward(c);
+  if (kiln_ctx_check(c, &st) != 0) fail_msg("%s: forward: %s", g->name, st.msg);
   for (int o = 0; o < g->noutputs; o++) {
     const KilnNode *n = &g->nodes[g->outputs[o]];
     const void *got = kiln_ctx_output(c, o);
-    double tol_scale = 1e-5 * fmax(1.0, (double)terms(g, n) / 16);
+    double scale = tol_scale(g, n);
     for (int64_t j = 0; j < kiln_node_numel(n); j++) {
       double want = v[g->outputs[o]][j];
       double have = n->dtype == KILN_F32 ? ((const float *)got)[j] : ((const int32_t *)got)[j];
-      if (!(fabs(have - want) <= tol_scale * (1 + fabs(want))))
+      if (!(fabs(have - want) <= scale * (1 + fabs(want))))
         fail_msg("%s: output %s element %lld: got %.9g, want %.9g (tolerance %.3g)", g->name,
-                 n->name, (long long)j, have, want, tol_scale * (1 + fabs(want)));
+                 n->name, (long long)j, have, want, scale * (1 + fabs(want)));
     }
   }
-  for (int i = 0; i < g->nnodes; i++) free(v[i]);
-  free(v);
+  free_values(g, v);
+  free(in);
   kiln_ctx_destroy(c);
   dlclose(dl);
+}
+
+#ifdef KILN_HAVE_CUDA
+//
+// The pack for tests/gpu/ops_check.c, which runs it on a GPU (tests/gpu/run.sh,
+// docs/gpu-checks.md). Per case NNN: NNN.so, the model compiled as `kiln build
+// --target=cuda` compiles it (cubins for sm_80 and sm_90, PTX for newer GPUs),
+// without the runtime, which the runner provides; NNN.bin, its inputs (raw f32 or
+// i32, in the model's input order), then the interpreter's outputs (f64); and in
+// the text file `index`, after the line "kiln-ops-pack 1":
+//
+//   case NNN GRAPH NINPUTS NOUTPUTS DESCRIPTION...   (kiln_model_GRAPH in NNN.so)
+//   in BYTES                                         (one per input)
+//   out NUMEL SCALE                                  (one per output)
+//
+// An output element passes when |got - want| <= SCALE * (1 + |want|), the test's
+// own tolerance. Parameters are not written: the runner's context draws them from
+// the model's seed as kiln_rng_init_param does here. With --emu, NNN.emu.so holds
+// the kernels built for tests/cuda-emu, so the runner can be tried without a GPU.
+//
+static const KilnModelDesc *pack_compile(const KilnGraph *g, KilnArena *a, int id, void **out_dl) {
+  KilnPlan plan;
+  kiln_plan_build(g, a, 0, &plan);
+  static char err[1 << 16];
+  int archs[8];
+  int narchs = kiln_cuda_parse_archs("sm_80,sm_90", archs, 8, err, sizeof err);  // kiln build's default
+  assert_true(narchs > 0);
+  // The host code only hands the runtime its launches; baseline x86-64 runs on the
+  // GPU machine's CPU, which may lack this one's (native) features.
+  KilnTargetOpts to = {"x86-64-v2", 3};
+  LLVMTargetMachineRef tm = kiln_cpu_target(&to, err, sizeof err);
+  if (!tm) fail_msg("%s", err);
+  char obj[512], src[512], so[512], cmd[2048];
+  snprintf(obj, sizeof obj, "%s/p%d.o", tmpdir, id);
+  snprintf(src, sizeof src, "%s/p%d.cu", tmpdir, id);
+  snprintf(so, sizeof so, "%s/%03d.so", pack.dir, id);
+  KilnCudaOpts co = {archs, narchs, pack.emu ? src : NULL, NULL};
+  KilnCg cg = {0};
+  KilnModuleOpts mo = {"test", false, 7, tm, NULL};
+  if (kiln_cuda_module(&cg, g, &plan, &mo, &co, err, sizeof err) != 0) {
+    LLVMDisposeTargetMachine(tm);
+    fail_msg("%s: %s", case_desc, err);
+  }
+  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
+  kiln_cpu_module_free(&cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) fail_msg("%s", err);
+  // No OpenBLAS: a CUDA model calls no BLAS.
+  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lm", so, obj);
+  assert_int_equal(system(cmd), 0);
+#ifdef KILN_TEST_CUDA_EMU
+  if (pack.emu) {
+    snprintf(cmd, sizeof cmd, "%s -O1 -fPIC -shared -fvisibility=hidden -include %s -x c++ %s -x none -o %s/%03d.emu.so %s",
+             KILN_CXX, KILN_CUDA_EMU_HEADER, src, pack.dir, id, KILN_CUDA_EMU_DRIVER);
+    if (system(cmd) != 0) fail_msg("%s: the kernels do not compile for the emulator: %s", case_desc, cmd);
+  }
+#endif
+  void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  if (!dl) fail_msg("%s", dlerror());
+  char sym[256];
+  snprintf(sym, sizeof sym, "kiln_model_%s", g->name);
+  const KilnModelDesc *d = dlsym(dl, sym);
+  assert_non_null(d);
+  *out_dl = dl;
+  return d;
+}
+
+static void pack_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
+  int id = pack.n;
+  void *dl;
+  const KilnModelDesc *d = pack_compile(g, a, id, &dl);
+  char *weights = calloc((size_t)d->weights_bytes + 4, 1);
+  for (int p = 0; p < d->nparams; p++)
+    kiln_rng_init_param(&d->params[p], d->seed, (float *)(weights + d->params[p].offset));
+  void **in = calloc((size_t)d->ninputs + 1, sizeof *in);
+  for (int i = 0; i < d->ninputs; i++) in[i] = calloc((size_t)d->inputs[i].bytes + 4, 1);
+  double **v = reference(g, d, weights, in, lo, hi);
+  char path[512];
+  snprintf(path, sizeof path, "%s/%03d.bin", pack.dir, id);
+  FILE *f = fopen(path, "wb");
+  if (!f) fail_msg("cannot write %s: %s", path, strerror(errno));
+  for (int i = 0; i < d->ninputs; i++)
+    assert_int_equal(fwrite(in[i], 1, (size_t)d->inputs[i].bytes, f), d->inputs[i].bytes);
+  for (int o = 0; o < g->noutputs; o++) {
+    size_t ne = (size_t)kiln_node_numel(&g->nodes[g->outputs[o]]);
+    assert_int_equal(fwrite(v[g->outputs[o]], sizeof(double), ne, f), ne);
+  }
+  if (fclose(f) != 0) fail_msg("cannot write %s: %s", path, strerror(errno));
+  fprintf(pack.index, "case %03d %s %d %d %s\n", id, g->name, d->ninputs, g->noutputs, case_desc);
+  for (int i = 0; i < d->ninputs; i++) fprintf(pack.index, "in %lld\n", (long long)d->inputs[i].bytes);
+  for (int o = 0; o < g->noutputs; o++) {
+    const KilnNode *n = &g->nodes[g->outputs[o]];
+    fprintf(pack.index, "out %lld %.17g\n", (long long)kiln_node_numel(n), tol_scale(g, n));
+  }
+  if (fflush(pack.index) != 0) fail_msg("cannot write %s/index", pack.dir);
+  pack.n++;
+  free_values(g, v);
+  for (int i = 0; i < d->ninputs; i++) free(in[i]);
+  free(in);
+  free(weights);
+  dlclose(dl);
+}
+#endif
+
+// Whether --only names this op (or "models"); every case is wanted without it.
+static bool wanted(const char *name) {
+  if (!pack.only) return true;
+  size_t n = strlen(name);
+  for (const char *p = pack.only; (p = strstr(p, name)) != NULL; p += n)
+    if ((p == pack.only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return true;
+  return false;
 }
 
 //
@@ -152,19 +317,33 @@ static int32_t add_input(KilnGraph *g, const char *name, In in) {
   return id;
 }
 
+// Appends " f32[3,17]" to case_desc.
+static void describe_input(In in) {
+  size_t k = strlen(case_desc);
+  k += (size_t)snprintf(case_desc + k, sizeof case_desc - k, " %s[", in.dt == KILN_F32 ? "f32" : "i32");
+  for (int j = 0; j < in.rank && k < sizeof case_desc; j++)
+    k += (size_t)snprintf(case_desc + k, sizeof case_desc - k, "%s%lld", j ? "," : "",
+                          (long long)in.shape[j]);
+  if (k < sizeof case_desc) snprintf(case_desc + k, sizeof case_desc - k, "]");
+}
+
 static void op_case(KilnOp op, KilnAttrs attr, double lo, double hi, int nin, ...) {
+  if (!wanted(kiln_op(op)->name)) return;
   KilnArena a = {0};
   KilnGraph g;
   char name[64];
   snprintf(name, sizeof name, "c%d", serial++);
   kiln_graph_init(&g, &a, name);
   int32_t ids[KILN_MAX_INPUTS];
+  snprintf(case_desc, sizeof case_desc, "%s", kiln_op(op)->name);
   va_list ap;
   va_start(ap, nin);
   for (int i = 0; i < nin; i++) {
     char in_name[16];
     snprintf(in_name, sizeof in_name, "in%d", i);
-    ids[i] = add_input(&g, in_name, va_arg(ap, In));
+    In in = va_arg(ap, In);
+    ids[i] = add_input(&g, in_name, in);
+    describe_input(in);
   }
   va_end(ap);
   int32_t out = kiln_graph_add(&g, op, ids, nin, "out", (KilnLoc){0});
@@ -485,6 +664,7 @@ static void gradient_ops(void **state) {
 // Every op with a kernel has been compared; adding an op without a case fails here.
 static void coverage(void **state) {
   (void)state;
+  if (pack.only) skip();  // the cases asked for only
   for (int op = 0; op < KILN_OP_COUNT; op++) {
     if (kiln_ops[op].fuse == KILN_FUSE_SOURCE) continue;
     if (!tested[op]) fail_msg("op '%s' has no generated-code test", kiln_ops[op].name);
@@ -498,6 +678,7 @@ static void coverage(void **state) {
 static void model_level(const char *file, const KilnDimOverride *ov, int nov, int level) {
   char path[512];
   snprintf(path, sizeof path, "%s/models/%s", KILN_SOURCE_DIR, file);
+  snprintf(case_desc, sizeof case_desc, "model %s at graph level %d", file, level);
   KilnDiag d;
   kiln_diag_init(&d, stderr);
   KilnModel m;
@@ -512,6 +693,7 @@ static void model_level(const char *file, const KilnDimOverride *ov, int nov, in
 }
 
 static void model_case(const char *file, const KilnDimOverride *ov, int nov) {
+  if (!wanted("models")) return;
   model_level(file, ov, nov, 0);
   model_level(file, ov, nov, 2);
 }
@@ -536,6 +718,11 @@ static int teardown(void **state) {
   return system(cmd) == 0 ? 0 : -1;
 }
 
+static int usage(const char *argv0) {
+  fprintf(stderr, "usage: %s [cuda | pack DIR [--emu] [--only OP,...]]\n", argv0);
+  return 2;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "cuda") == 0) {
 #if !defined(KILN_HAVE_CUDA)
@@ -548,9 +735,36 @@ int main(int argc, char **argv) {
     compile = kiln_test_compile_cuda;
     cuda = true;
 #endif
+  } else if (argc > 2 && strcmp(argv[1], "pack") == 0) {
+    pack.dir = argv[2];
+    for (int i = 3; i < argc; i++) {
+      if (strcmp(argv[i], "--emu") == 0) pack.emu = true;
+      else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) pack.only = argv[++i];
+      else return usage(argv[0]);
+    }
+#if !defined(KILN_HAVE_CUDA)
+    puts("skipped: kiln was built without the CUDA toolkit, so it has no CUDA target");
+    return 77;
+#else
+#if !defined(KILN_TEST_CUDA_EMU)
+    if (pack.emu) {
+      puts("skipped: --emu needs the CUDA emulator (tests/cuda-emu), built with a C++ compiler");
+      return 77;
+    }
+#endif
+    if (mkdir(pack.dir, 0777) != 0 && errno != EEXIST) {
+      fprintf(stderr, "cannot make %s: %s\n", pack.dir, strerror(errno));
+      return 1;
+    }
+    if (!(pack.index = fopen(kiln_test_join(pack.dir, "index"), "w"))) {
+      fprintf(stderr, "cannot write %s/index: %s\n", pack.dir, strerror(errno));
+      return 1;
+    }
+    fputs("kiln-ops-pack 1\n", pack.index);
+    cuda = true;
+#endif
   } else if (argc > 1) {
-    fprintf(stderr, "usage: %s [cuda]\n", argv[0]);
-    return 2;
+    return usage(argv[0]);
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unary_ops), cmocka_unit_test(binary_ops), cmocka_unit_test(reductions),
@@ -558,5 +772,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(losses),    cmocka_unit_test(dropout_training),
       cmocka_unit_test(gradient_ops), cmocka_unit_test(coverage), cmocka_unit_test(models),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  int failed = cmocka_run_group_tests(tests, setup, teardown);
+  if (pack.index) {
+    if (fclose(pack.index) != 0) failed++;
+    printf("packed %d cases into %s\n", pack.n, pack.dir);
+  }
+  return failed;
 }

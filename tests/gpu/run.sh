@@ -34,10 +34,13 @@ usage: tests/gpu/run.sh prepare [--kiln PATH] [DIR]
 prepare  build the CPU and CUDA programs of models/{mlp,digits,lstm,gpt}.yaml and
          bench/models/mlp784_train.yaml into DIR (default tests/gpu/prepared),
          with their data, the CPU's losses of 20 training steps and its bench
-         numbers (kiln: --kiln, else $KILN, else build/kiln)
-check    on a GPU machine: the CUDA programs' losses against the CPU's, with and
-         without CUDA graphs, `info`, and Kiln against PyTorch (bench/gpu.py);
-         writes OUTDIR/report.md and the logs. Exit 77 where there is no GPU.
+         numbers, and the op pack: every case of tests/test_cpu_ops.c compiled
+         for CUDA with the interpreter's results (kiln: --kiln, else $KILN, else
+         build/kiln; the pack needs that build's tests/test_cpu_ops and ops_check)
+check    on a GPU machine: every op case against the interpreter, the CUDA
+         programs' losses against the CPU's, with and without CUDA graphs, `info`,
+         and Kiln against PyTorch (bench/gpu.py); writes OUTDIR/report.md and the
+         logs. Exit 77 where there is no GPU.
 EOF
 }
 
@@ -96,8 +99,12 @@ prepare() {
   done
   [ -x "$kiln" ] || die "no kiln at '$kiln': build it (docs/building.md) or give --kiln PATH"
   kiln=$(cd "$(dirname "$kiln")" && pwd)/$(basename "$kiln")
+  local tests
+  tests=$(dirname "$kiln")/tests
+  [ -x "$tests/test_cpu_ops" ] && [ -x "$tests/ops_check" ] ||
+    die "no $tests/test_cpu_ops or ops_check: the op pack is built by the tests of kiln's build (KILN_TESTS=ON)"
   rm -rf "$dir"
-  mkdir -p "$dir"/{cpu,cuda,data,lib,ref,weights} || die "cannot make $dir"
+  mkdir -p "$dir"/{bin,cpu,cuda,data,lib,ref,weights} || die "cannot make $dir"
   dir=$(cd "$dir" && pwd)
   local failed=0 m
 
@@ -125,10 +132,28 @@ prepare() {
       rm -f "$dir/cuda/$m"
     fi
   done
-  # The CUDA programs' shared libraries other than the C library's (jansson),
-  # which the GPU machine's system need not have; check puts lib/ on
-  # LD_LIBRARY_PATH.
-  for m in "$dir"/cuda/*; do
+  # The op pack (check `ops`): each case of tests/test_cpu_ops.c compiled as kiln
+  # build --target=cuda compiles, its inputs and the interpreter's outputs, and
+  # the program that runs them. Its 20 MiB are mostly cubins, which gzip to a
+  # quarter. A pack that failed half-way is left out: check then fails `ops`
+  # rather than pass on the cases that happened to be written.
+  cp "$tests/ops_check" "$dir/bin/" || die "cannot copy ops_check"
+  local work
+  work=$(mktemp -d) || die "cannot make a temporary folder"
+  if "$tests/test_cpu_ops" pack "$work/ops" >"$dir/ref/ops.pack.log" 2>&1 &&
+    tar -C "$work" -czf "$dir/ops.tar.gz" ops; then
+    echo "built ops: $(grep -c '^case ' "$work/ops/index") op cases, $(du -sm "$work/ops" | cut -f1) MiB, ops.tar.gz"
+  else
+    echo "FAIL prepare: the op pack (test_cpu_ops pack):"; grep -E 'ERROR|FAIL|rror' "$dir/ref/ops.pack.log" | head -10
+    rm -f "$dir/ops.tar.gz"
+    failed=1
+  fi
+  rm -rf "$work"
+
+  # The CUDA programs' and ops_check's shared libraries other than the C
+  # library's (jansson), which the GPU machine's system need not have; check puts
+  # lib/ on LD_LIBRARY_PATH.
+  for m in "$dir"/cuda/* "$dir"/bin/*; do
     [ -x "$m" ] && [ ! -d "$m" ] || continue
     ldd "$m" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
       grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' |
@@ -279,7 +304,7 @@ result() {
 
 check_names() {
   local m
-  echo gpu
+  echo gpu ops
   for m in $MODELS; do echo "built-$m train-$m losses-$m graphs-off-$m info-$m"; done
   echo "bench-kiln-mlp784 bench-kiln-gpt generate-kiln-gpt bench-torch"
 }
@@ -317,6 +342,7 @@ check() {
   else result gpu PASS "$gpu${driver:+, driver $driver}${cudaver:+, CUDA $cudaver}"; fi
 
   export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  check_ops "$dir" "$out" "$swap"
   local prog=$swap
   local -a losstab=()
   for m in $MODELS; do
@@ -445,6 +471,43 @@ print(t["mlp784"]["median_us"], t["gpt"]["median_us"], j["generate"]["gpt"]["tok
   [ "$fail" -eq 0 ]
 }
 
+# check_ops DIR OUT PROGRAMS: every op case of the pack against the interpreter
+# (tests/gpu/ops_check.c; it prints a line per case). The pack needs the GPU: with
+# the CPU programs standing in there is nothing to run it on.
+check_ops() {
+  local dir=$1 out=$2 r np nf worst work
+  if [ "$3" = cpu ]; then
+    result ops SKIPPED "the op pack runs on a GPU only"
+    return
+  fi
+  if [ ! -x "$dir/bin/ops_check" ] || [ ! -f "$dir/ops.tar.gz" ]; then
+    result ops FAIL "no op pack ($dir/ops.tar.gz): prepare failed to build it (ref/ops.pack.log)"
+    return
+  fi
+  # Unpacked outside OUTDIR, which holds only what the report needs.
+  work=$(mktemp -d) || die "cannot make a temporary folder"
+  if ! tar -C "$work" -xzf "$dir/ops.tar.gz"; then
+    result ops FAIL "cannot unpack $dir/ops.tar.gz"
+    rm -rf "$work"
+    return
+  fi
+  timeout "$LIMIT" "$dir/bin/ops_check" "$work/ops" >"$out/ops.txt" 2>&1
+  r=$?
+  rm -rf "$work"
+  np=$(grep -c '^PASS ' "$out/ops.txt")
+  nf=$(grep -c '^FAIL ' "$out/ops.txt")
+  # The pass closest to its tolerance, to tighten the tolerances by.
+  worst=$(grep '^PASS ' "$out/ops.txt" | sed -n 's/^PASS \([0-9]*\) .*(\([0-9.e+-]*\) of tolerance)$/\2 \1/p' |
+    sort -g | tail -1 | awk '{print $1 " of its tolerance, case " $2}')
+  case $r in
+  0) result ops PASS "$np op cases within tolerance of the interpreter; the closest: ${worst:--}" ;;
+  1) result ops FAIL "$nf of $((np + nf)) op cases failed; the first: $(grep -m1 '^FAIL ' "$out/ops.txt" | cut -c6-)" ;;
+  124 | 137) result ops FAIL "cut off after $LIMIT s, $((np + nf)) cases run ($nf failed)" ;;
+  77) result ops FAIL "ops_check found no GPU where nvidia-smi did: $(tail -1 "$out/ops.txt")" ;;
+  *) result ops FAIL "exit $r: $(tail -1 "$out/ops.txt")" ;;
+  esac
+}
+
 # The loss of step S in a log.
 loss_at() { awk -F, -v s="$2" '$1 == s { print $3 }' "$1"; }
 
@@ -463,6 +526,21 @@ report() {
     echo "|---|---|---|"
     printf '%s\n' "${results[@]}"
     echo
+    if [ -f "$out/ops.txt" ]; then
+      echo "## Op cases, CUDA against the reference interpreter"
+      echo
+      echo "Every case of tests/test_cpu_ops.c on this GPU: $(grep -c '^PASS ' "$out/ops.txt") passed,"
+      echo "$(grep -c '^FAIL ' "$out/ops.txt") failed (ops.txt has a line per case). An element passes within"
+      echo "SCALE (1 + |want|) of the interpreter's value, SCALE being the test's own tolerance"
+      echo "for the case (docs/gpu-checks.md)."
+      if grep -q '^FAIL ' "$out/ops.txt"; then
+        echo
+        echo '```'
+        grep '^FAIL ' "$out/ops.txt" | head -40
+        echo '```'
+      fi
+      echo
+    fi
     echo "## Losses, CUDA against CPU ($(sed -n 's/^steps=//p' "$dir/manifest") steps, seed $(sed -n 's/^seed=//p' "$dir/manifest"))"
     echo
     echo "Relative to the CPU's loss; the bound at step s is the last column."
@@ -486,7 +564,7 @@ report() {
     echo
     [ -n "$gtext" ] && echo "Generation: $gtext." && echo
     echo "Logs: MODEL.graphs1.csv and MODEL.graphs0.csv (train --log, graphs on and off),"
-    echo "*.out, *.info.txt, *.bench.txt, gpt.generate.*, torch.json and torch.err."
+    echo "ops.txt, *.out, *.info.txt, *.bench.txt, gpt.generate.*, torch.json and torch.err."
   } >"$out/report.md"
 }
 
