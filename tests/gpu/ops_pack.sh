@@ -69,8 +69,14 @@ mkdir "$tmp/v2" && echo "kiln-ops-pack 2" >"$tmp/v2/index"
 expect other-version 2 "$ops_check" "$tmp/v2"
 
 # What the GPU machine must provide: the C library's libraries and libjansson
-# (which run.sh carries in lib/); the packed models need only the C library.
-extra_libs() { ldd "$1" | awk '{print $1}' | grep -vE 'linux-vdso|ld-linux|^lib(c|m|dl|pthread|rt|jansson)\.so'; }
+# (which run.sh carries in lib/); the packed models need only the C library. A
+# sanitized build's runner also needs the sanitizers' runtimes (and what they
+# pull in); run.sh carries the normal build's.
+extra_libs() {
+  local ok='linux-vdso|ld-linux|^lib(c|m|dl|pthread|rt|jansson)\.so'
+  ldd "$1" | grep -q libasan && ok="$ok|^lib(asan|ubsan|gcc_s|stdc\+\+)\.so"
+  ldd "$1" | awk '{print $1}' | grep -vE "$ok"
+}
 check runner-deps [ -z "$(extra_libs "$ops_check")" ]
 for so in "$tmp"/pack/[0-9][0-9][0-9].so; do
   if readelf -d "$so" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -vqE '^lib(c|m)\.so'; then
