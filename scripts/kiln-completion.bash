@@ -18,7 +18,8 @@ _kiln() {
   case $cmd in
     check) opts="--dim --print-ir --print-ir-after= --train -O0 -O1 -O2 --time-passes
                  --emit=ir --emit=dot --emit=summary --output --quiet --help" ;;
-    build) opts="--output --emit=exe --emit=lib --emit=obj --emit=asm --emit=llvm --target=cpu
+    build) opts="--output --emit=exe --emit=lib --emit=obj --emit=asm --emit=llvm --emit=cuda
+                 --target=cpu --target=cuda --gpu-arch= --cuda-source= --kernel-stats=
                  --cpu= -O0 -O1 -O2 -O3 --time-passes --graph-level= --dim --print-ir-after= --mpi
                  --help" ;;
     profile) opts="--steps --threads --profile-out --profile-csv --peak-gflops --peak-gbs --dim
