@@ -68,6 +68,9 @@ void kiln_cg_init(KilnCg *c, const char *name, LLVMTargetMachineRef tm);
 KilnLoop kiln_cg_loop_begin(KilnCg *c, LLVMValueRef lo, LLVMValueRef hi, const char *name);
 void kiln_cg_loop_end(KilnCg *c, KilnLoop *l);
 LLVMValueRef kiln_cg_i64(KilnCg *c, int64_t v);
+LLVMValueRef kiln_cg_i32(KilnCg *c, int64_t v);
+// A module-private constant global holding v (tables, strings, images).
+LLVMValueRef kiln_cg_private_const(KilnCg *c, LLVMValueRef v, const char *name);
 LLVMValueRef kiln_cg_f32(KilnCg *c, double v);
 // Typed pointer arithmetic: base + byte offset, then element index.
 LLVMValueRef kiln_cg_gep(KilnCg *c, LLVMTypeRef elem, LLVMValueRef base, LLVMValueRef index);

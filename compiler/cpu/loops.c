@@ -29,6 +29,18 @@ LLVMValueRef kiln_cg_i64(KilnCg *c, int64_t v) {
   return LLVMConstInt(c->i64, (unsigned long long)v, 1);
 }
 
+LLVMValueRef kiln_cg_i32(KilnCg *c, int64_t v) {
+  return LLVMConstInt(c->i32, (unsigned long long)v, 1);
+}
+
+LLVMValueRef kiln_cg_private_const(KilnCg *c, LLVMValueRef v, const char *name) {
+  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(v), name);
+  LLVMSetInitializer(gl, v);
+  LLVMSetGlobalConstant(gl, 1);
+  LLVMSetLinkage(gl, LLVMPrivateLinkage);
+  return gl;
+}
+
 LLVMValueRef kiln_cg_f32(KilnCg *c, double v) { return LLVMConstReal(c->f32, v); }
 
 KilnLoop kiln_cg_loop_begin(KilnCg *c, LLVMValueRef lo, LLVMValueRef hi, const char *name) {

@@ -56,23 +56,14 @@ static LLVMValueRef runtime_fn(KilnCg *c, const char *name, LLVMTypeRef ty) {
   return fn ? fn : LLVMAddFunction(c->mod, name, ty);
 }
 
-// A module-private constant global holding v.
-static LLVMValueRef private_const(KilnCg *c, LLVMValueRef v, const char *name) {
-  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(v), name);
-  LLVMSetInitializer(gl, v);
-  LLVMSetGlobalConstant(gl, 1);
-  LLVMSetLinkage(gl, LLVMPrivateLinkage);
-  return gl;
-}
 
 static LLVMValueRef cstring(KilnCg *c, const char *s, const char *name) {
   LLVMValueRef str = LLVMConstStringInContext(c->ctx, s, (unsigned)strlen(s), 0);
-  LLVMValueRef g = private_const(c, str, name);
+  LLVMValueRef g = kiln_cg_private_const(c, str, name);
   LLVMSetUnnamedAddress(g, LLVMGlobalUnnamedAddr);
   return g;
 }
 
-static LLVMValueRef i32c(KilnCg *c, int64_t v) { return LLVMConstInt(c->i32, (unsigned long long)v, 1); }
 
 // The smallest index bound on an i32 input: rows of an embedding table it indexes,
 // or classes of a cross-entropy it labels. 0 when it indexes nothing.
@@ -99,10 +90,10 @@ static LLVMValueRef tensor_desc_of(KilnCg *c, const Types *t, const KilnNode *n,
   for (int d = 0; d < KILN_ABI_MAX_RANK; d++) shape[d] = kiln_cg_i64(c, d < n->rank ? n->shape[d] : 0);
   bool param = n->op == KILN_OP_PARAM;
   LLVMValueRef f[] = {
-      cstring(c, n->name, "name"), i32c(c, n->dtype == KILN_F32 ? KILN_ABI_F32 : KILN_ABI_I32),
-      i32c(c, n->rank), LLVMConstArray(c->i64, shape, KILN_ABI_MAX_RANK), kiln_cg_i64(c, offset),
-      kiln_cg_i64(c, kiln_node_numel(n) * 4), i32c(c, param ? (int)n->attr.init.kind : 0),
-      i32c(c, flags), LLVMConstReal(f64, param ? n->attr.init.a : 0),
+      cstring(c, n->name, "name"), kiln_cg_i32(c, n->dtype == KILN_F32 ? KILN_ABI_F32 : KILN_ABI_I32),
+      kiln_cg_i32(c, n->rank), LLVMConstArray(c->i64, shape, KILN_ABI_MAX_RANK), kiln_cg_i64(c, offset),
+      kiln_cg_i64(c, kiln_node_numel(n) * 4), kiln_cg_i32(c, param ? (int)n->attr.init.kind : 0),
+      kiln_cg_i32(c, flags), LLVMConstReal(f64, param ? n->attr.init.a : 0),
       LLVMConstReal(f64, param ? n->attr.init.b : 0), kiln_cg_i64(c, bound)};
   return LLVMConstNamedStruct(t->tensor, f, 11);
 }
@@ -120,7 +111,7 @@ static LLVMValueRef tensor_array(KilnCg *c, const Types *t, const KilnGraph *g, 
   for (int i = 0; i < n; i++) v[i] = tensor_desc(c, t, g, p, ids[i]);
   LLVMValueRef arr = LLVMConstArray(t->tensor, v, (unsigned)n);
   free(v);
-  return private_const(c, arr, name);
+  return kiln_cg_private_const(c, arr, name);
 }
 
 // Where the train step reports gradients final (kiln_rt_grad_ready): the grads
@@ -199,12 +190,12 @@ static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, co
     }
     for (int j = i; j < KILN_CPU_MAX_PHASES * g->nnodes && kern[j]; j += g->nnodes) {
       LLVMValueRef args[] = {rt, kern[j], w, a, kiln_cg_i64(c, iters[j]), kiln_cg_i64(c, cost[j]),
-                             i32c(c, index[j])};
+                             kiln_cg_i32(c, index[j])};
       LLVMBuildCall2(c->b, t->parfor_fn, parfor, args, 7, "");
     }
     for (int k = 0; gr && k < gr->n; k++)
       if (gr->ready[k] == i) {
-        LLVMValueRef args[] = {rt, i32c(c, k)};
+        LLVMValueRef args[] = {rt, kiln_cg_i32(c, k)};
         LLVMBuildCall2(c->b, t->hook_fn, runtime_fn(c, "kiln_rt_grad_ready", t->hook_fn), args, 2, "");
       }
   }
@@ -214,7 +205,7 @@ static LLVMValueRef build_step(KilnCg *c, const Types *t, const KilnGraph *g, co
 static void parfor(KilnCg *c, const Types *t, LLVMValueRef fn, LLVMValueRef kernel, int64_t n,
                    int64_t cost, int32_t index) {
   LLVMValueRef args[] = {LLVMGetParam(fn, 2), kernel, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1),
-                         kiln_cg_i64(c, n), kiln_cg_i64(c, cost), i32c(c, index)};
+                         kiln_cg_i64(c, n), kiln_cg_i64(c, cost), kiln_cg_i32(c, index)};
   LLVMBuildCall2(c->b, t->parfor_fn, LLVMGetNamedFunction(c->mod, "kiln_rt_parallel_for"), args, 7, "");
 }
 
@@ -323,7 +314,7 @@ static void build_steps(KilnCg *c, const Types *t, const KilnGraph *g, const Kil
     LLVMBuildCall2(c->b, t->done_fn, runtime_fn(c, "kiln_rt_grads_done", t->done_fn), &rt, 1, "");
     parfor(c, t, out->train, norm, 1, 1, out->ninfo - 2);
     LLVMValueRef args[] = {rt, all, LLVMGetParam(out->train, 0), LLVMGetParam(out->train, 1),
-                           kiln_cg_i64(c, total), kiln_cg_i64(c, 10 * total), i32c(c, out->ninfo - 1)};
+                           kiln_cg_i64(c, total), kiln_cg_i64(c, 10 * total), kiln_cg_i32(c, out->ninfo - 1)};
     LLVMBuildCall2(c->b, t->parfor_fn, runtime_fn(c, "kiln_rt_update", t->parfor_fn), args, 7, "");
     LLVMBuildRetVoid(c->b);
     free(upd);
@@ -462,7 +453,7 @@ static LLVMValueRef opt_array(KilnCg *c, const Types *t, const KilnGraph *g, con
   LLVMValueRef arr = LLVMConstArray(t->tensor, v, (unsigned)n);
   free(v);
   *out_n = n;
-  return private_const(c, arr, "opt");
+  return kiln_cg_private_const(c, arr, "opt");
 }
 
 // The descriptor's grads table (KilnGradDesc), in the update's order.
@@ -471,13 +462,13 @@ static LLVMValueRef grads_array(KilnCg *c, const Types *t, const KilnGraph *g, c
   LLVMValueRef *v = calloc((size_t)gr->n + 1, sizeof *v);
   for (int k = 0; k < gr->n; k++) {
     int32_t x = gr->node[k];
-    LLVMValueRef f[] = {i32c(c, gr->param[k]), i32c(c, 0), kiln_cg_i64(c, p->offset[x]),
+    LLVMValueRef f[] = {kiln_cg_i32(c, gr->param[k]), kiln_cg_i32(c, 0), kiln_cg_i64(c, p->offset[x]),
                         kiln_cg_i64(c, kiln_node_numel(&g->nodes[x]))};
     v[k] = LLVMConstNamedStruct(t->grad, f, 4);
   }
   LLVMValueRef arr = LLVMConstArray(t->grad, v, (unsigned)gr->n);
   free(v);
-  return private_const(c, arr, "grads");
+  return kiln_cg_private_const(c, arr, "grads");
 }
 
 static LLVMValueRef cstring_or_null(KilnCg *c, const char *s, const char *name) {
@@ -488,14 +479,14 @@ static LLVMValueRef train_desc(KilnCg *c, const Types *t, const KilnTrainDesc *d
   LLVMTypeRef f64 = LLVMDoubleTypeInContext(c->ctx);
 #define F(x) LLVMConstReal(f64, x)
   LLVMValueRef f[] = {
-      i32c(c, d->optimizer), i32c(c, d->schedule), F(d->lr), F(d->momentum), F(d->weight_decay),
-      F(d->beta1), F(d->beta2), F(d->eps), i32c(c, d->nesterov), i32c(c, d->shuffle),
+      kiln_cg_i32(c, d->optimizer), kiln_cg_i32(c, d->schedule), F(d->lr), F(d->momentum), F(d->weight_decay),
+      F(d->beta1), F(d->beta2), F(d->eps), kiln_cg_i32(c, d->nesterov), kiln_cg_i32(c, d->shuffle),
       kiln_cg_i64(c, d->step_every), F(d->gamma), kiln_cg_i64(c, d->warmup), F(d->min_lr),
       kiln_cg_i64(c, d->epochs), kiln_cg_i64(c, d->steps), F(d->clip_grad_norm), F(d->val_split),
       cstring_or_null(c, d->data_train, "data_train"), cstring_or_null(c, d->data_eval, "data_eval"),
-      i32c(c, d->loss_kind), i32c(c, d->loss_pred_output), i32c(c, d->loss_target_input), i32c(c, 0)};
+      kiln_cg_i32(c, d->loss_kind), kiln_cg_i32(c, d->loss_pred_output), kiln_cg_i32(c, d->loss_target_input), kiln_cg_i32(c, 0)};
 #undef F
-  return private_const(c, LLVMConstNamedStruct(t->train, f, 24), "train");
+  return kiln_cg_private_const(c, LLVMConstNamedStruct(t->train, f, 24), "train");
 }
 
 // The descriptor's kernel table (KilnKernelInfo), in launch-index order.
@@ -509,7 +500,7 @@ static LLVMValueRef kernel_info_array(KilnCg *c, const Types *t, const KilnKerne
   }
   LLVMValueRef arr = LLVMConstArray(t->kinfo, v, (unsigned)n);
   free(v);
-  return private_const(c, arr, "kernel_info");
+  return kiln_cg_private_const(c, arr, "kernel_info");
 }
 
 // One model's descriptor: its kernels, step functions and tables, as the constant
@@ -528,21 +519,21 @@ static LLVMValueRef model_desc(KilnCg *c, const Types *t, const KilnGraph *g, co
     if (g->nodes[i].op == KILN_OP_INPUT) inputs[ni++] = i;
   }
   LLVMValueRef fields[] = {
-      i32c(c, KILN_ABI_VERSION), i32c(c, 0), cstring(c, g->name, "model_name"),
+      kiln_cg_i32(c, KILN_ABI_VERSION), kiln_cg_i32(c, 0), cstring(c, g->name, "model_name"),
       cstring(c, o->kiln_version, "kiln_version"), cstring(c, o->target ? o->target : "cpu", "target"),
       kiln_cg_i64(c, (int64_t)o->seed), kiln_cg_i64(c, batch_of(g, inputs, ni)),
       kiln_cg_i64(c, p->weights_bytes), kiln_cg_i64(c, p->arena_bytes),
       kiln_cg_i64(c, p->arena_naive_bytes), kiln_cg_i64(c, forward_flops(g, p)),
-      i32c(c, np), i32c(c, ni), i32c(c, g->noutputs), i32c(c, st.nkernels),
+      kiln_cg_i32(c, np), kiln_cg_i32(c, ni), kiln_cg_i32(c, g->noutputs), kiln_cg_i32(c, st.nkernels),
       tensor_array(c, t, g, p, params, np, "params"), tensor_array(c, t, g, p, inputs, ni, "inputs"),
       tensor_array(c, t, g, p, g->outputs, g->noutputs, "outputs"), st.forward,
       st.train ? st.train : LLVMConstNull(c->ptr), st.eval ? st.eval : LLVMConstNull(c->ptr),
       kiln_cg_i64(c, g->loss >= 0 ? p->offset[g->loss] : 0), kiln_cg_i64(c, p->opt_bytes),
-      i32c(c, nopt), i32c(c, 0), opt_array(c, t, g, p, train, &nopt_check),
+      kiln_cg_i32(c, nopt), kiln_cg_i32(c, 0), opt_array(c, t, g, p, train, &nopt_check),
       train ? train_desc(c, t, train) : LLVMConstNull(c->ptr),
       decode ? decode : LLVMConstNull(c->ptr), window ? window : LLVMConstNull(c->ptr),
-      kiln_cg_i64(c, context), i32c(c, st.ninfo), i32c(c, 0),
-      kernel_info_array(c, t, st.info, st.ninfo), i32c(c, st.grads.n), i32c(c, 0),
+      kiln_cg_i64(c, context), kiln_cg_i32(c, st.ninfo), kiln_cg_i32(c, 0),
+      kernel_info_array(c, t, st.info, st.ninfo), kiln_cg_i32(c, st.grads.n), kiln_cg_i32(c, 0),
       grads_array(c, t, g, p, &st.grads), st.program ? st.program : LLVMConstNull(c->ptr)};
   LLVMValueRef desc = LLVMAddGlobal(c->mod, t->desc, sym);
   KILN_ASSERT(nopt_check == nopt);

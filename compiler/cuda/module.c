@@ -332,18 +332,9 @@ static void make_types(KilnCg *c, Types *t) {
   t->cuda_fn = LLVMFunctionType(c->v, cp, 3, 0);
 }
 
-static LLVMValueRef global_const(KilnCg *c, LLVMValueRef v, const char *name) {
-  LLVMValueRef gl = LLVMAddGlobal(c->mod, LLVMTypeOf(v), name);
-  LLVMSetInitializer(gl, v);
-  LLVMSetGlobalConstant(gl, 1);
-  LLVMSetLinkage(gl, LLVMPrivateLinkage);
-  return gl;
-}
-
-static LLVMValueRef i32c(KilnCg *c, int64_t v) { return LLVMConstInt(c->i32, (unsigned long long)v, 1); }
 
 static LLVMValueRef u3c(KilnCg *c, const uint32_t *v) {
-  LLVMValueRef e[] = {i32c(c, v[0]), i32c(c, v[1]), i32c(c, v[2])};
+  LLVMValueRef e[] = {kiln_cg_i32(c, v[0]), kiln_cg_i32(c, v[1]), kiln_cg_i32(c, v[2])};
   return LLVMConstArray(c->i32, e, 3);
 }
 
@@ -353,14 +344,14 @@ static LLVMValueRef ranges(KilnCg *c, const Types *t, const KilnCudaRange *r, in
     LLVMValueRef f[] = {kiln_cg_i64(c, r[i].offset), kiln_cg_i64(c, r[i].bytes)};
     v[i] = LLVMConstNamedStruct(t->range, f, 2);
   }
-  LLVMValueRef g = global_const(c, LLVMConstArray(t->range, v, (unsigned)n), "cuda_ranges");
+  LLVMValueRef g = kiln_cg_private_const(c, LLVMConstArray(t->range, v, (unsigned)n), "cuda_ranges");
   free(v);
   return g;
 }
 
 static LLVMValueRef step_const(KilnCg *c, const Types *t, const StepPlan *sp, int training) {
   if (!sp->present) {
-    LLVMValueRef f[] = {i32c(c, 0), i32c(c, 0), i32c(c, 0), i32c(c, training), LLVMConstNull(c->ptr),
+    LLVMValueRef f[] = {kiln_cg_i32(c, 0), kiln_cg_i32(c, 0), kiln_cg_i32(c, 0), kiln_cg_i32(c, training), LLVMConstNull(c->ptr),
                         LLVMConstNull(c->ptr), LLVMConstNull(c->ptr), kiln_cg_i64(c, -1)};
     return LLVMConstNamedStruct(t->step, f, 8);
   }
@@ -369,19 +360,19 @@ static LLVMValueRef step_const(KilnCg *c, const Types *t, const StepPlan *sp, in
     const Launch *l = &sp->l[i];
     LLVMValueRef sv[KILN_CUDA_MAX_SLOTS];
     for (int j = 0; j < l->nslots; j++) {
-      LLVMValueRef f[] = {i32c(c, l->slot[j].where == KILN_LOC_WEIGHTS ? KILN_ABI_BLOCK_WEIGHTS
+      LLVMValueRef f[] = {kiln_cg_i32(c, l->slot[j].where == KILN_LOC_WEIGHTS ? KILN_ABI_BLOCK_WEIGHTS
                                                                         : KILN_ABI_BLOCK_ARENA),
-                          i32c(c, 0), kiln_cg_i64(c, l->slot[j].off)};
+                          kiln_cg_i32(c, 0), kiln_cg_i64(c, l->slot[j].off)};
       sv[j] = LLVMConstNamedStruct(t->slot, f, 3);
     }
-    LLVMValueRef slots = global_const(c, LLVMConstArray(t->slot, sv, (unsigned)l->nslots), "cuda_slots");
-    LLVMValueRef f[] = {i32c(c, l->function), i32c(c, l->info), u3c(c, l->grid), u3c(c, l->block),
-                        i32c(c, l->smem), i32c(c, l->nslots), slots};
+    LLVMValueRef slots = kiln_cg_private_const(c, LLVMConstArray(t->slot, sv, (unsigned)l->nslots), "cuda_slots");
+    LLVMValueRef f[] = {kiln_cg_i32(c, l->function), kiln_cg_i32(c, l->info), u3c(c, l->grid), u3c(c, l->block),
+                        kiln_cg_i32(c, l->smem), kiln_cg_i32(c, l->nslots), slots};
     lv[i] = LLVMConstNamedStruct(t->launch, f, 7);
   }
-  LLVMValueRef launches = global_const(c, LLVMConstArray(t->launch, lv, (unsigned)sp->n), "cuda_launches");
+  LLVMValueRef launches = kiln_cg_private_const(c, LLVMConstArray(t->launch, lv, (unsigned)sp->n), "cuda_launches");
   free(lv);
-  LLVMValueRef f[] = {i32c(c, sp->n), i32c(c, sp->nup), i32c(c, sp->ndown), i32c(c, training),
+  LLVMValueRef f[] = {kiln_cg_i32(c, sp->n), kiln_cg_i32(c, sp->nup), kiln_cg_i32(c, sp->ndown), kiln_cg_i32(c, training),
                       launches, ranges(c, t, sp->up, sp->nup), ranges(c, t, sp->down, sp->ndown),
                       kiln_cg_i64(c, sp->loss_offset)};
   return LLVMConstNamedStruct(t->step, f, 8);
@@ -401,7 +392,7 @@ static LLVMValueRef step_fn(KilnCg *c, const Types *t, LLVMValueRef program, int
   LLVMPositionBuilderAtEnd(c->b, LLVMAppendBasicBlockInContext(c->ctx, fn, "entry"));
   LLVMValueRef callee = LLVMGetNamedFunction(c->mod, "kiln_rt_cuda_step");
   if (!callee) callee = LLVMAddFunction(c->mod, "kiln_rt_cuda_step", t->cuda_fn);
-  LLVMValueRef args[] = {LLVMGetParam(fn, 2), program, i32c(c, which)};
+  LLVMValueRef args[] = {LLVMGetParam(fn, 2), program, kiln_cg_i32(c, which)};
   LLVMBuildCall2(c->b, t->cuda_fn, callee, args, 3, "");
   LLVMBuildRetVoid(c->b);
   return fn;
@@ -417,21 +408,21 @@ static void cuda_steps(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const K
     for (int i = 0; i < s->bin.nbin; i++) {
       const KilnCudaBinary *b = &s->bin.bin[i];
       LLVMValueRef data = LLVMConstStringInContext(c->ctx, (const char *)b->data, (unsigned)b->size, 1);
-      LLVMValueRef dg = global_const(c, data, b->arch > 0 ? "cuda_cubin" : "cuda_ptx");
+      LLVMValueRef dg = kiln_cg_private_const(c, data, b->arch > 0 ? "cuda_cubin" : "cuda_ptx");
       LLVMSetAlignment(dg, 64);
-      LLVMValueRef f[] = {i32c(c, b->arch), i32c(c, 0), dg, kiln_cg_i64(c, (int64_t)b->size)};
+      LLVMValueRef f[] = {kiln_cg_i32(c, b->arch), kiln_cg_i32(c, 0), dg, kiln_cg_i64(c, (int64_t)b->size)};
       iv[i] = LLVMConstNamedStruct(x->t.image, f, 4);
     }
-    x->images = global_const(c, LLVMConstArray(x->t.image, iv, (unsigned)s->bin.nbin), "cuda_images");
+    x->images = kiln_cg_private_const(c, LLVMConstArray(x->t.image, iv, (unsigned)s->bin.nbin), "cuda_images");
     free(iv);
     LLVMValueRef *fv = kiln_xcalloc((size_t)s->nfn + 1, sizeof *fv);
     for (int i = 0; i < s->nfn; i++) {
       char name[32];
       snprintf(name, sizeof name, "kiln_k%d", i);
       LLVMValueRef str = LLVMConstStringInContext(c->ctx, name, (unsigned)strlen(name), 0);
-      fv[i] = global_const(c, str, "cuda_fn_name");
+      fv[i] = kiln_cg_private_const(c, str, "cuda_fn_name");
     }
-    x->functions = global_const(c, LLVMConstArray(c->ptr, fv, (unsigned)s->nfn), "cuda_functions");
+    x->functions = kiln_cg_private_const(c, LLVMConstArray(c->ptr, fv, (unsigned)s->nfn), "cuda_functions");
     free(fv);
   }
   GraphPlan *gp = NULL;
@@ -440,9 +431,9 @@ static void cuda_steps(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const K
   KILN_ASSERT(gp);
   LLVMValueRef steps[3];
   for (int i = 0; i < 3; i++) steps[i] = step_const(c, &x->t, &gp->step[i], i == KILN_ABI_CUDA_TRAIN);
-  LLVMValueRef f[] = {i32c(c, x->s->bin.nbin), i32c(c, x->s->nfn), x->images, x->functions,
+  LLVMValueRef f[] = {kiln_cg_i32(c, x->s->bin.nbin), kiln_cg_i32(c, x->s->nfn), x->images, x->functions,
                       LLVMConstArray(x->t.step, steps, 3)};
-  LLVMValueRef program = global_const(c, LLVMConstNamedStruct(x->t.program, f, 5), "cuda_program");
+  LLVMValueRef program = kiln_cg_private_const(c, LLVMConstNamedStruct(x->t.program, f, 5), "cuda_program");
   *out = (KilnSteps){.program = program};
   out->forward = step_fn(c, &x->t, program, KILN_ABI_CUDA_FORWARD);
   if (gp->step[KILN_ABI_CUDA_EVAL].present) out->eval = step_fn(c, &x->t, program, KILN_ABI_CUDA_EVAL);
