@@ -41,14 +41,30 @@ for m in mlp digits lstm gpt; do
   check "no-host-deps-$m" sh -c "! ldd ./$m | grep -E 'libcuda|nvrtc|cudart|LLVM|yaml|openblas'"
 done
 
-# Compile errors name the kernel and the model node (a template that does not
-# compile is the only way to get one from a valid model, so this reads the code
-# path through an architecture NVRTC refuses instead).
+# Compile errors name their place: a valid model's kernels compile, so a stand-in
+# NVRTC (tests/fake-nvrtc, $FAKE_NVRTC) fails every compile with an error at the
+# first kernel's line, or at a line of templates/reduce.cuh.
+if [ -n "${FAKE_NVRTC:-}" ]; then
+  KILN_NVRTC=$FAKE_NVRTC expect compile-error 1 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o bad
+  has compile-error-kernel "$tmp/stderr" "mlp.cu("
+  has compile-error-node "$tmp/stderr" "(kernel kiln_k0 of sigmoid 'dense_0' at $src/models/mlp.yaml:11:5)"
+  has compile-error-source "$tmp/stderr" '    extern "C" __global__ void __launch_bounds__'
+  FAKE_NVRTC_AT=template KILN_NVRTC=$FAKE_NVRTC expect compile-error-tmpl 1 \
+    "$kiln" build --target=cuda "$src/models/mlp.yaml" -o bad
+  has compile-error-template "$tmp/stderr" "(templates/reduce.cuh:4)"
+  check compile-error-no-output [ ! -e bad ]
+else
+  echo "cuda_build: the compile-error checks need FAKE_NVRTC (run through CTest)"
+  fail=$((fail + 1))
+fi
+KILN_NVRTC=/nonexistent/libnvrtc.so expect no-nvrtc 1 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o bad
+has no-nvrtc-msg "$tmp/stderr" "--target=cuda needs NVRTC from the CUDA toolkit: /nonexistent/libnvrtc.so"
 expect bad-arch 1 "$kiln" build --target=cuda --gpu-arch=sm_8x "$src/models/mlp.yaml" -o bad
 has bad-arch-msg "$tmp/stderr" "'sm_8x' is not an architecture like sm_80"
 expect cuda-only-flag 2 "$kiln" build --gpu-arch=sm_80 "$src/models/mlp.yaml" -o bad
 has cuda-only-flag-msg "$tmp/stderr" "go with --target=cuda"
 expect cuda-mpi 2 "$kiln" build --target=cuda --mpi "$src/models/mlp.yaml" -o bad
+has cuda-mpi-msg "$tmp/stderr" "--mpi is for the CPU target"
 expect emit-cuda 0 "$kiln" build --target=cuda --emit=cuda "$src/models/mlp.yaml" -o only.cu
 same emit-cuda-same only.cu mlp.cu
 

@@ -271,6 +271,7 @@ static void explain_errors(Source *s, const char *src, const char *log, char *er
         // The template file: the nearest "// ---- templates/NAME" marker above.
         const char *c = tmpl, *marker = NULL;
         int at = 1, marker_line = 0;
+        if (strncmp(tmpl, "// ---- templates/", 18) == 0) marker = tmpl + 8, marker_line = 1;
         for (; *c && at < line; c++)
           if (*c == '\n') {
             at++;
