@@ -214,7 +214,8 @@ static void build_usage(FILE *f) {
         "                         measures what the graph passes (fusion) bring\n"
         "  --dim NAME=VALUE       override a dim's default (repeatable)\n"
         "  --mpi                  link MPI in: `mpirun -np N PROGRAM train` trains on N\n"
-        "                         ranks (docs/distributed.md); run alone, it is one\n"
+        "                         ranks (docs/distributed.md; with --target=cuda, one\n"
+        "                         per GPU, over NCCL); run alone, it is one\n"
         "  --print-ir-after=PASS  print the IR after a pass ('all': after each)\n"
         "  -h, --help             show this help\n"
         "\n"
@@ -299,10 +300,6 @@ static int cmd_build(int argc, char **argv) {
   if (!o.cuda && (o.gpu_arch || o.cuda_source || o.kernel_stats || o.emit == KILN_BUILD_CUDA)) {
     fputs("kiln build: --gpu-arch, --cuda-source, --kernel-stats and --emit=cuda go with "
           "--target=cuda\n", stderr);
-    goto out;
-  }
-  if (o.cuda && o.mpi) {
-    fputs("kiln build: --mpi is for the CPU target; GPU programs train on one GPU\n", stderr);
     goto out;
   }
   o.model = argv[optind];

@@ -21,6 +21,14 @@
 //   cuGraphInstantiateWithFlags cuGraphLaunch cuGraphExecDestroy cuGraphDestroy
 //   cuEventCreate cuEventRecord cuEventSynchronize cuEventElapsedTime
 //   cuEventDestroy_v2 cuGetErrorName cuGetErrorString cuMemGetInfo_v2
+//   cuStreamWaitEvent cuStreamQuery
+//
+// Data-parallel training (kiln_cuda_dist): the train step's gradients are averaged
+// by NCCL (nccl.c) on a second stream. At each of the step's KilnCudaSync points
+// the main stream records an event the NCCL stream waits for, so a gradient's sum
+// runs while the backward kernels after it do; before the gradient norm the main
+// stream waits for the NCCL stream. The fork and join are events, so the step is
+// still captured as one CUDA graph, the sums inside it.
 //
 // Environment: KILN_CUDA_DEVICE (ordinal, default 0), KILN_CUDA_GRAPHS=0 (launch
 // kernel by kernel instead of replaying a CUDA graph), KILN_CUDA_SYNC=1 (wait after
@@ -49,6 +57,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 enum {
   CUDA_SUCCESS = 0,
   CUDA_ERROR_NO_DEVICE = 100,
+  CUDA_ERROR_NOT_READY = 600,
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75,
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76,
   CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 0,
@@ -57,6 +66,7 @@ enum {
   CU_STREAM_NON_BLOCKING = 1,
   CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
   CU_EVENT_DEFAULT = 0,
+  CU_EVENT_DISABLE_TIMING = 2,
 };
 
 // The entry points: name and parameters. One list makes the table and its lookup.
@@ -98,7 +108,9 @@ enum {
   X(cuEventDestroy_v2, (CUevent e))                                                          \
   X(cuGetErrorName, (CUresult r, const char **s))                                            \
   X(cuGetErrorString, (CUresult r, const char **s))                                          \
-  X(cuMemGetInfo_v2, (size_t *free, size_t *total))
+  X(cuMemGetInfo_v2, (size_t *free, size_t *total))                                         \
+  X(cuStreamWaitEvent, (CUstream s, CUevent e, unsigned flags))                              \
+  X(cuStreamQuery, (CUstream s))
 
 #define FIELD(name, params) CUresult (*name) params;
 // The driver, loaded once per process (a failed load is tried again next time).
@@ -140,7 +152,14 @@ struct KilnCuda {
   Step step[3];           // KILN_ABI_CUDA_FORWARD, _EVAL, _TRAIN
   int major, minor;
   char device[192];       // "CUDA device 0 (NVIDIA H200, compute capability 9.0)"
+  // Data-parallel training (kiln_cuda_dist):
+  KilnDist *dist;
+  KilnNccl *nccl;
+  CUstream comm;          // where the sums run
+  CUevent *sync_ev;       // [train step's nsyncs]
 };
+
+static int rank_device = -1;  // kiln_cuda_rank_device
 
 static const char *const step_name[3] = {"forward", "eval_step", "train_step"};
 
@@ -404,7 +423,13 @@ static int pick_device(KilnCuda *cu, KilnStatus *st) {
     return kiln_rt_fail(st, NEEDS ": no CUDA device found (cuDeviceGetCount: 0 devices)");
   const char *env = getenv("KILN_CUDA_DEVICE");
   int ordinal = 0;
-  if (env && *env) {
+  if (rank_device >= 0 && !(env && *env)) {
+    if (rank_device >= count)
+      return kiln_rt_fail(st, "this rank is process %d on its machine, which has %d CUDA device%s: "
+                          "start one rank per GPU (each rank trains on a GPU of its own)",
+                          rank_device + 1, count, count == 1 ? "" : "s");
+    ordinal = rank_device;
+  } else if (env && *env) {
     char *end;
     long v = strtol(env, &end, 10);
     if (*end || v < 0 || v >= count)
@@ -501,6 +526,11 @@ void kiln_cuda_close(KilnCtx *c) {
     drv.cuCtxSetCurrent(cu->ctx);
     if (cu->stream) drv.cuStreamSynchronize(cu->stream);
   }
+  if (cu->nccl) kiln_nccl_close(cu->nccl, c->fault.code != 0);
+  for (int i = 0; cu->sync_ev && i < cu->prog->steps[KILN_ABI_CUDA_TRAIN].nsyncs; i++)
+    if (cu->sync_ev[i]) drv.cuEventDestroy_v2(cu->sync_ev[i]);
+  free(cu->sync_ev);
+  if (cu->comm) drv.cuStreamDestroy_v2(cu->comm);
   for (int k = 0; k < 3; k++) {
     Step *x = &cu->step[k];
     if (x->exec) drv.cuGraphExecDestroy(x->exec);
@@ -579,8 +609,31 @@ static int launch(KilnCtx *c, int k, int i, bool timed, KilnStatus *st) {
   return 0;
 }
 
+// Sync point j of the train step: gradient y->grad's average starts on the NCCL
+// stream once the main stream gets here; grad -1: the main stream waits for all.
+static int sync_point(KilnCtx *c, int j, KilnStatus *st) {
+  KilnCuda *cu = c->cuda;
+  const KilnCudaSync *y = &cu->prog->steps[KILN_ABI_CUDA_TRAIN].syncs[j];
+  CUevent e = cu->sync_ev[j];
+  if (y->grad < 0) {
+    CALL(st, cuEventRecord, (e, cu->comm), "joining the gradient sums on %s", cu->device);
+    CALL(st, cuStreamWaitEvent, (cu->stream, e, 0), "joining the gradient sums on %s", cu->device);
+    return 0;
+  }
+  if (cu->dist->first[y->grad] != y->grad) return 0;  // its bytes are another gradient's
+  const KilnGradDesc *g = &c->d->grads[y->grad];
+  CALL(st, cuEventRecord, (e, cu->stream), "handing a gradient to NCCL on %s", cu->device);
+  CALL(st, cuStreamWaitEvent, (cu->comm, e, 0), "handing a gradient to NCCL on %s", cu->device);
+  return kiln_nccl_avg(cu->nccl, cu->a + (CUdeviceptr)g->offset, g->numel, cu->comm, st);
+}
+
 static int launch_all(KilnCtx *c, int k, bool timed, KilnStatus *st) {
-  for (int i = 0; i < c->cuda->prog->steps[k].nlaunches; i++) KILN_TRY(launch(c, k, i, timed, st));
+  const KilnCudaStep *s = &c->cuda->prog->steps[k];
+  int nsync = k == KILN_ABI_CUDA_TRAIN && c->cuda->nccl ? s->nsyncs : 0, j = 0;
+  for (int i = 0; i <= s->nlaunches; i++) {
+    for (; j < nsync && s->syncs[j].after == i; j++) KILN_TRY(sync_point(c, j, st));
+    if (i < s->nlaunches) KILN_TRY(launch(c, k, i, timed, st));
+  }
   return 0;
 }
 
@@ -632,6 +685,31 @@ static int report_times(KilnCtx *c, int k, int64_t t_end, KilnStatus *st) {
   return 0;
 }
 
+// The end of a train step whose sums wait for the other ranks: a rank that died or
+// hangs would leave NCCL's kernels waiting forever, so this polls, with the ranks'
+// deadline (--comm-timeout) and the communicator's own errors.
+static int wait_ranks(KilnCtx *c, KilnStatus *st) {
+  KilnCuda *cu = c->cuda;
+  double end = kiln_now() + cu->dist->timeout;
+  for (unsigned spin = 0;; spin++) {
+    CUresult r = drv.cuStreamQuery(cu->stream);
+    if (r == CUDA_SUCCESS) return kiln_nccl_check(cu->nccl, st);
+    if (r != CUDA_ERROR_NOT_READY)
+      return cu_fail(st, r, "cuStreamQuery", "model '%s': running its train_step on %s (an error "
+                     "of a kernel shows here; KILN_CUDA_SYNC=1 names the kernel)", c->d->name,
+                     cu->device);
+    KILN_TRY(kiln_nccl_check(cu->nccl, st));
+    if (kiln_now() > end)
+      return kiln_rt_fail(st, "the gradient sums on %s: no answer from the other ranks for %.0f s "
+                          "(one has died or hangs; --comm-timeout sets the limit)", cu->device,
+                          cu->dist->timeout);
+    if (spin > 100) {
+      struct timespec ts = {0, 50000};
+      nanosleep(&ts, NULL);
+    }
+  }
+}
+
 static int run(KilnCtx *c, const KilnCudaProgram *prog, int k, KilnStatus *st) {
   KilnCuda *cu = c->cuda;
   const KilnModelDesc *d = c->d;
@@ -673,8 +751,10 @@ static int run(KilnCtx *c, const KilnCudaProgram *prog, int k, KilnStatus *st) {
   if (s->loss_offset >= 0 && c->header)
     CALL(st, cuMemcpyDtoHAsync_v2, (&h->loss, cu->a + (CUdeviceptr)s->loss_offset, 4, cu->stream),
          "copying the loss from %s", cu->device);
-  CALL(st, cuStreamSynchronize, (cu->stream), "model '%s': running its %s on %s (an error of a "
-       "kernel shows here; KILN_CUDA_SYNC=1 names the kernel)", d->name, step_name[k], cu->device);
+  if (cu->nccl && k == KILN_ABI_CUDA_TRAIN) KILN_TRY(wait_ranks(c, st));
+  else
+    CALL(st, cuStreamSynchronize, (cu->stream), "model '%s': running its %s on %s (an error of a "
+         "kernel shows here; KILN_CUDA_SYNC=1 names the kernel)", d->name, step_name[k], cu->device);
   if (k == KILN_ABI_CUDA_TRAIN) cu->wo->down_w = true;
   if (timed) KILN_TRY(report_times(c, k, now_ns(), st));
   x->ran = true;
@@ -696,4 +776,25 @@ void kiln_rt_cuda_step(void *rt, const KilnCudaProgram *program, int32_t step) {
   }
   if (c->fault.code) return;
   run(c, program, step, &c->fault);
+}
+
+//
+// Data-parallel training.
+//
+void kiln_cuda_rank_device(int local_rank) { rank_device = local_rank; }
+
+int kiln_cuda_dist(KilnCtx *c, KilnDist *d, KilnStatus *st) {
+  KilnCuda *cu = c->cuda;
+  const KilnCudaStep *s = &cu->prog->steps[KILN_ABI_CUDA_TRAIN];
+  if (!s->nlaunches || !s->nsyncs || s->syncs[s->nsyncs - 1].grad != -1)
+    return kiln_rt_fail(st, "model '%s' has no train step that hands its gradients to the ranks; "
+                        "rebuild it with this kiln", c->d->name);
+  cu->dist = d;
+  CALL(st, cuCtxSetCurrent, (cu->ctx), "%s", cu->device);
+  CALL(st, cuStreamCreate, (&cu->comm, CU_STREAM_NON_BLOCKING), "%s", cu->device);
+  if (!(cu->sync_ev = calloc((size_t)s->nsyncs, sizeof *cu->sync_ev)))
+    return kiln_rt_fail(st, "out of memory");
+  for (int j = 0; j < s->nsyncs; j++)
+    CALL(st, cuEventCreate, (&cu->sync_ev[j], CU_EVENT_DISABLE_TIMING), "%s", cu->device);
+  return kiln_nccl_open(d, cu->device, &cu->nccl, st);
 }

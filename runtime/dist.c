@@ -1,5 +1,6 @@
 // Data-parallel training: what moves between the ranks, and when. The bytes move
-// through a KilnCommOps (mpi.c); this file decides which:
+// through a KilnCommOps (mpi.c), and on GPUs the gradients through NCCL (cuda.c,
+// nccl.c); this file decides which:
 //   - each gradient is summed over the ranks as soon as the backward pass has
 //     finished it (kiln_rt_grad_ready), so the sums overlap the kernels after it,
 //     and averaged once all are in (kiln_rt_grads_done);
@@ -43,8 +44,8 @@ int kiln_dist_init(const KilnCommOps *ops, KilnDist **out, KilnStatus *st) {
                           "`kiln build --mpi`", n);
     return 0;
   }
-  int rank = 0, size = 1, local = 1;
-  KILN_TRY(ops->init(&rank, &size, &local, st));
+  int rank = 0, size = 1, local = 1, local_rank = 0;
+  KILN_TRY(ops->init(&rank, &size, &local, &local_rank, st));
   if (size <= 1) {
     ops->finalize();
     return 0;
@@ -52,7 +53,8 @@ int kiln_dist_init(const KilnCommOps *ops, KilnDist **out, KilnStatus *st) {
   KilnDist *d = calloc(1, sizeof *d);
   if (!d) return kiln_rt_fail(st, "out of memory");
   *d = (KilnDist){.ops = ops, .rank = rank, .size = size, .local = local > 0 ? local : 1,
-                  .timeout = 300};
+                  .local_rank = local_rank, .timeout = 300};
+  kiln_cuda_rank_device(local_rank);  // one GPU per rank, if the program is for GPUs
   *out = d;
   return 0;
 }
@@ -111,11 +113,11 @@ static int plan_shards(KilnDist *d, KilnStatus *st) {
 
 int kiln_dist_attach(KilnDist *d, KilnCtx *c, KilnStatus *st) {
   const KilnModelDesc *m = c->d;
-  // The GPU's train step neither hands its gradients to the ranks nor lets the
-  // update be sharded: every rank would train alone.
-  if (c->cuda)
-    return kiln_rt_fail(st, "model '%s' is built for CUDA: data-parallel training (%d ranks) is "
-                        "not supported on the GPU yet; run it as one process", m->name, d->size);
+  // On GPUs the optimizer state lives in the device's weights block, whose layout
+  // every rank shares: a shard would save no device memory.
+  if (c->cuda && d->shard)
+    return kiln_rt_fail(st, "--shard-optimizer is for CPU programs: model '%s' is built for CUDA, "
+                        "whose optimizer state stays whole on every GPU", m->name);
   d->c = c;
   c->dist = d;
   if (!(d->first = malloc((size_t)(m->ngrads ? m->ngrads : 1) * sizeof *d->first)))
@@ -129,6 +131,7 @@ int kiln_dist_attach(KilnDist *d, KilnCtx *c, KilnStatus *st) {
         break;
       }
   }
+  if (c->cuda) return kiln_cuda_dist(c, d, st);
   if (!d->shard) return 0;
   KILN_TRY(plan_shards(d, st));
   kiln_dist_drop_state(d);

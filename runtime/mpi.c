@@ -30,8 +30,8 @@ static int mpi_fail(KilnStatus *st, const char *call, int rc) {
   return kiln_rt_fail(st, "%s failed: %s (another rank has probably stopped)", call, msg);
 }
 
-static int mpi_init(int *rank, int *size, int *local, KilnStatus *st) {
-  *rank = 0, *size = 1, *local = 1;
+static int mpi_init(int *rank, int *size, int *local, int *local_rank, KilnStatus *st) {
+  *rank = 0, *size = 1, *local = 1, *local_rank = 0;
   if (!kiln_dist_launched()) return 0;
   int rc = MPI_Init(NULL, NULL);
   if (rc != MPI_SUCCESS) return mpi_fail(st, "MPI_Init", rc);
@@ -43,6 +43,7 @@ static int mpi_init(int *rank, int *size, int *local, KilnStatus *st) {
   if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
       MPI_SUCCESS) {
     MPI_Comm_size(node, local);
+    MPI_Comm_rank(node, local_rank);
     MPI_Comm_free(&node);
   }
   return 0;
@@ -104,6 +105,13 @@ static int mpi_reduce_f64(double *v, int n, bool max, double timeout, KilnStatus
   return wait_all(timeout, "MPI_Iallreduce", st);
 }
 
+static int mpi_bcast(void *buf, int bytes, double timeout, KilnStatus *st) {
+  int rc = MPI_Ibcast(buf, bytes, MPI_BYTE, 0, MPI_COMM_WORLD, &reqs[nreqs]);
+  if (rc != MPI_SUCCESS) return mpi_fail(st, "MPI_Ibcast", rc);
+  nreqs++;
+  return wait_all(timeout, "MPI_Ibcast", st);
+}
+
 static int mpi_gather(float *base, const int64_t *count, const int64_t *displ, bool all,
                       double timeout, KilnStatus *st) {
   int size, rank;
@@ -146,6 +154,7 @@ static const KilnCommOps ops = {
     .poll = mpi_poll,
     .wait = mpi_wait,
     .reduce_f64 = mpi_reduce_f64,
+    .bcast = mpi_bcast,
     .gather_f32 = mpi_gather,
 };
 

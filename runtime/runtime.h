@@ -231,6 +231,27 @@ const char *kiln_cuda_device(const KilnCtx *c);  // "CUDA device 0 (NAME, comput
 // index, or -1 with the reason (what the program holds, what the GPU is) in err.
 int kiln_cuda_pick_image(const KilnCudaImage *images, int n, int major, int minor, char *err,
                          size_t errlen);
+// Data-parallel training: the device each rank opens is its place among the ranks
+// on its machine (unless KILN_CUDA_DEVICE says), set before any context opens.
+void kiln_cuda_rank_device(int local_rank);
+// Ties c's train step to the ranks of d: its gradients are averaged by NCCL on a
+// stream of their own as the backward pass finishes each one (the step's
+// KilnCudaSync points).
+int kiln_cuda_dist(KilnCtx *c, struct KilnDist *d, KilnStatus *st);
+
+//
+// nccl.c: NCCL, loaded with dlopen when a CUDA program trains on several ranks.
+//
+typedef struct KilnNccl KilnNccl;
+// The communicator of d's ranks on device (for messages), bootstrapped over d's
+// ops; the device's context must be current.
+int kiln_nccl_open(struct KilnDist *d, const char *device, KilnNccl **out, KilnStatus *st);
+// Enqueues on stream the in-place average over the ranks of count floats at buf.
+int kiln_nccl_avg(KilnNccl *n, uint64_t buf, int64_t count, void *stream, KilnStatus *st);
+// An error the communicator met since (a peer gone, a network failure).
+int kiln_nccl_check(KilnNccl *n, KilnStatus *st);
+// abort: without waiting for the peers (after an error).
+void kiln_nccl_close(KilnNccl *n, bool abort);
 
 //
 // dist.c: data-parallel training. Every rank runs the same program on its share
@@ -243,8 +264,9 @@ int kiln_cuda_pick_image(const KilnCudaImage *images, int n, int major, int mino
 typedef struct {
   const char *name;   // "MPI"
   // Joins the job when the process was started by an MPI launcher (*size 1 and
-  // nothing joined otherwise). local: ranks on this machine.
-  int (*init)(int *rank, int *size, int *local, KilnStatus *st);
+  // nothing joined otherwise). local: ranks on this machine; local_rank: this
+  // one's place among them.
+  int (*init)(int *rank, int *size, int *local, int *local_rank, KilnStatus *st);
   void (*finalize)(void);
   void (*abort)(int code) __attribute__((noreturn));
   // Starts an in-place sum over the ranks of n floats.
@@ -253,6 +275,8 @@ typedef struct {
   int (*wait)(double timeout, KilnStatus *st);  // every started sum
   // Blocking, in place: the sum (max: the maximum) of n doubles over the ranks.
   int (*reduce_f64)(double *v, int n, bool max, double timeout, KilnStatus *st);
+  // Blocking: rank 0's bytes to every rank.
+  int (*bcast)(void *buf, int bytes, double timeout, KilnStatus *st);
   // In place: rank r's run of floats [displ[r], displ[r] + count[r]) of base to
   // every rank (all) or to rank 0.
   int (*gather_f32)(float *base, const int64_t *count, const int64_t *displ, bool all,
@@ -265,7 +289,7 @@ const KilnCommOps *kiln_comm_mpi(void);
 
 typedef struct KilnDist {
   const KilnCommOps *ops;
-  int rank, size, local;
+  int rank, size, local, local_rank;
   double timeout;           // seconds a collective may wait
   bool shard;               // each rank updates (and keeps the state of) its own parameters
   // Attached to a context (kiln_dist_attach):

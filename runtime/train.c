@@ -472,7 +472,9 @@ static int summary(Run *r, KilnStatus *st) {
           (double)(steps * r->gbatch) / fmax(secs, 1e-9), mean,
           r->epoch_n ? "partial epoch" : "epoch");
   if (r->has_ev) report_eval(r, f, "; ");
-  if (r->dist)
+  if (r->dist && r->c->cuda)
+    fprintf(f, "; %d ranks, gradients averaged by NCCL", r->size);
+  else if (r->dist)
     fprintf(f, "; %d ranks, rank 0 waited %.2f s for gradient sums", r->size, r->dist->comm_s);
   if (r->save) fprintf(f, "; saved %s", r->save);
   else fprintf(f, "; not saved (no --save)");

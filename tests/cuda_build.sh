@@ -63,8 +63,6 @@ expect bad-arch 1 "$kiln" build --target=cuda --gpu-arch=sm_8x "$src/models/mlp.
 has bad-arch-msg "$tmp/stderr" "'sm_8x' is not an architecture like sm_80"
 expect cuda-only-flag 2 "$kiln" build --gpu-arch=sm_80 "$src/models/mlp.yaml" -o bad
 has cuda-only-flag-msg "$tmp/stderr" "go with --target=cuda"
-expect cuda-mpi 2 "$kiln" build --target=cuda --mpi "$src/models/mlp.yaml" -o bad
-has cuda-mpi-msg "$tmp/stderr" "--mpi is for the CPU target"
 expect emit-cuda 0 "$kiln" build --target=cuda --emit=cuda "$src/models/mlp.yaml" -o only.cu
 same emit-cuda-same only.cu mlp.cu
 

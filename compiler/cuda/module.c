@@ -26,6 +26,8 @@ typedef struct {
   int nup, ndown;
   int64_t loss_offset;
   bool present;
+  KilnCudaSync *sync;     // the train step's (KilnCudaSync), ordered by after
+  int nsync;
 } StepPlan;
 
 typedef struct {
@@ -141,9 +143,10 @@ static void add_range(KilnCudaRange **r, int *n, int64_t off, int64_t bytes) {
 }
 
 // The launches of one step over the nodes in live[], and what it copies: the
-// header and the inputs it reads before, the header and the outputs after.
+// header and the inputs it reads before, the header and the outputs after. With
+// end, end[i] is the number of launches once node i's have been added.
 static int plan_step(Source *s, GraphPlan *gp, const KilnGraph *g, const KilnPlan *p,
-                     const bool *live, const int32_t *info, StepPlan *sp) {
+                     const bool *live, const int32_t *info, StepPlan *sp, int32_t *end) {
   sp->present = true;
   sp->loss_offset = -1;
   add_range(&sp->up, &sp->nup, 0, KILN_ABI_HEADER_BYTES);
@@ -163,14 +166,31 @@ static int plan_step(Source *s, GraphPlan *gp, const KilnGraph *g, const KilnPla
   if (rc < 0) return -1;
   if (rc > 0) add_launch(sp, &l), gp->nkernels++;
   for (int i = 0; i < g->nnodes; i++) {
-    if (!live[i] || !has_kernel(g, p, i)) continue;
-    for (int ph = 0; ph < kiln_cuda_kernel_phases(&g->nodes[i]); ph++) {
+    for (int ph = 0; live[i] && has_kernel(g, p, i) && ph < kiln_cuda_kernel_phases(&g->nodes[i]); ph++) {
       EmitReq r = {.kind = EMIT_NODE, .id = i, .phase = ph};
       if (make_kernel(s, g, p, &r, info[i], &l) < 0) return -1;
       add_launch(sp, &l), gp->nkernels++;
     }
+    if (end) end[i] = sp->n;
   }
   return 0;
+}
+
+// Where the ranks sum the gradients (KilnCudaSync): each one after the launches of
+// the node that last touches its buffer (kiln_cpu_find_grads, as the CPU reports
+// them), and all of them before the gradient norm, whose launch comes next.
+static void plan_syncs(const KilnGraph *g, const KilnPlan *p, const int32_t *end, StepPlan *tr) {
+  KilnGrads gr;
+  kiln_cpu_find_grads(g, p, &gr);
+  tr->sync = kiln_xcalloc((size_t)gr.n + 1, sizeof *tr->sync);
+  for (int k = 0; k < gr.n; k++) {
+    int32_t after = gr.ready[k] >= 0 ? end[gr.ready[k]] : 0;
+    int j = tr->nsync++;  // insertion keeps equal points in grads order
+    for (; j > 0 && tr->sync[j - 1].after > after; j--) tr->sync[j] = tr->sync[j - 1];
+    tr->sync[j] = (KilnCudaSync){after, k};
+  }
+  tr->sync[tr->nsync++] = (KilnCudaSync){tr->n, -1};
+  kiln_cpu_grads_free(&gr);
 }
 
 static int plan_graph(Source *s, GraphPlan *gp, const KilnGraph *g, const KilnPlan *p,
@@ -185,15 +205,18 @@ static int plan_graph(Source *s, GraphPlan *gp, const KilnGraph *g, const KilnPl
   int64_t nconst = 0;
   for (int i = 0; i < n; i++) nconst += p->live[i] && g->nodes[i].op == KILN_OP_CONST;
   gp->info[gp->ninfo++] = (KilnKernelCost){"constants", "const", "", 0, 4 * nconst};
-  int rc = plan_step(s, gp, g, p, p->live_fwd, info, &gp->step[KILN_ABI_CUDA_FORWARD]);
+  int rc = plan_step(s, gp, g, p, p->live_fwd, info, &gp->step[KILN_ABI_CUDA_FORWARD], NULL);
   if (rc == 0 && g->loss >= 0) {
     StepPlan *ev = &gp->step[KILN_ABI_CUDA_EVAL];
-    rc = plan_step(s, gp, g, p, p->live_eval, info, ev);
+    rc = plan_step(s, gp, g, p, p->live_eval, info, ev, NULL);
     ev->loss_offset = p->offset[g->loss];
   }
   if (rc == 0 && g->grads && train) {
     StepPlan *tr = &gp->step[KILN_ABI_CUDA_TRAIN];
-    rc = plan_step(s, gp, g, p, p->live, info, tr);
+    int32_t *end = kiln_xcalloc((size_t)n, sizeof *end);
+    rc = plan_step(s, gp, g, p, p->live, info, tr, end);
+    if (rc == 0) plan_syncs(g, p, end, tr);
+    free(end);
     tr->loss_offset = p->offset[g->loss];
     int64_t total = 0;
     for (int i = 0; i < g->nforward; i++)
@@ -310,7 +333,7 @@ static void explain_errors(Source *s, const char *src, const char *log, char *er
 // The host side: the program constants and the step functions.
 //
 typedef struct {
-  LLVMTypeRef slot, launch, range, step, image, program, step_fn, cuda_fn;
+  LLVMTypeRef slot, launch, range, sync, step, image, program, step_fn, cuda_fn;
 } Types;
 
 static void make_types(KilnCg *c, Types *t) {
@@ -321,8 +344,10 @@ static void make_types(KilnCg *c, Types *t) {
   t->launch = LLVMStructTypeInContext(c->ctx, launch, 7, 0);
   LLVMTypeRef range[] = {c->i64, c->i64};
   t->range = LLVMStructTypeInContext(c->ctx, range, 2, 0);
-  LLVMTypeRef step[] = {c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64};
-  t->step = LLVMStructTypeInContext(c->ctx, step, 8, 0);
+  LLVMTypeRef sync[] = {c->i32, c->i32};
+  t->sync = LLVMStructTypeInContext(c->ctx, sync, 2, 0);
+  LLVMTypeRef step[] = {c->i32, c->i32, c->i32, c->i32, c->ptr, c->ptr, c->ptr, c->i64, c->i32, c->i32, c->ptr};
+  t->step = LLVMStructTypeInContext(c->ctx, step, 11, 0);
   LLVMTypeRef image[] = {c->i32, c->i32, c->ptr, c->i64};
   t->image = LLVMStructTypeInContext(c->ctx, image, 4, 0);
   LLVMTypeRef program[] = {c->i32, c->i32, c->ptr, c->ptr, LLVMArrayType(t->step, 3)};
@@ -353,8 +378,9 @@ static LLVMValueRef ranges(KilnCg *c, const Types *t, const KilnCudaRange *r, in
 static LLVMValueRef step_const(KilnCg *c, const Types *t, const StepPlan *sp, int training) {
   if (!sp->present) {
     LLVMValueRef f[] = {kiln_cg_i32(c, 0), kiln_cg_i32(c, 0), kiln_cg_i32(c, 0), kiln_cg_i32(c, training), LLVMConstNull(c->ptr),
-                        LLVMConstNull(c->ptr), LLVMConstNull(c->ptr), kiln_cg_i64(c, -1)};
-    return LLVMConstNamedStruct(t->step, f, 8);
+                        LLVMConstNull(c->ptr), LLVMConstNull(c->ptr), kiln_cg_i64(c, -1), kiln_cg_i32(c, 0),
+                        kiln_cg_i32(c, 0), LLVMConstNull(c->ptr)};
+    return LLVMConstNamedStruct(t->step, f, 11);
   }
   LLVMValueRef *lv = kiln_xcalloc((size_t)sp->n + 1, sizeof *lv);
   for (int i = 0; i < sp->n; i++) {
@@ -373,10 +399,20 @@ static LLVMValueRef step_const(KilnCg *c, const Types *t, const StepPlan *sp, in
   }
   LLVMValueRef launches = kiln_cg_private_const(c, LLVMConstArray(t->launch, lv, (unsigned)sp->n), "cuda_launches");
   free(lv);
+  LLVMValueRef syncs = LLVMConstNull(c->ptr);
+  if (sp->nsync) {
+    LLVMValueRef *yv = kiln_xcalloc((size_t)sp->nsync, sizeof *yv);
+    for (int i = 0; i < sp->nsync; i++) {
+      LLVMValueRef y[] = {kiln_cg_i32(c, sp->sync[i].after), kiln_cg_i32(c, sp->sync[i].grad)};
+      yv[i] = LLVMConstNamedStruct(t->sync, y, 2);
+    }
+    syncs = kiln_cg_private_const(c, LLVMConstArray(t->sync, yv, (unsigned)sp->nsync), "cuda_syncs");
+    free(yv);
+  }
   LLVMValueRef f[] = {kiln_cg_i32(c, sp->n), kiln_cg_i32(c, sp->nup), kiln_cg_i32(c, sp->ndown), kiln_cg_i32(c, training),
                       launches, ranges(c, t, sp->up, sp->nup), ranges(c, t, sp->down, sp->ndown),
-                      kiln_cg_i64(c, sp->loss_offset)};
-  return LLVMConstNamedStruct(t->step, f, 8);
+                      kiln_cg_i64(c, sp->loss_offset), kiln_cg_i32(c, sp->nsync), kiln_cg_i32(c, 0), syncs};
+  return LLVMConstNamedStruct(t->step, f, 11);
 }
 
 typedef struct {
@@ -459,6 +495,7 @@ static void source_free(Source *s) {
       free(s->gp[i].step[j].l);
       free(s->gp[i].step[j].up);
       free(s->gp[i].step[j].down);
+      free(s->gp[i].step[j].sync);
     }
   }
   kiln_cuda_compiled_free(&s->bin);

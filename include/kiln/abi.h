@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 5
+#define KILN_ABI_VERSION 6
 #define KILN_ABI_MAX_RANK 6
 
 enum { KILN_ABI_F32 = 0, KILN_ABI_I32 = 1 };
@@ -217,6 +217,16 @@ typedef struct {
   int64_t offset, bytes;  // of the arena
 } KilnCudaRange;
 
+// Data-parallel training on GPUs: where the train step hands its gradients to the
+// ranks (the device side of kiln_rt_grad_ready and kiln_rt_grads_done). A point
+// sits before launches[after]; grad k's buffer is final there (an index into the
+// descriptor's grads), or grad is -1: every gradient must be summed before the
+// launches from here on (the gradient norm, then the update).
+typedef struct {
+  int32_t after;
+  int32_t grad;
+} KilnCudaSync;
+
 typedef struct {
   int32_t nlaunches, nup, ndown, training;
   const KilnCudaLaunch *launches;
@@ -224,6 +234,8 @@ typedef struct {
   const KilnCudaRange *down;  // the host reads these after it: header, outputs
   int64_t loss_offset;        // the step's f32 loss in the arena (copied into the
                               // host's header.loss), or -1
+  int32_t nsyncs, pad_;       // the train step's KilnCudaSync points, in order of after
+  const KilnCudaSync *syncs;
 } KilnCudaStep;
 
 typedef struct {

@@ -12,14 +12,21 @@
 //   CUDA thread is a coroutine, so __syncthreads and warp shuffles can suspend a
 //   thread until the others arrive; a barrier that can never complete (some
 //   threads returned or wait elsewhere) aborts with the kernel's name;
-// - stream capture records the launches into a graph that cuGraphLaunch replays;
+// - stream capture records the launches into a graph that cuGraphLaunch replays.
+//   A stream that waits on an event recorded in a capture joins it (a fork), and
+//   must be joined back (the capturing stream waits on an event recorded after its
+//   last work) before the capture ends, else CUDA_ERROR_STREAM_CAPTURE_UNJOINED, as
+//   on a GPU. Nodes replay in the order they were captured, one valid order of
+//   the graph's dependencies;
+// - cuLaunchHostFunc runs (or captures) a host function in stream order; it may not
+//   call the driver (CUDA_ERROR_NOT_PERMITTED), as on a GPU;
 // - events read the host's monotonic clock.
 //
 // Environment: KILN_CUDA_EMU_CC (compute capability, "90"), KILN_CUDA_EMU_DEVICES
-// (0: no device), KILN_CUDA_EMU_MEM_MIB (device memory), KILN_CUDA_EMU_DRIVER_VERSION
-// ("13000"), KILN_CUDA_EMU_STACK_KIB (per CUDA thread, 64), KILN_CUDA_EMU_POISON=0
-// (zeroed allocations), KILN_CUDA_EMU_VERBOSE=1 (the images loaded, on stderr),
-// KILN_CUDA_EMU_ORDER=reverse (blocks, and threads within a block, start last
+// (1; 0: no device; up to 8, sharing the host's memory), KILN_CUDA_EMU_MEM_MIB
+// (device memory), KILN_CUDA_EMU_DRIVER_VERSION ("13000"), KILN_CUDA_EMU_STACK_KIB
+// (per CUDA thread, 64), KILN_CUDA_EMU_POISON=0 (zeroed allocations),
+// KILN_CUDA_EMU_VERBOSE=1 (the images loaded, on stderr), KILN_CUDA_EMU_ORDER=reverse (blocks, and threads within a block, start last
 // first: a kernel that passes both ways does not lean on the order a GPU does not
 // promise).
 #define _GNU_SOURCE
@@ -78,6 +85,10 @@ static const struct {
   E(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "operation failed due to a previous error during capture"),
   E(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, "operation would make the legacy stream depend on a capturing blocking stream"),
   E(CUDA_ERROR_CAPTURED_EVENT, "operation not permitted on an event last recorded in a capturing stream"),
+  E(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED, "the capture was not initiated in this stream"),
+  E(CUDA_ERROR_STREAM_CAPTURE_UNJOINED, "the capture sequence contains a fork that was not joined to the primary stream"),
+  E(CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "a dependency would have been created which crosses the capture sequence boundary"),
+  E(CUDA_ERROR_NOT_PERMITTED, "operation not permitted"),
   E(CUDA_ERROR_UNKNOWN, "unknown error"),
 #undef E
 };
@@ -115,6 +126,7 @@ enum { MAGIC_MODULE = 0x6d6f64, MAGIC_FUNC, MAGIC_STREAM, MAGIC_EVENT, MAGIC_GRA
 
 struct CUctx_st {
   int refs;
+  CUdevice dev;
 };
 
 struct CUmod_st {
@@ -139,7 +151,7 @@ struct CUfunc_st {
   struct CUfunc_st *next;  // the module's list
 };
 
-enum { NODE_LAUNCH, NODE_HTOD, NODE_DTOH, NODE_MEMSET };
+enum { NODE_LAUNCH, NODE_HTOD, NODE_DTOH, NODE_MEMSET, NODE_HOST };
 typedef struct {
   int kind;
   struct CUfunc_st *f;
@@ -149,12 +161,17 @@ typedef struct {
   const void *src;
   size_t bytes;
   unsigned char byte;
+  CUhostFn host;          // NODE_HOST
+  void *data;
 } Node;
 
+#define MAX_JOINED 8
 struct CUgraph_st {
   int magic;
   Node *nodes;
   int n, cap;
+  struct CUstream_st *joined[MAX_JOINED];  // while capturing: the streams forked into it
+  int njoined;
 };
 
 struct CUgraphExec_st {
@@ -167,8 +184,11 @@ struct CUstream_st {
   int magic;
   unsigned flags;
   CUstreamCaptureMode mode;
-  struct CUgraph_st *capture;  // while capturing
-  int invalidated;             // an operation broke the capture
+  struct CUgraph_st *capture;  // while capturing (its origin's graph, for a fork)
+  struct CUstream_st *origin;  // a fork: the stream that began the capture
+  int invalidated;             // origin: an operation broke the capture
+  int pending;                 // a fork: work not yet joined back to the origin
+  unsigned long seq;           // work submitted so far
 };
 
 struct CUevent_st {
@@ -176,6 +196,8 @@ struct CUevent_st {
   unsigned flags;
   int recorded, captured;
   struct timespec t;
+  struct CUstream_st *src;     // captured: where, and after how much of its work
+  unsigned long src_seq;
 };
 
 //
@@ -184,7 +206,8 @@ struct CUevent_st {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized, ndevices, cc, driver_version, verbose, poison = 1, reverse;
 static size_t total_mem, used_mem, stack_bytes = 64 << 10;
-static struct CUctx_st primary;
+#define MAX_DEVICES 8
+static struct CUctx_st primary[MAX_DEVICES];  // the devices share the host's memory
 static __thread CUcontext current;
 static int nstrict;            // streams capturing, not in relaxed mode
 static int nblocking;          // streams capturing, blocking (not CU_STREAM_NON_BLOCKING)
@@ -196,12 +219,15 @@ typedef struct {
 static Alloc *allocs;
 static int nallocs, capallocs;
 
-#define LOCKED(body)                    \
-  do {                                  \
-    pthread_mutex_lock(&lock);          \
-    CUresult r_ = (body);               \
-    pthread_mutex_unlock(&lock);        \
-    return r_;                          \
+static __thread int in_host_fn;  // a cuLaunchHostFunc function is running
+
+#define LOCKED(body)                                     \
+  do {                                                   \
+    if (in_host_fn) return CUDA_ERROR_NOT_PERMITTED;     \
+    pthread_mutex_lock(&lock);                           \
+    CUresult r_ = (body);                                \
+    pthread_mutex_unlock(&lock);                         \
+    return r_;                                           \
   } while (0)
 
 static long env_long(const char *name, long dflt, long lo, long hi) {
@@ -216,7 +242,8 @@ static long env_long(const char *name, long dflt, long lo, long hi) {
 static CUresult init(unsigned flags) {
   if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
   cc = (int)env_long("KILN_CUDA_EMU_CC", 90, 30, 199);
-  ndevices = (int)env_long("KILN_CUDA_EMU_DEVICES", 1, 0, 1);
+  ndevices = (int)env_long("KILN_CUDA_EMU_DEVICES", 1, 0, MAX_DEVICES);
+  for (int i = 0; i < MAX_DEVICES; i++) primary[i].dev = i;
   driver_version = (int)env_long("KILN_CUDA_EMU_DRIVER_VERSION", CUDA_VERSION, 1000, 99000);
   verbose = (int)env_long("KILN_CUDA_EMU_VERBOSE", 0, 0, 2);
   poison = (int)env_long("KILN_CUDA_EMU_POISON", 1, 0, 1);
@@ -259,7 +286,7 @@ CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
 
 CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-  if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
+  if (dev < 0 || dev >= ndevices) return CUDA_ERROR_INVALID_DEVICE;
   if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
   snprintf(name, (size_t)len, "Kiln CUDA emulator");
   return CUDA_SUCCESS;
@@ -306,7 +333,7 @@ static int attribute(CUdevice_attribute a) {
 
 CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-  if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
+  if (dev < 0 || dev >= ndevices) return CUDA_ERROR_INVALID_DEVICE;
   if (!pi || (int)attrib <= 0 || attrib >= CU_DEVICE_ATTRIBUTE_MAX) return CUDA_ERROR_INVALID_VALUE;
   *pi = attribute(attrib);
   return CUDA_SUCCESS;
@@ -314,10 +341,10 @@ CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevi
 
 static CUresult retain(CUcontext *pctx, CUdevice dev) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-  if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
+  if (dev < 0 || dev >= ndevices) return CUDA_ERROR_INVALID_DEVICE;
   if (!pctx) return CUDA_ERROR_INVALID_VALUE;
-  primary.refs++;
-  *pctx = &primary;
+  primary[dev].refs++;
+  *pctx = &primary[dev];
   return CUDA_SUCCESS;
 }
 
@@ -325,9 +352,9 @@ CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) { LOCKE
 
 static CUresult release(CUdevice dev) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-  if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
-  if (primary.refs <= 0) return CUDA_ERROR_INVALID_CONTEXT;
-  primary.refs--;
+  if (dev < 0 || dev >= ndevices) return CUDA_ERROR_INVALID_DEVICE;
+  if (primary[dev].refs <= 0) return CUDA_ERROR_INVALID_CONTEXT;
+  primary[dev].refs--;
   return CUDA_SUCCESS;
 }
 
@@ -335,8 +362,16 @@ CUresult CUDAAPI cuDevicePrimaryCtxRelease_v2(CUdevice dev) { LOCKED(release(dev
 
 CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-  if (ctx && ctx != &primary) return CUDA_ERROR_INVALID_CONTEXT;
+  if (ctx && (ctx < primary || ctx >= primary + ndevices)) return CUDA_ERROR_INVALID_CONTEXT;
   current = ctx;
+  return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuCtxGetDevice(CUdevice *device) {
+  if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+  if (!device) return CUDA_ERROR_INVALID_VALUE;
+  if (!current) return CUDA_ERROR_INVALID_CONTEXT;
+  *device = current->dev;
   return CUDA_SUCCESS;
 }
 
@@ -344,7 +379,7 @@ CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
 // context current on the calling thread.
 static CUresult need_ctx(void) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-  if (current != &primary || primary.refs <= 0) return CUDA_ERROR_INVALID_CONTEXT;
+  if (!current || current->refs <= 0) return CUDA_ERROR_INVALID_CONTEXT;
   return CUDA_SUCCESS;
 }
 #define TRY(x)                          \
@@ -460,8 +495,19 @@ static void graph_free(struct CUgraph_st *g) {
 static CUresult stream_destroy(CUstream s) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
   if (is_default(s) || s->magic != MAGIC_STREAM) return CUDA_ERROR_INVALID_HANDLE;
-  if (s->capture) {
-    graph_free(s->capture);
+  if (s->capture && s->origin) {  // a fork leaves its origin's capture broken
+    s->origin->invalidated = 1;
+    struct CUgraph_st *g = s->capture;
+    for (int i = 0; i < g->njoined; i++)
+      if (g->joined[i] == s) g->joined[i] = g->joined[--g->njoined];
+    count_capture(s, -1);
+  } else if (s->capture) {
+    struct CUgraph_st *g = s->capture;
+    for (int i = 0; i < g->njoined; i++) {
+      count_capture(g->joined[i], -1);
+      g->joined[i]->capture = NULL, g->joined[i]->origin = NULL;
+    }
+    graph_free(g);
     count_capture(s, -1);
   }
   s->magic = 0;
@@ -474,7 +520,7 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) { LOCKED(stream_destroy(hS
 // A call that would wait for a capturing stream breaks its capture.
 static CUresult sync_point(CUstream s) {
   if (!is_default(s) && s->capture) {
-    s->invalidated = 1;
+    (s->origin ? s->origin : s)->invalidated = 1;
     return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   }
   return legacy_conflict(s);
@@ -487,6 +533,9 @@ static CUresult stream_sync(CUstream s) {
 }
 
 CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) { LOCKED(stream_sync(hStream)); }
+
+// Streams run synchronously: whatever was submitted is done.
+CUresult CUDAAPI cuStreamQuery(CUstream hStream) { LOCKED(stream_sync(hStream)); }
 
 //
 // Modules: which image the device would run, and the host build of its kernels.
@@ -952,8 +1001,10 @@ static void run_grid(struct CUfunc_st *f, const unsigned grid[3], const unsigned
 // Work on streams: done at once, or recorded while the stream captures.
 //
 static CUresult submit(CUstream s, const Node *node) {
+  if (!is_default(s)) s->seq++;
   if (!is_default(s) && s->capture) {
     struct CUgraph_st *g = s->capture;
+    if (s->origin) s->pending = 1;
     if (g->n == g->cap) {
       g->cap = g->cap ? 2 * g->cap : 64;
       Node *nodes = realloc(g->nodes, (size_t)g->cap * sizeof *nodes);
@@ -968,8 +1019,25 @@ static CUresult submit(CUstream s, const Node *node) {
   case NODE_LAUNCH: run_grid(node->f, node->grid, node->block, &node->args); break;
   case NODE_HTOD: case NODE_DTOH: memcpy(node->dst, node->src, node->bytes); break;
   case NODE_MEMSET: memset(node->dst, node->byte, node->bytes); break;
+  case NODE_HOST:
+    in_host_fn = 1;
+    node->host(node->data);
+    in_host_fn = 0;
+    break;
   }
   return CUDA_SUCCESS;
+}
+
+static CUresult host_func(CUstream s, CUhostFn fn, void *data) {
+  TRY(need_ctx());
+  TRY(check_stream(s));
+  if (!fn) return CUDA_ERROR_INVALID_VALUE;
+  Node n = {.kind = NODE_HOST, .host = fn, .data = data};
+  return submit(s, &n);
+}
+
+CUresult CUDAAPI cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
+  LOCKED(host_func(hStream, fn, userData));
 }
 
 static CUresult copy(void *dst, const void *src, size_t bytes, CUstream s, int kind) {
@@ -1057,9 +1125,24 @@ static CUresult end_capture(CUstream s, CUgraph *ph) {
   if (!ph) return CUDA_ERROR_INVALID_VALUE;
   if (is_default(s) || s->magic != MAGIC_STREAM) return CUDA_ERROR_INVALID_HANDLE;
   if (!s->capture) return CUDA_ERROR_ILLEGAL_STATE;
+  if (s->origin) return CUDA_ERROR_STREAM_CAPTURE_UNMATCHED;
   struct CUgraph_st *g = s->capture;
   s->capture = NULL;
   count_capture(s, -1);
+  // The forks leave the capture; one with work the origin never waited for was
+  // not joined.
+  int unjoined = 0;
+  for (int i = 0; i < g->njoined; i++) {
+    unjoined |= g->joined[i]->pending;
+    count_capture(g->joined[i], -1);
+    g->joined[i]->capture = NULL, g->joined[i]->origin = NULL, g->joined[i]->pending = 0;
+  }
+  g->njoined = 0;
+  if (unjoined) {
+    graph_free(g);
+    *ph = NULL;
+    return CUDA_ERROR_STREAM_CAPTURE_UNJOINED;
+  }
   if (s->invalidated) {
     graph_free(g);
     *ph = NULL;
@@ -1145,7 +1228,10 @@ static CUresult event_record(CUevent e, CUstream s) {
   if (!e || e->magic != MAGIC_EVENT) return CUDA_ERROR_INVALID_HANDLE;
   // Recorded in a capture, an event orders the graph's nodes; it is no timer.
   e->captured = !is_default(s) && s->capture;
-  if (e->captured) return CUDA_SUCCESS;
+  if (e->captured) {
+    e->src = s, e->src_seq = s->seq;
+    return CUDA_SUCCESS;
+  }
   TRY(legacy_conflict(s));
   e->recorded = 1;
   clock_gettime(CLOCK_MONOTONIC, &e->t);
@@ -1153,6 +1239,36 @@ static CUresult event_record(CUevent e, CUstream s) {
 }
 
 CUresult CUDAAPI cuEventRecord(CUevent hEvent, CUstream hStream) { LOCKED(event_record(hEvent, hStream)); }
+
+// Outside a capture the streams are synchronous, so the event has happened. In
+// one, waiting on an event of the capture forks s into it; the origin waiting on a
+// fork's event recorded after the fork's last work joins that fork back.
+static CUresult stream_wait(CUstream s, CUevent e, unsigned flags) {
+  TRY(need_ctx());
+  TRY(check_stream(s));
+  if (!e || e->magic != MAGIC_EVENT) return CUDA_ERROR_INVALID_HANDLE;
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!e->captured) return CUDA_SUCCESS;
+  struct CUstream_st *src = e->src;
+  if (src->magic != MAGIC_STREAM || !src->capture) return CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+  struct CUgraph_st *g = src->capture;
+  if (is_default(s)) return CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+  if (!s->capture) {
+    if (g->njoined == MAX_JOINED) return CUDA_ERROR_NOT_SUPPORTED;
+    struct CUstream_st *origin = src->origin ? src->origin : src;
+    s->capture = g, s->origin = origin, s->mode = origin->mode, s->pending = 0;
+    g->joined[g->njoined++] = s;
+    count_capture(s, 1);
+    return CUDA_SUCCESS;
+  }
+  if (s->capture != g) return CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+  if (!s->origin && src->origin && e->src_seq == src->seq) src->pending = 0;
+  return CUDA_SUCCESS;
+}
+
+CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
+  LOCKED(stream_wait(hStream, hEvent, Flags));
+}
 
 static CUresult event_sync(CUevent e) {
   if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;

@@ -26,7 +26,10 @@
   X(cuStreamSynchronize) X(cuLaunchKernel) X(cuStreamBeginCapture_v2) X(cuStreamEndCapture)     \
   X(cuGraphInstantiateWithFlags) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)        \
   X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime)                  \
-  X(cuEventDestroy_v2) X(cuGetErrorName) X(cuGetErrorString) X(cuMemGetInfo_v2)
+  X(cuEventDestroy_v2) X(cuGetErrorName) X(cuGetErrorString) X(cuMemGetInfo_v2)                \
+  X(cuStreamWaitEvent) X(cuStreamQuery)                                                          \
+  /* and the one the stand-in NCCL (nccl.c) enqueues its sums with */                           \
+  X(cuLaunchHostFunc)
 #define DECLARE(n) static __typeof__(&n) p_##n;
 ENTRY_POINTS(DECLARE)
 
@@ -378,6 +381,78 @@ static void case_graph(void) {
   CU(p_cuStreamDestroy_v2(s));
 }
 
+// Forks and joins in a capture, and host functions, as the runtime's NCCL stream
+// and the stand-in NCCL use them.
+static char order[64];
+static void note(void *c) {
+  size_t n = strlen(order);
+  if (n + 1 < sizeof order) order[n] = *(const char *)c;
+}
+static CUresult from_host_fn = CUDA_SUCCESS;
+static void call_driver(void *s) { from_host_fn = p_cuStreamQuery((CUstream)s); }
+
+static void case_fork(void) {
+  start();
+  CUstream s, t;
+  CU(p_cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  CU(p_cuStreamCreate(&t, CU_STREAM_NON_BLOCKING));
+  CUevent e0, e1;
+  CU(p_cuEventCreate(&e0, CU_EVENT_DISABLE_TIMING));
+  CU(p_cuEventCreate(&e1, CU_EVENT_DISABLE_TIMING));
+  static char a = 'a', b = 'b', c = 'c', d = 'd', x = 'x';
+  // Outside a capture everything has happened: waits and queries succeed.
+  CU(p_cuEventRecord(e0, s));
+  CU(p_cuStreamWaitEvent(t, e0, 0));
+  CHECK_CU(p_cuStreamWaitEvent(t, e0, 7), CUDA_ERROR_INVALID_VALUE);
+  CU(p_cuStreamQuery(s));
+  // Fork t from s, join it back: the graph replays every node, in order.
+  CU(p_cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  CU(p_cuLaunchHostFunc(s, note, &a));
+  CU(p_cuEventRecord(e0, s));
+  CU(p_cuStreamWaitEvent(t, e0, 0));
+  CU(p_cuLaunchHostFunc(t, note, &b));
+  CU(p_cuLaunchHostFunc(s, note, &c));
+  CUgraph g = NULL;
+  CHECK_CU(p_cuStreamEndCapture(t, &g), CUDA_ERROR_STREAM_CAPTURE_UNMATCHED);
+  CU(p_cuEventRecord(e1, t));
+  CU(p_cuStreamWaitEvent(s, e1, 0));
+  CU(p_cuLaunchHostFunc(s, note, &d));
+  CU(p_cuStreamEndCapture(s, &g));
+  CHECK(order[0] == 0);  // capturing ran nothing
+  CUgraphExec ex;
+  CU(p_cuGraphInstantiateWithFlags(&ex, g, 0));
+  CU(p_cuGraphDestroy(g));
+  CU(p_cuGraphLaunch(ex, s));
+  CU(p_cuGraphLaunch(ex, s));
+  CU(p_cuStreamSynchronize(s));
+  CHECK(!strcmp(order, "abcdabcd"));
+  CU(p_cuGraphExecDestroy(ex));
+  // After the capture t runs its work at once again.
+  memset(order, 0, sizeof order);
+  CU(p_cuLaunchHostFunc(t, note, &x));
+  CHECK(!strcmp(order, "x"));
+  // A fork with work the origin never waited for.
+  CU(p_cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  CU(p_cuEventRecord(e0, s));
+  CU(p_cuStreamWaitEvent(t, e0, 0));
+  CU(p_cuEventRecord(e1, t));
+  CU(p_cuLaunchHostFunc(t, note, &b));  // after e1: the join below misses it
+  CU(p_cuStreamWaitEvent(s, e1, 0));
+  CHECK_CU(p_cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_UNJOINED);
+  CHECK(g == NULL);
+  // Asking whether a capturing stream is done breaks the capture.
+  CU(p_cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  CHECK_CU(p_cuStreamQuery(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  CHECK_CU(p_cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  // A host function may not call the driver.
+  CU(p_cuLaunchHostFunc(s, call_driver, s));
+  CHECK(from_host_fn == CUDA_ERROR_NOT_PERMITTED);
+  CU(p_cuEventDestroy_v2(e0));
+  CU(p_cuEventDestroy_v2(e1));
+  CU(p_cuStreamDestroy_v2(t));
+  CU(p_cuStreamDestroy_v2(s));
+}
+
 // Which images a device of KILN_CUDA_EMU_CC runs: argv-free, so the expectations
 // come from the environment the parent sets (EXPECT: "cubin80 cubin90 ptx90" as 0/1).
 static void case_images(void) {
@@ -489,6 +564,7 @@ int main(int argc, char **argv) {
   expect_ok("kernels, blocks and threads in reverse", case_kernels,
             (const char *[]){"KILN_CUDA_EMU_ORDER=reverse", NULL}, NULL);
   expect_ok("graphs and events", case_graph, (const char *[]){NULL}, NULL);
+  expect_ok("forks and joins in a capture, host functions", case_fork, (const char *[]){NULL}, NULL);
   expect_ok("images on compute 8.6", case_images,
             (const char *[]){"KILN_CUDA_EMU_CC=86", "EXPECT=1 0 0", "KILN_CUDA_EMU_VERBOSE=1", NULL},
             "kiln-cuda-emu: loaded a cubin for sm_80");
