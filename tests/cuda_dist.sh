@@ -82,6 +82,15 @@ has old-nccl-msg "$tmp/stderr" "is NCCL 2.9.3; averaging gradients needs NCCL 2.
 # enqueued: the rank that sees it stops the job and says why.
 KILN_FAKE_NCCL_ERROR_RANK=1 expect nccl-error 1 mpi 2 ./mlp10 train --steps 5 --quiet
 has nccl-error-msg "$tmp/stderr" "rank 1 of 2: ncclAllReduce failed: remote process exited or there was a network error"
+# The real NCCL, where the toolkit has it: every entry point nccl.c looks up
+# resolves, its version passes, and rank 0's id reaches every rank; joining them
+# (ncclCommInitRank) then fails on the emulated devices with NCCL's own message.
+if [ -n "${REAL_NCCL:-}" ] && [ -f "$REAL_NCCL" ]; then
+  KILN_NCCL=$REAL_NCCL expect real-nccl 1 mpi 2 ./mlp10 train --steps 2 --quiet
+  has real-nccl-msg "$tmp/stderr" "ncclCommInitRank failed: "
+else
+  echo "note: no libnccl.so.2 in the CUDA toolkit: the real NCCL's entry points are not checked"
+fi
 # One process needs neither MPI nor NCCL.
 KILN_NCCL=/nonexistent/libnccl.so.2 expect alone 0 ./mlp10 train --steps 2 --quiet
 
