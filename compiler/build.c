@@ -523,6 +523,15 @@ static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOp
       LLVMDisposeTargetMachine(tm);
       return build_error(d, "%s", err);
     }
+    // The kernel cache: KILN_CACHE_MAX_MB bounds it (default 512 MiB).
+    char cache_buf[4096];
+    const char *cache = kiln_cuda_cache_dir(cache_buf, sizeof cache_buf), *max = getenv("KILN_CACHE_MAX_MB");
+    char *end = NULL;
+    long long mb = max && *max ? strtoll(max, &end, 10) : 512;
+    if (max && *max && (*end || mb < 1 || mb > (1ll << 40))) {
+      LLVMDisposeTargetMachine(tm);
+      return build_error(d, "KILN_CACHE_MAX_MB=%s: expected a size in MiB, 1 or more", max);
+    }
     FILE *stats = NULL;
     if (o->kernel_stats)
       stats = strcmp(o->kernel_stats, "-") == 0 ? stdout : fopen(o->kernel_stats, "w");
@@ -533,7 +542,8 @@ static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOp
     char *cerr = kiln_xmalloc(1 << 16), srcpath[8192];
     beside(srcpath, sizeof srcpath, o->output);
     bool src_only = o->emit == KILN_BUILD_CUDA;
-    KilnCudaOpts co = {archs, narchs, src_only ? srcpath : o->cuda_source, stats};
+    KilnCudaOpts co = {archs, narchs, src_only ? srcpath : o->cuda_source, stats, cache, mb << 20,
+                       o->time_passes ? stderr : NULL};
     int crc = kiln_cuda_module(&cg, &m->graph, &plan, &mo, &co, cerr, 1 << 16);
     if (stats && stats != stdout && fclose(stats) != 0 && crc == 0)
       crc = -1, snprintf(cerr, 1 << 16, "cannot write %s", o->kernel_stats);

@@ -220,7 +220,9 @@ static void build_usage(FILE *f) {
         "  -h, --help             show this help\n"
         "\n"
         "environment: CC and AR name the linker driver and archiver (cc, ar);\n"
-        "KILN_RUNTIME_DIR the folder with libkiln_runtime.a and libkiln_cli.a.\n",
+        "KILN_RUNTIME_DIR the folder with libkiln_runtime.a and libkiln_cli.a;\n"
+        "KILN_CACHE_DIR (default ~/.cache/kiln), KILN_CACHE=0 and KILN_CACHE_MAX_MB\n"
+        "(512) for the kernel cache of --target=cuda (docs/cuda.md).\n",
         f);
 }
 

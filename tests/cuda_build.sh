@@ -41,9 +41,50 @@ for m in mlp digits lstm gpt; do
   check "no-host-deps-$m" sh -c "! ldd ./$m | grep -E 'libcuda|nvrtc|cudart|LLVM|yaml|openblas'"
 done
 
+# The kernel cache (KILN_CACHE_DIR, harness.sh: this test's own). The builds above
+# filled it; the same build again takes every architecture from it and gives the
+# same program, byte for byte.
+cache=$KILN_CACHE_DIR/nvrtc
+expect cache-hit 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp2 --kernel-stats=mlp2.stats --time-passes
+has cache-hit-line "$tmp/stderr" "2 of 2 architectures from the kernel cache $cache"
+same cache-same-program mlp mlp2
+same cache-same-stats mlp.stats mlp2.stats
+# A damaged entry is a miss: recompiled, rewritten, the same program.
+entry=$(grep -l "mlp.cu" "$cache"/*.nvc | head -1)
+printf 'XXXX' | dd of="$entry" bs=1 seek=2000 conv=notrunc status=none
+expect cache-damaged 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp3 --time-passes
+has cache-damaged-line "$tmp/stderr" "1 of 2 architectures from the kernel cache"
+same cache-damaged-program mlp mlp3
+truncate -s 100 "$entry"
+expect cache-truncated 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp3 --time-passes
+has cache-truncated-line "$tmp/stderr" "1 of 2 architectures from the kernel cache"
+# Nothing of the folder kiln runs in reaches the cubins, not even a file named as
+# the kernel source.
+mkdir elsewhere
+echo 'not the kernels' >elsewhere/mlp.cu
+(cd elsewhere && KILN_CACHE=0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o ../mlp4)
+same cache-any-folder mlp mlp4
+# Off, and a folder that cannot be made: NVRTC compiles, the build succeeds.
+KILN_CACHE=0 expect cache-off 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp3 --time-passes
+has cache-off-line "$tmp/stderr" "0 of 2 architectures from the kernel cache (off)"
+KILN_CACHE_DIR=/proc/kiln-cache expect cache-unwritable 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp3
+same cache-unwritable-program mlp mlp3
+# Past KILN_CACHE_MAX_MB the least recently used entries go: an old 2 MiB entry
+# makes way for the new ones.
+mkdir -p small/nvrtc
+head -c 2097152 /dev/zero >small/nvrtc/0000000000000000.nvc
+touch -d '2 days ago' small/nvrtc/0000000000000000.nvc
+KILN_CACHE_DIR=$PWD/small KILN_CACHE_MAX_MB=1 expect cache-trim 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp3
+check cache-trim-old [ ! -e small/nvrtc/0000000000000000.nvc ]
+check cache-trim-new [ "$(find small/nvrtc -name '*.nvc' | wc -l)" -eq 2 ]
+KILN_CACHE_MAX_MB=lots expect cache-max-bad 1 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o bad
+has cache-max-bad-msg "$tmp/stderr" "KILN_CACHE_MAX_MB=lots: expected a size in MiB, 1 or more"
+
 # Compile errors name their place: a valid model's kernels compile, so a stand-in
 # NVRTC (tests/fake-nvrtc, $FAKE_NVRTC) fails every compile with an error at the
-# first kernel's line, or at a line of templates/reduce.cuh.
+# first kernel's line, or at a line of templates/reduce.cuh. The cache holds the
+# real NVRTC's kernels of the same source by now: the stand-in's version differs,
+# so none of them may stand in for its compile.
 if [ -n "${FAKE_NVRTC:-}" ]; then
   KILN_NVRTC=$FAKE_NVRTC expect compile-error 1 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o bad
   has compile-error-kernel "$tmp/stderr" "mlp.cu("

@@ -3,6 +3,8 @@
 # tmp, pass and fail, and removes tmp on exit.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# Each test starts with an empty kernel cache of its own (kiln build --target=cuda).
+export KILN_CACHE_DIR=$tmp/kiln-cache
 pass=0
 fail=0
 

@@ -143,15 +143,38 @@ typedef struct {
   KilnCudaKernelStats *stats;  // every kernel, every cubin arch
   int nstats;
   char *log;               // the last compile's log (errors, warnings)
+  int ncached;             // architectures that came from the kernel cache
 } KilnCudaCompiled;
+
+// cache.c: NVRTC's output for one architecture, kept on disk by `kiln build`.
+typedef struct {
+  char *log;               // NVRTC's log, ptxas's report in it
+  unsigned char *cubin;
+  size_t cubin_size;
+  unsigned char *ptx;      // NULL: none kept
+  size_t ptx_size;
+} KilnCudaCacheEntry;
+
+// The folder (in buf) of the cache: $KILN_CACHE_DIR/nvrtc, else under
+// $XDG_CACHE_HOME or ~/.cache; NULL when KILN_CACHE=0 or none can be named.
+const char *kiln_cuda_cache_dir(char *buf, size_t len);
+// The entry of key (every input NVRTC's output depends on): true with *e filled
+// (malloc'd), false on a miss or a damaged entry.
+bool kiln_cuda_cache_get(const char *dir, const char *key, size_t keylen, KilnCudaCacheEntry *e);
+// Stores e under key, then trims the folder to limit bytes (least recently used
+// first). Failures are silent: the cache only saves time.
+void kiln_cuda_cache_put(const char *dir, int64_t limit, const char *key, size_t keylen,
+                         const KilnCudaCacheEntry *e);
 
 // The architectures of a --gpu-arch list ("sm_80,sm_90"); -1 with a message.
 int kiln_cuda_parse_archs(const char *list, int *archs, int max, char *err, size_t errlen);
-// Compiles src (named file) for each arch (cubins) plus PTX for the newest.
+// Compiles src (named file) for each arch (cubins) plus PTX for the newest,
+// through the kernel cache in cache_dir (NULL: none; limit: its size in bytes).
 // 0; -1 with NVRTC's log in err (the caller maps its lines to the source); -2 with
 // a message in err when NVRTC cannot be loaded.
 int kiln_cuda_compile(const char *src, const char *file, const int *archs, int narchs,
-                      KilnCudaCompiled *out, char *err, size_t errlen);
+                      const char *cache_dir, int64_t cache_limit, KilnCudaCompiled *out,
+                      char *err, size_t errlen);
 void kiln_cuda_compiled_free(KilnCudaCompiled *c);
 // The full text of the templates, in order (templates/*.cuh, prelude first).
 const char *kiln_cuda_templates(void);
@@ -164,6 +187,9 @@ typedef struct {
   int narchs;
   const char *source_out;  // also write the kernel source here (--emit cuda), or NULL
   FILE *stats_out;         // register/spill report per kernel, or NULL
+  const char *cache_dir;   // the kernel cache (kiln_cuda_cache_dir), or NULL: none
+  int64_t cache_limit;     // its size limit, bytes
+  FILE *time_out;          // NVRTC's time (--time-passes), or NULL
 } KilnCudaOpts;
 
 // Builds everything kiln_cpu_module builds, for the GPU, into c->mod. 0, or -1 with

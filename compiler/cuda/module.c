@@ -6,6 +6,7 @@
 // KilnCudaProgram (include/kiln/abi.h) to the runtime.
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "compiler/cuda/cuda.h"
 
@@ -532,7 +533,10 @@ int kiln_cuda_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
   }
   char *src = assemble(&s);
   char file[256];
-  snprintf(file, sizeof file, "%s.cu", g->name);
+  // An absolute name no file has: NVRTC's line tables record the source file's
+  // folder and, when a file of that name exists there, a checksum of it, so a
+  // relative name would make the cubins depend on the folder kiln runs in.
+  snprintf(file, sizeof file, "/kiln/%s.cu", g->name);
   if (co->source_out) {
     FILE *f = fopen(co->source_out, "w");
     if (!f || fputs(src, f) < 0 || fclose(f) != 0) {
@@ -543,7 +547,15 @@ int kiln_cuda_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const Kil
     }
   }
   char *log = kiln_xmalloc(1 << 16);
-  rc = kiln_cuda_compile(src, file, co->archs, co->narchs, &s.bin, log, 1 << 16);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  rc = kiln_cuda_compile(src, file, co->archs, co->narchs, co->cache_dir, co->cache_limit, &s.bin,
+                         log, 1 << 16);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  if (co->time_out && rc == 0)
+    fprintf(co->time_out, "nvrtc      %10.3f ms  %d of %d architectures from the kernel cache%s%s\n",
+            (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+            s.bin.ncached, co->narchs, co->cache_dir ? " " : " (off)", co->cache_dir ? co->cache_dir : "");
   if (rc == -2) {
     snprintf(err, errlen, "%s", log);
     rc = -1;

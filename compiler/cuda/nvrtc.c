@@ -4,7 +4,8 @@
 // gives every kernel's registers, spills, stack and shared memory.
 //
 // NVRTC is loaded with dlopen at the first --target=cuda build, so kiln starts
-// (and builds for the CPU) on a machine whose CUDA toolkit is gone.
+// (and builds for the CPU) on a machine whose CUDA toolkit is gone. `kiln build`
+// keeps what NVRTC made in a cache (cache.c) and looks there first.
 #include <dlfcn.h>
 #include <nvrtc.h>
 #include <pthread.h>
@@ -55,7 +56,7 @@ int kiln_cuda_parse_archs(const char *list, int *archs, int max, char *err, size
 }
 
 #define NVRTC_FNS(X)                                                                          \
-  X(nvrtcCreateProgram) X(nvrtcCompileProgram) X(nvrtcGetProgramLogSize) X(nvrtcGetProgramLog) \
+  X(nvrtcVersion) X(nvrtcCreateProgram) X(nvrtcCompileProgram) X(nvrtcGetProgramLogSize) X(nvrtcGetProgramLog) \
   X(nvrtcGetCUBINSize) X(nvrtcGetCUBIN) X(nvrtcGetPTXSize) X(nvrtcGetPTX)                     \
   X(nvrtcDestroyProgram) X(nvrtcGetErrorString)
 
@@ -100,21 +101,48 @@ typedef struct {
   const char *src, *file;
   int arch;
   bool ptx;              // also keep the PTX
+  const char *cache;     // the kernel cache's folder, or NULL
+  int64_t limit;
+  bool cached;           // came from it
   nvrtcResult rc;
   char *log;
   unsigned char *cubin, *ptxdata;
   size_t cubin_size, ptx_size;
 } Job;
 
+// The cache key of a job: every input of NVRTC's output, the source last.
+static char *cache_key(const Job *j, int nopts, const char **opts, size_t *len) {
+  int major = 0, minor = 0;
+  nv.nvrtcVersion(&major, &minor);
+  char *key = NULL;
+  FILE *f = open_memstream(&key, len);
+  if (!f) kiln_out_of_memory(0);
+  fprintf(f, "kiln NVRTC cache 1\nNVRTC %d.%d\nfile %s\nptx %d\n", major, minor, j->file, j->ptx);
+  for (int i = 0; i < nopts; i++) fprintf(f, "option %s\n", opts[i]);
+  fputs(j->src, f);
+  fclose(f);
+  return key;
+}
+
 static void *compile_one(void *arg) {
   Job *j = arg;
-  nvrtcProgram prog;
-  j->rc = nv.nvrtcCreateProgram(&prog, j->src, j->file, 0, NULL, NULL);
-  if (j->rc != NVRTC_SUCCESS) return NULL;
   char arch[64];
   snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d", j->arch);
   // -lineinfo: profilers (Nsight Compute) map samples to the source lines.
   const char *opts[] = {arch, "--std=c++17", "--ptxas-options=-v", "-lineinfo"};
+  size_t keylen = 0;
+  char *key = j->cache ? cache_key(j, 4, opts, &keylen) : NULL;
+  KilnCudaCacheEntry e;
+  if (key && kiln_cuda_cache_get(j->cache, key, keylen, &e) && (e.ptx || !j->ptx)) {
+    free(key);
+    j->rc = NVRTC_SUCCESS, j->cached = true;
+    j->log = e.log, j->cubin = e.cubin, j->cubin_size = e.cubin_size;
+    j->ptxdata = e.ptx, j->ptx_size = e.ptx_size;
+    return NULL;
+  }
+  nvrtcProgram prog;
+  j->rc = nv.nvrtcCreateProgram(&prog, j->src, j->file, 0, NULL, NULL);
+  if (j->rc != NVRTC_SUCCESS) return free(key), NULL;
   j->rc = nv.nvrtcCompileProgram(prog, 4, opts);
   size_t n = 0;
   nv.nvrtcGetProgramLogSize(prog, &n);
@@ -130,7 +158,12 @@ static void *compile_one(void *arg) {
       j->ptxdata = kiln_xmalloc(j->ptx_size);
       nv.nvrtcGetPTX(prog, (char *)j->ptxdata);
     }
+    if (key) {
+      KilnCudaCacheEntry put = {j->log, j->cubin, j->cubin_size, j->ptxdata, j->ptx_size};
+      kiln_cuda_cache_put(j->cache, j->limit, key, keylen, &put);
+    }
   }
+  free(key);
   nv.nvrtcDestroyProgram(&prog);
   return NULL;
 }
@@ -172,14 +205,16 @@ static void parse_stats(const char *log, int arch, KilnCudaCompiled *out) {
 }
 
 int kiln_cuda_compile(const char *src, const char *file, const int *archs, int narchs,
-                      KilnCudaCompiled *out, char *err, size_t errlen) {
+                      const char *cache_dir, int64_t cache_limit, KilnCudaCompiled *out,
+                      char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   if (load_nvrtc(err, errlen) != 0) return -2;
   Job *jobs = kiln_xcalloc((size_t)narchs, sizeof *jobs);
   pthread_t *th = kiln_xcalloc((size_t)narchs, sizeof *th);
   bool *started = kiln_xcalloc((size_t)narchs, sizeof *started);
   for (int i = 0; i < narchs; i++) {
-    jobs[i] = (Job){.src = src, .file = file, .arch = archs[i], .ptx = i == narchs - 1};
+    jobs[i] = (Job){.src = src, .file = file, .arch = archs[i], .ptx = i == narchs - 1,
+                    .cache = cache_dir, .limit = cache_limit};
     started[i] = pthread_create(&th[i], NULL, compile_one, &jobs[i]) == 0;
     if (!started[i]) compile_one(&jobs[i]);
   }
@@ -195,6 +230,7 @@ int kiln_cuda_compile(const char *src, const char *file, const int *archs, int n
       rc = -1;
     }
     if (j->log) parse_stats(j->log, j->arch, out);
+    out->ncached += j->cached;
     if (j->cubin) out->bin[out->nbin++] = (KilnCudaBinary){j->arch, j->cubin, j->cubin_size};
     if (j->ptxdata) out->bin[out->nbin++] = (KilnCudaBinary){-j->arch, j->ptxdata, j->ptx_size};
     if (i == narchs - 1) out->log = j->log;
