@@ -54,6 +54,15 @@ static const Shape shapes[] = {
     {"mlp dX 512<512", false, true, 64, 512, 512, 512, 512, 512, 1, 0, 0},
     {"mlp dX 512<10", false, true, 64, 512, 10, 10, 10, 512, 1, 0, 0},
     {"mlp dW 784x512", true, false, 64, 512, 128, 784, 512, 512, 1, 0, 0},
+    // The same layers as one call over all 128 rows of the batch (one thread's
+    // share of the row blocks), and the weight gradients over all their rows.
+    {"mlp128 784>512", false, false, 128, 512, 784, 784, 512, 512, 1, 0, 0},
+    {"mlp128 512>512", false, false, 128, 512, 512, 512, 512, 512, 1, 0, 0},
+    {"mlp128 dX 512<512", false, true, 128, 512, 512, 512, 512, 512, 1, 0, 0},
+    {"mlp128 dX 512<10", false, true, 128, 512, 10, 10, 10, 512, 1, 0, 0},
+    {"mlp128 dW 784x512", true, false, 784, 512, 128, 784, 512, 512, 1, 0, 0},
+    {"mlp128 dW 512x512", true, false, 512, 512, 128, 512, 512, 512, 1, 0, 0},
+    {"mlp128 dW 512x10", true, false, 512, 10, 128, 512, 10, 10, 1, 0, 0},
     // digits 64-128-10, batch 32: the hidden layer and its weight gradient.
     {"digits 64>128", false, false, 32, 128, 64, 64, 128, 128, 1, 0, 0},
     {"digits dW 64x128", true, false, 64, 128, 32, 64, 128, 128, 1, 0, 0},

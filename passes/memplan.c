@@ -6,7 +6,9 @@
 // last reader. The runtime writes the inputs before the first kernel (step -1) and
 // reads the outputs, the loss and, through the optimizer, the gradients after the
 // last one (step nnodes). kiln_memplan_request keeps the inputs to the end too. A
-// kernel's scratch lives during its own step only.
+// kernel's scratch lives during its own step only, unless the request has an
+// earlier kernel write it (scratch_from: the CPU lstm keeps its gates and states in
+// its gradient's scratch); then from that kernel's step on.
 //
 // Values map to buffers. A view (KILN_OPF_VIEW: reshape) is its input's bytes
 // under another shape: it joins the input's buffer, stretches its lifetime, and its
@@ -203,7 +205,11 @@ static void assign_buffers(Planner *pl) {
     if (p->bufs[b].last < pl->last[i]) p->bufs[b].last = pl->last[i];
   }
   for (int32_t i = 0; r->scratch && i < g->nnodes; i++)
-    if (r->store[i] && r->scratch[i] > 0) new_buf(pl, i, i, i, r->scratch[i], true);
+    if (r->store[i] && r->scratch[i] > 0) {
+      int32_t from = r->scratch_from && r->scratch_from[i] >= 0 && r->scratch_from[i] < i
+                         ? r->scratch_from[i] : i;
+      new_buf(pl, i, from, i, r->scratch[i], true);
+    }
 }
 
 //

@@ -60,6 +60,9 @@ typedef struct {
                           // are read after the last kernel)
   int64_t base;           // first offset to use; what lies below is not planned
   bool inplace;           // KILN_OPF_INPLACE ops may take their first input's buffer
+  const int32_t *scratch_from;  // per node: the first step its scratch holds (an earlier
+                                // kernel writes it for this one); NULL, negative or
+                                // not earlier than the node: its own step only
 } KilnMemReq;
 
 typedef struct {

@@ -47,18 +47,23 @@ __device__ __forceinline__ void kiln_norm_finish(const KilnArgs &A, double s, do
 //   g = grad * scale (+ wd * p for sgd and adam: L2 in the gradient)
 //   sgd:   v = mu v + g;  g = nesterov ? g + mu v : v  (when mu > 0);  p -= lr g
 //   adam:  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
-//          p -= lr (m / bias1) / (sqrt(v / bias2) + eps)   (adamw: also p -= lr wd p)
-// lr, scale, bias1 and bias2 come from the step header. c[]: wd, mu, b1, 1 - b1,
-// b2, 1 - b2, eps, rounded to f32 as the CPU backend rounds them.
+//          p -= (lr / bias1) m / (sqrt(v) / sqrt(bias2) + eps)   (adamw: also p -= lr wd p)
+// lr, scale, bias1 and bias2 come from the step header; lr / bias1, 1 / sqrt(bias2)
+// and lr wd are computed in double and rounded once, as on the CPU. wd, mu, b1,
+// 1 - b1, b2, 1 - b2, eps are rounded to f32 as the CPU backend rounds them; wd64 is
+// the unrounded weight decay.
 enum { KILN_OPT_SGD, KILN_OPT_ADAM, KILN_OPT_ADAMW };
 
 template <long long N, int OPT, bool L2, bool MOMENTUM, bool NESTEROV, bool DECAY>
 __device__ __forceinline__ void kiln_update(const KilnArgs &A, float *__restrict__ p,
                                             const float *__restrict__ grad, float *__restrict__ s0,
                                             float *__restrict__ s1, float wd, float mu, float b1,
-                                            float nb1, float b2, float nb2, float eps) {
+                                            float nb1, float b2, float nb2, float eps, double wd64) {
   const KilnStepHeader *h = kiln_header(A);
-  float lr = h->lr, scale = h->grad_scale, bias1 = h->bias1, bias2 = h->bias2;
+  float lr = h->lr, scale = h->grad_scale;
+  float step = (float)((double)lr / (double)h->bias1);
+  float inv_sqrt_b2 = (float)(1.0 / kiln_sqrt_f64((double)h->bias2));
+  float decay = (float)((double)lr * wd64);
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N;
        i += (long long)gridDim.x * blockDim.x) {
     float pv = p[i], g = grad[i] * scale, upd;
@@ -75,9 +80,10 @@ __device__ __forceinline__ void kiln_update(const KilnArgs &A, float *__restrict
       float v = b2 * s1[i] + nb2 * (g * g);
       s0[i] = m;
       s1[i] = v;
-      upd = (m / bias1) / (sqrtf(v / bias2) + eps);
-      if (DECAY) upd = upd + wd * pv;
+      upd = step * (m / (sqrtf(v) * inv_sqrt_b2 + eps));  // lr times the update
+      if (DECAY) upd = upd + decay * pv;
     }
-    p[i] = pv - lr * upd;
+    if (OPT == KILN_OPT_SGD) upd = lr * upd;
+    p[i] = pv - upd;
   }
 }

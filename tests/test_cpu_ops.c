@@ -432,6 +432,11 @@ static void matmuls(void **state) {
   op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(130, 70), F(70, 65));
   op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_b = true}, -1, 1, 2, F(2, 67, 64), F(2, 50, 64));
   op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_a = true}, -1, 1, 2, F(80, 70), F(80, 60));
+  // Row blocks of three batch entries, 2 each, which the two threads split in the
+  // middle of entry 1: a thread's blocks of one entry are one call (generated
+  // kernel, then OpenBLAS).
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(3, 70, 48), F(3, 48, 40));
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(3, 70, 200), F(3, 200, 200));
 }
 
 static void layout(void **state) {

@@ -186,6 +186,34 @@ static void scratch(void **state) {
   kiln_arena_free(&t.a);
 }
 
+// A scratch that an earlier kernel writes (scratch_from) lives from that kernel's
+// step. x -> a -> b -> c -> d, no in-place, 2 S of scratch for d: on its own it
+// takes the bytes of a or b, dead by step 4; written from a's step on (as the CPU
+// lstm writes its gradient's scratch), it shares bytes with none of a..d.
+static void scratch_early(void **state) {
+  (void)state;
+  for (int early = 0; early < 2; early++) {
+    T t;
+    t_init(&t);
+    int32_t x = input(&t, "x"), a = op(&t, KILN_OP_SOFTMAX, "a", x, -1);
+    int32_t b = op(&t, KILN_OP_SOFTMAX, "b", a, -1), c = op(&t, KILN_OP_SOFTMAX, "c", b, -1);
+    int32_t d = op(&t, KILN_OP_SOFTMAX, "d", c, -1);
+    kiln_graph_add_output(&t.g, d);
+    int64_t sc[5] = {0, 0, 0, 0, 2 * S};
+    int32_t from[5] = {-1, -1, -1, -1, a};
+    kiln_memplan_request(&t.g, &t.a, 0, &t.r);
+    t.r.inplace = false;
+    t.r.scratch = sc;
+    t.r.scratch_from = early ? from : NULL;
+    kiln_memplan(&t.g, &t.r, &t.a, &t.p);
+    bool shared = false;
+    for (int32_t i = a; i <= d; i++) shared |= overlap(t.p.scratch[d], 2 * S, t.p.offset[i], S);
+    assert_int_equal(shared, !early);
+    assert_false(overlap(t.p.scratch[d], 2 * S, t.p.offset[d], S));
+    kiln_arena_free(&t.a);
+  }
+}
+
 // A view (reshape) is its input's bytes: it shares the buffer, marks alias, and
 // stretches the buffer to its own readers. Steps: a [1, 4] through the view r
 // (read by e at 4), b [3, end], e [4, end]: at step 4 x, a, b, e: 4 S; b cannot
@@ -353,7 +381,13 @@ static int spans(const KilnGraph *g, const KilnPlan *p, Span *out) {
     const KilnMemBuf *m = &p->mem.bufs[b];
     if (!m->scratch) continue;
     assert_int_equal(p->scratch[m->node], m->offset);
-    out[ns++] = (Span){m->node, m->node, m->offset, m->bytes, m->node, true};
+    // From its own step, or from an earlier lstm's with the same inputs when it is
+    // an lstm_grad's (the CPU lstm keeps its forward there).
+    const KilnNode *sn = &g->nodes[m->node], *wn = &g->nodes[m->first >= 0 ? m->first : 0];
+    assert_true(m->first == m->node ||
+                (m->first >= 0 && m->first < m->node && sn->op == KILN_OP_LSTM_GRAD &&
+                 wn->op == KILN_OP_LSTM && memcmp(wn->in, sn->in, 4 * sizeof *wn->in) == 0));
+    out[ns++] = (Span){m->first, m->node, m->offset, m->bytes, m->node, true};
   }
   free(last);
   free(span);
@@ -562,7 +596,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(chain),         cmocka_unit_test(chain_inplace),
       cmocka_unit_test(diamond),       cmocka_unit_test(outputs_kept),
-      cmocka_unit_test(scratch),       cmocka_unit_test(view),          cmocka_unit_test(window),
+      cmocka_unit_test(scratch),       cmocka_unit_test(scratch_early),
+      cmocka_unit_test(view),          cmocka_unit_test(window),
       cmocka_unit_test(input_reuse),   cmocka_unit_test(base),
       cmocka_unit_test(bundled),       cmocka_unit_test(schedule_branches),
       cmocka_unit_test(schedule_bundled),

@@ -201,6 +201,9 @@ int64_t kiln_cpu_lstm(KilnKernel *k);
 int64_t kiln_cpu_lstm_grad(KilnKernel *k);
 // Floats of scratch the kernel of node n (lstm or lstm_grad) needs.
 int64_t kiln_cpu_lstm_scratch(const KilnGraph *g, const KilnNode *n);
+// The lstm node whose kernel fills lstm_grad node j's scratch with the forward's
+// gates and states (so j need not run the forward again), or -1.
+int32_t kiln_cpu_lstm_kept_for(const KilnGraph *g, int32_t j);
 
 //
 // attention.c: scaled dot-product attention and its gradient, in blocks of

@@ -9,8 +9,11 @@
 // synchronisation, and its products have as many rows as it owns sequences.
 //
 // lstm_grad has two kernels (phases), run one after the other:
-//   0. per block of sequences: the forward again, keeping every step's gates and
-//      c_t; then back through time the gate pre-activation gradients dz_t (into
+//   0. per block of sequences: every step's gates, c_t and h_t, kept in lstm_grad's
+//      scratch by the lstm's own kernel when the two pair (kiln_cpu_lstm_kept_for;
+//      the plan stretches that scratch back to the lstm's step), else the forward
+//      again;
+//      then back through time the gate pre-activation gradients dz_t (into
 //      Z, over the gates), carrying dh = dz_t W_hh^T and dc = dc f to step t - 1;
 //      then dx = dZ W_ih^T for the block's rows.
 //   1. per block of gate columns: the weight gradients, sums over every sequence
@@ -18,6 +21,8 @@
 //      db = the column sums of dZ. Each column belongs to one iteration, so no two
 //      threads add into one value, and each sum runs in the same order whatever
 //      the split.
+#include <string.h>
+
 #include "compiler/cpu/cpu.h"
 
 // Gate columns per iteration of lstm_grad's weight phase: wide enough for sgemm
@@ -47,10 +52,36 @@ static LLVMValueRef icmp(KilnCg *c, LLVMIntPredicate p, LLVMValueRef a, int64_t 
 
 static const KilnNode *in_node(const KilnKernel *k, int i) { return &k->g->nodes[k->n->in[i]]; }
 
-// Part [floats, floats + n) of the node's scratch, as a buffer of its own: the body
+// Part [floats, floats + n) of node id's scratch, as a buffer of its own: the body
 // gets it as a separate, noalias parameter, so loops over two parts vectorize.
-static LLVMValueRef scratch_part(KilnKernel *k, int64_t floats, int64_t n) {
-  return kiln_cpu_body_ptr(k->cg, k->body, KILN_LOC_ARENA, k->plan->scratch[k->id] + floats * 4, n * 4);
+static LLVMValueRef scratch_part(KilnKernel *k, int32_t id, int64_t floats, int64_t n) {
+  return kiln_cpu_body_ptr(k->cg, k->body, KILN_LOC_ARENA, k->plan->scratch[id] + floats * 4, n * 4);
+}
+
+// The lstm that keeps, in lstm_grad node j's scratch, the gates and states j would
+// otherwise compute again: the earlier lstm with j's four inputs, when exactly one
+// lstm and one lstm_grad have them; else -1. compiler/cpu/plan.c plans that scratch
+// from the lstm's step on. Without the forward kept, the backward runs it again: a
+// quarter of the training step's FLOPs.
+int32_t kiln_cpu_lstm_kept_for(const KilnGraph *g, int32_t j) {
+  const KilnNode *d = &g->nodes[j];
+  if (d->op != KILN_OP_LSTM_GRAD) return -1;
+  int32_t fwd = -1, grads = 0;
+  for (int32_t i = 0; i < g->nnodes; i++) {
+    const KilnNode *n = &g->nodes[i];
+    if ((n->op != KILN_OP_LSTM && n->op != KILN_OP_LSTM_GRAD) || memcmp(n->in, d->in, 4 * sizeof *n->in))
+      continue;
+    if (n->op == KILN_OP_LSTM_GRAD) grads++;
+    else if (i < j) fwd = fwd == -1 ? i : -2;
+  }
+  return grads == 1 && fwd >= 0 ? fwd : -1;
+}
+
+// The lstm_grad whose scratch lstm node id fills, or -1.
+static int32_t grad_kept_in(const KilnGraph *g, int32_t id) {
+  for (int32_t j = id + 1; j < g->nnodes; j++)
+    if (kiln_cpu_lstm_kept_for(g, j) == id) return j;
+  return -1;
 }
 
 // A row-major matrix operand of sgemm: its first element, leading dimension, and
@@ -96,7 +127,8 @@ typedef struct {
   LLVMValueRef Z;   // [B,T,G]: x W_ih + h W_hh per step; with keep, the gates then
   LLVMValueRef Hs;  // [B,T,H]: h_t (lstm: the output); with keep, 0 at t = T - 1
   LLVMValueRef Cs;  // [B,H] the running c; with keep, [B,T,H] every c_t
-  bool keep;        // lstm_grad: keep what the backward reads
+  LLVMValueRef Y;   // [B,T,H] or NULL: h_t besides Hs (an lstm keeping Hs for its gradient)
+  bool keep;        // keep what the backward reads
 } Seq;
 
 // c_{t-1} of row (b, t) of Cs kept per step; 0 at t = 0 (the index is then
@@ -126,6 +158,7 @@ static void gates(KilnCg *c, const Seq *s, LLVMValueRef t, LLVMValueRef lo, LLVM
   LLVMValueRef cn = fadd(c, fmul(c, gt[1], cp), fmul(c, gt[0], gt[2]));
   kiln_cg_store(c, cn, s->Cs, ci);
   LLVMValueRef h = fmul(c, gt[3], kiln_cg_tanh(c, cn));
+  if (s->Y) kiln_cg_store(c, h, s->Y, add(c, mul(c, row, H), u.index));
   if (s->keep)  // the last h feeds no product of the backward (see weight_grads)
     h = LLVMBuildSelect(c->b, icmp(c, LLVMIntSLT, t, s->T - 1), h, kiln_cg_f32(c, 0), "");
   kiln_cg_store(c, h, s->Hs, add(c, mul(c, row, H), u.index));
@@ -162,13 +195,39 @@ static Seq seq_of(KilnKernel *k) {
   return s;
 }
 
-// lstm: parallel over sequences. Scratch: Z [B,T,G], then c [B,H].
+typedef struct {
+  LLVMValueRef dh, dc;  // [B,H]: carried from step t + 1
+} Carry;
+
+// lstm_grad's scratch, in kiln_cpu_lstm_scratch's order, in node id's: the
+// lstm_grad's own, or the one an lstm keeps its forward in.
+static void grad_parts(KilnKernel *k, int32_t id, Seq *s, Carry *cr) {
+  int64_t bt = s->B * s->T, H = s->H, G = 4 * H;
+  s->keep = true;
+  s->Z = scratch_part(k, id, 0, bt * G);
+  s->Hs = scratch_part(k, id, bt * G, bt * H);
+  s->Cs = scratch_part(k, id, bt * (G + H), bt * H);
+  if (cr) {
+    cr->dh = scratch_part(k, id, bt * (G + 2 * H), s->B * H);
+    cr->dc = scratch_part(k, id, bt * (G + 2 * H) + s->B * H, s->B * H);
+  }
+}
+
+// lstm: parallel over sequences. Scratch: Z [B,T,G], then c [B,H], unused when the
+// gates and states go to the gradient's scratch instead (the CUDA backend's lstm,
+// which shares the plan, uses its own).
 int64_t kiln_cpu_lstm(KilnKernel *k) {
   Seq s = seq_of(k);
   int64_t bt = s.B * s.T, G = 4 * s.H;
-  s.Z = scratch_part(k, 0, bt * G);
-  s.Cs = scratch_part(k, bt * G, s.B * s.H);
-  s.Hs = kiln_cpu_ptr(k, k->id);
+  int32_t grad = grad_kept_in(k->g, k->id);
+  if (grad >= 0) {  // gates and states into the gradient's scratch, h also to the output
+    grad_parts(k, grad, &s, NULL);
+    s.Y = kiln_cpu_ptr(k, k->id);
+  } else {
+    s.Z = scratch_part(k, k->id, 0, bt * G);
+    s.Cs = scratch_part(k, k->id, bt * G, s.B * s.H);
+    s.Hs = kiln_cpu_ptr(k, k->id);
+  }
   forward(k->cg, &s, k->lo, k->hi);
   return s.B;
 }
@@ -179,23 +238,6 @@ int64_t kiln_cpu_lstm_scratch(const KilnGraph *g, const KilnNode *n) {
   int64_t B = x->shape[0], bt = B * x->shape[1], H = g->nodes[n->in[2]].shape[0];
   if (n->op == KILN_OP_LSTM_GRAD) return bt * 6 * H + 2 * B * H;
   return bt * 4 * H + B * H;
-}
-
-typedef struct {
-  LLVMValueRef dh, dc;  // [B,H]: carried from step t + 1
-} Carry;
-
-// lstm_grad's scratch, in kiln_cpu_lstm_scratch's order.
-static void grad_parts(KilnKernel *k, Seq *s, Carry *cr) {
-  int64_t bt = s->B * s->T, H = s->H, G = 4 * H;
-  s->keep = true;
-  s->Z = scratch_part(k, 0, bt * G);
-  s->Hs = scratch_part(k, bt * G, bt * H);
-  s->Cs = scratch_part(k, bt * (G + H), bt * H);
-  if (cr) {
-    cr->dh = scratch_part(k, bt * (G + 2 * H), s->B * H);
-    cr->dc = scratch_part(k, bt * (G + 2 * H) + s->B * H, s->B * H);
-  }
 }
 
 // Step t of rows [lo, hi), backward: dz_t over the gates in Z (ir/interp.c's
@@ -233,9 +275,9 @@ static void backward(KilnKernel *k, Seq *s, LLVMValueRef lo, LLVMValueRef hi) {
   KilnCg *c = k->cg;
   int64_t T = s->T, H = s->H, G = 4 * H;
   Carry cr;
-  grad_parts(k, s, &cr);
+  grad_parts(k, k->id, s, &cr);
   LLVMValueRef dy = kiln_cpu_ptr(k, k->n->in[4]), dx = kiln_cpu_ptr(k, k->id);
-  forward(c, s, lo, hi);
+  if (kiln_cpu_lstm_kept_for(k->g, k->id) < 0) forward(c, s, lo, hi);
   LLVMValueRef rows = LLVMBuildSub(c->b, hi, lo, "rows"), r0 = mul(c, lo, T);
   zero(c, cr.dh, mul(c, lo, H), mul(c, hi, H));
   zero(c, cr.dc, mul(c, lo, H), mul(c, hi, H));
@@ -253,21 +295,22 @@ static void backward(KilnKernel *k, Seq *s, LLVMValueRef lo, LLVMValueRef hi) {
         (Mat){s->Wi, G, true}, 0, (Mat){at(c, dx, mul(c, r0, s->I)), s->I, false});
 }
 
-// Phase 1 over column blocks [lo, hi). Hs holds h_t with h_{T-1} = 0, so row r
+// Phase 1 over column blocks [lo, hi), as one product each for dW_ih and dW_hh:
+// a call per block repacked X and Hs (the products' A) each time, 8 times over
+// at one thread for the bundled model. Hs holds h_t with h_{T-1} = 0, so row r
 // of Hs against row r + 1 of dZ pairs h_{t-1} with dz_t inside each sequence and
 // adds nothing across the boundary between two: dW_hh is one product over the
 // first B*T - 1 rows of Hs.
 static void weight_grads(KilnKernel *k, Seq *s, LLVMValueRef lo, LLVMValueRef hi) {
   KilnCg *c = k->cg;
   int64_t bt = s->B * s->T, I = s->I, H = s->H, G = 4 * H;
-  grad_parts(k, s, NULL);
+  grad_parts(k, k->id, s, NULL);
   LLVMValueRef out = kiln_cpu_ptr(k, k->id);
   LLVMValueRef dwi = at(c, out, i64(c, bt * I)), dwh = at(c, out, i64(c, bt * I + I * G));
   LLVMValueRef db = at(c, out, i64(c, bt * I + (I + H) * G));
-  KilnLoop j = kiln_cg_loop_begin(c, lo, hi, "cols");
-  LLVMValueRef j0 = mul(c, j.index, COL_BLOCK);
-  LLVMValueRef left = LLVMBuildSub(c->b, i64(c, G), j0, "");
-  LLVMValueRef n = LLVMBuildSelect(c->b, icmp(c, LLVMIntSGT, left, COL_BLOCK), i64(c, COL_BLOCK), left, "");
+  LLVMValueRef j0 = mul(c, lo, COL_BLOCK), j1 = mul(c, hi, COL_BLOCK);
+  j1 = LLVMBuildSelect(c->b, icmp(c, LLVMIntSGT, j1, G), i64(c, G), j1, "");
+  LLVMValueRef n = LLVMBuildSub(c->b, j1, j0, "cols");
   sgemm(c, i64(c, I), n, i64(c, bt), (Mat){s->X, I, true}, (Mat){at(c, s->Z, j0), G, false}, 0,
         (Mat){at(c, dwi, j0), G, false});
   if (bt > 1) {
@@ -286,7 +329,6 @@ static void weight_grads(KilnKernel *k, Seq *s, LLVMValueRef lo, LLVMValueRef hi
   kiln_cg_store(c, sum, dbj, q.index);
   kiln_cg_loop_end(c, &q);
   kiln_cg_loop_end(c, &r);
-  kiln_cg_loop_end(c, &j);
 }
 
 // lstm_grad: phase 0 parallel over sequences, phase 1 over blocks of gate columns.

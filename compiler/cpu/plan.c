@@ -66,6 +66,12 @@ void kiln_plan_build(const KilnGraph *g, KilnArena *a, int nstate, KilnPlan *p) 
     scratch[i] = align_up(scratch_floats(g, &g->nodes[i]) * 4);
   }
   r.scratch = scratch;
+  int32_t *from = kiln_arena_alloc(a, (size_t)n * sizeof *from);
+  for (int i = 0; i < n; i++) {
+    from[i] = kiln_cpu_lstm_kept_for(g, i);  // the lstm keeps its forward there
+    KILN_ASSERT(from[i] < 0 || p->live[from[i]]);
+  }
+  r.scratch_from = from;
   kiln_memplan(g, &r, a, &p->mem);
   p->scratch = p->mem.scratch;
   p->scratch_bytes = scratch;

@@ -60,9 +60,9 @@ int kiln_cuda_update_kernel(KilnCudaKernel *k, int32_t param, const KilnTrainDes
   fprintf(k->out, "  kiln_update<%lldll, %s, %s, %s, %s, %s>(A, %s, %s, %s, %s,\n", (long long)n,
           names[opt], l2 ? "true" : "false", momentum ? "true" : "false",
           t->nesterov ? "true" : "false", decay ? "true" : "false", P, G, S0, S1);
-  fprintf(k->out, "      %s, %s, %s, %s, %s, %s, %s);\n}\n", flit(k, t->weight_decay), flit(k, t->momentum),
-          flit(k, t->beta1), flit(k, 1 - t->beta1), flit(k, t->beta2), flit(k, 1 - t->beta2),
-          flit(k, t->eps));
+  fprintf(k->out, "      %s, %s, %s, %s, %s, %s, %s, %.17g);\n}\n", flit(k, t->weight_decay),
+          flit(k, t->momentum), flit(k, t->beta1), flit(k, 1 - t->beta1), flit(k, t->beta2),
+          flit(k, 1 - t->beta2), flit(k, t->eps), t->weight_decay);
   k->grid[0] = kiln_cuda_blocks(n, THREADS);
   k->grid[1] = k->grid[2] = 1;
   k->block[0] = THREADS;
