@@ -13,10 +13,13 @@ It runs, as subprocesses (the scripts with this interpreter):
   bench/generate.py     GPT generation with the key/value cache against PyTorch
   onnxruntime           the MLP at batch 128 and the GPT forward pass in ONNX Runtime
                         (/opt/kiln-venv, scripts/install-deps.sh), timed by code here
+  bench/jax_train.py    the MLP, GPT and LSTM training steps against JAX/XLA (same
+                        venv, bench/install-deps.sh; equivalence checked first)
 
 and reads their printed markdown tables (they have no machine-readable mode). The
-figures are theirs: medians over repetitions taken back to back with PyTorch, the
-ratio being the median of the paired ratios (> 1: Kiln is faster). Kiln's GFLOP/s is
+figures are theirs: medians over repetitions taken back to back with the peer
+(PyTorch; for JAX, Kiln's times are bench/jax_train.py's own), the ratio being the
+median of the paired ratios (> 1: Kiln is faster). Kiln's GFLOP/s is
 the scripts' own (the FLOP count of `kiln check`; for a training step 3 x the
 forward pass), and its share of the peak is taken against threads x the one-core
 peak. bench/gemm.py, memory.py and passes.py answer other questions (kernel tiles,
@@ -54,6 +57,9 @@ ROWS = [
     ("gpt_generate", "GPT generation, key/value cache (tokens/s)"),
     ("mlp784_infer_ort", "MLP 784-512-512-10 inference, batch 128, vs ONNX Runtime"),
     ("gpt_forward_ort", "GPT forward, batch 16 x 128, vs ONNX Runtime"),
+    ("mlp784_train_jax", "MLP 784-512-512-10 training step, vs JAX/XLA"),
+    ("gpt_train_jax", "GPT training step, vs JAX/XLA"),
+    ("lstm_train_jax", "LSTM training step, vs JAX/XLA"),
 ]
 
 
@@ -214,6 +220,31 @@ def ort_rows(text, forward_results):
     return found, version
 
 
+def jax_rows(text):
+    """bench/jax_train.py's tables: JAX against Kiln, both timed by that script."""
+    found, picks = {}, {"mlp784_train_jax": "784-512-512-10", "gpt_train_jax": "gpt",
+                        "lstm_train_jax": "lstm"}
+    for title, rows in tables(text or ""):
+        t = threads_of(title)
+        if t is None:
+            continue
+        for row in rows:
+            for key, name in picks.items():
+                if name in row.get("model", "") and "JAX us" in row:
+                    found[(key, t)] = dict(
+                        kiln=number(row["Kiln us"]) * 1e-6, peer=number(row["JAX us"]) * 1e-6,
+                        ratio=number(row["JAX/Kiln"]), bestratio=number(row["best/best"]),
+                        gflops=number(row.get("Kiln GFLOP/s", "-")), peer_name="JAX")
+    return found
+
+
+def has_jax():
+    """Whether the venv's Python can find JAX (without the seconds of importing it)."""
+    return os.access(ORT_PY, os.X_OK) and subprocess.run(
+        [ORT_PY, "-c", "import importlib.util, sys; sys.exit(not importlib.util.find_spec('jax'))"],
+        capture_output=True).returncode == 0
+
+
 def run_peak(kiln, logs):
     """`kiln peak --measure`'s output: measured now, not the cached figure."""
     p = subprocess.run([kiln, "peak", "--measure"], capture_output=True, text=True)
@@ -337,7 +368,15 @@ def goals(results, peak_gflops, m):
     else:
         out.append(("Training steps: ahead of PyTorch at its best BLAS setting",
                     f"PyTorch ran with OPENBLAS_CORETYPE={m['coretype']} only", verdict(None)))
-    out.append(("Training steps: ahead of JAX/XLA", "JAX is not installed here", verdict(None)))
+    x, y = r("mlp784_train_jax"), r("gpt_train_jax")
+    if x and y:
+        out.append(("Training steps (matmul-dominated: MLP, GPT): ahead of JAX/XLA, 1 thread",
+                    f"MLP {fmt(x['ratio'])}x, GPT {fmt(y['ratio'])}x (JAX {m['jax_version']})",
+                    verdict(x["ratio"] > 1 and y["ratio"] > 1)))
+    else:
+        out.append(("Training steps (matmul-dominated: MLP, GPT): ahead of JAX/XLA, 1 thread",
+                    "not measured" if m.get("jax_version") else "JAX is not installed here",
+                    verdict(None)))
     for key in ("mlp784_infer", "gpt_forward"):
         x, s = r(key), share(key)
         out.append((f"{dict(ROWS)[key]}: ≥ 85% of the FMA peak, 1 thread",
@@ -372,7 +411,7 @@ def svg(results, path):
 
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" height="{height}" '
          'font-family="sans-serif" font-size="12">',
-         f'<rect width="100%" height="100%" fill="white"/>',
+         '<rect width="100%" height="100%" fill="white"/>',
          f'<text x="{left}" y="20" font-weight="bold">peer time / Kiln time, log scale '
          '(right of 1: Kiln faster)</text>']
     d = lo
@@ -441,7 +480,7 @@ def main():
             meta = json.load(f)
         m, status, elapsed, a.quick = meta["machine"], meta["status"], meta["elapsed"], meta["quick"]
         kiln, version, commit = meta["kiln"], meta["version"], meta["commit"]
-        for name in list(parsers) + ["onnxruntime", "peak"]:
+        for name in list(parsers) + ["onnxruntime", "jax", "peak"]:
             path = os.path.join(a.from_logs, name + ".txt")
             if os.path.exists(path):
                 outs[name] = open(path).read().split("\n--- stderr ---\n")[0]
@@ -466,6 +505,11 @@ def main():
                                                      "0.3" if a.quick else "1"], a.logs)
             outs["onnxruntime"] = out
             status["onnxruntime"] = [out is not None, dt]
+        if has_jax():
+            out, dt = run_script("jax", [ORT_PY, os.path.join(BENCH, "jax_train.py"), "--kiln", kiln]
+                                 + reps, a.logs)
+            outs["jax"] = out
+            status["jax"] = [out is not None, dt]
         m["load_end"] = open("/proc/loadavg").read().split()[:3]
         elapsed = time.perf_counter() - t_start
         version = subprocess.run([kiln, "version"], capture_output=True, text=True).stdout.strip()
@@ -487,6 +531,18 @@ def main():
                     "`torch.onnx.export`, opset 14, intra-op spinning off")
         results.update(found)
         status["onnxruntime"] = status["onnxruntime"][:2] + [len(found)]
+    m["jax"] = "not installed (" + ORT_PY + ": see bench/install-deps.sh)"
+    m["jax_version"] = None
+    if "jax" in status:
+        found = jax_rows(outs.get("jax"))
+        v = re.search(r"^jax (\S+), jaxlib (\S+)", outs.get("jax") or "", re.M)
+        m["jax_version"] = v.group(1) if v else "?"
+        m["jax"] = (f"{m['jax_version']} (PyPI, jaxlib {v.group(2) if v else '?'}, CPU): "
+                    "[bench/jax_train.py](../bench/jax_train.py), the whole step in one `jax.jit`; "
+                    "N threads: a process whose CPU affinity is N CPUs (as `taskset`), Kiln's "
+                    "runs in it too, timed back to back with JAX's")
+        results.update(found)
+        status["jax"] = status["jax"][:2] + [len(found)]
 
     tab = table(results, pk)
     print(f"\nFMA peak, one core: {pk:.1f} GFLOP/s ({isa}); {m['cpu']}; "
@@ -524,7 +580,9 @@ It measures this machine's FMA peak (`kiln peak --measure`), runs
 [bench/train.py](../bench/train.py), [bench/forward.py](../bench/forward.py) and
 [bench/generate.py](../bench/generate.py) (the first two check that Kiln and PyTorch
 compute the same thing before timing them), times ONNX Runtime on the batched
-forward passes, and gathers the results into the table below. It took
+forward passes, runs [bench/jax_train.py](../bench/jax_train.py) (JAX/XLA on the
+training steps, checked against Kiln and PyTorch first), and gathers the results
+into the table below. It took
 {elapsed / 60:.1f} minutes. How each script measures is in its docstring and in
 [benchmarks.md](benchmarks.md).
 {quick}
@@ -537,6 +595,7 @@ forward passes, and gathers the results into the table below. It took
 | FMA peak, one core, measured in this run | **{pk:.1f} GFLOP/s** (`kiln peak`: {isa}) |
 | `OPENBLAS_CORETYPE` | {m['coretype']} |
 | ONNX Runtime | {m['ort']} |
+| JAX | {m['jax']} |
 | PyTorch | {m['torch']} (Debian's python3-torch; its GEMMs are OpenBLAS's); `OMP_WAIT_POLICY=PASSIVE` for it unless set (it was {m['omp']}) |
 | Kiln | {version}, commit {commit} (with the working tree's changes, if any), `{os.path.relpath(kiln, ROOT) if kiln.startswith(ROOT) else kiln}`{build_type(kiln)} |
 {isa_note}
@@ -547,7 +606,9 @@ rows of training and inference it is the median of the ratios of measurements ta
 back to back; for generation, the ratio of the two medians of 5 decodes (127 tokens
 from a one-character prompt, the whole loop timed), taken one side after the other;
 for ONNX Runtime, its median over Kiln's median from bench/forward.py's run, a
-minute or two earlier. best/best is the ratio of each side's fastest run, the least
+minute or two earlier; for JAX, the median of the paired ratios of JAX's and
+Kiln's step times, both taken by bench/jax_train.py, whose Kiln runs share JAX's
+CPU affinity. best/best is the ratio of each side's fastest run, the least
 disturbed by other load. The seed MLP's epoch is 10 of Kiln's `bench --train` steps
 (bench/train.py's log also times Kiln's own `train` loop). Kiln GFLOP/s is the
 scripts' (forward FLOPs of `kiln check`, times 3 for a training step); its share of
