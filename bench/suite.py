@@ -355,8 +355,15 @@ def goals(results, peak_gflops, m):
         out.append((f"{dict(ROWS)[key]}: 2 threads ≥ 1.6x 1 thread (second core idle)",
                     f"{fmt(sp)}x (on a shared machine: the second core was not known to be idle)",
                     verdict(None if sp != sp else sp >= 1.6)))
+        # PyTorch's own share of the peak, from its time and the same FLOPs: 2.5
+        # times its speed needs 2.5 times that share, which may exceed the peak.
+        need = ""
+        if x and s == s:
+            torch_share = s / x["ratio"]
+            need = (f"; PyTorch ran at {torch_share * 100:.0f}% of the peak, so 2.5x would take "
+                    f"{2.5 * torch_share * 100:.0f}%")
         out.append((f"{dict(ROWS)[key]}: ≥ 2.5x PyTorch as the environment gives it, 1 thread",
-                    f"{fmt(x and x['ratio'])}x", verdict(None if not x else x["ratio"] >= 2.5)))
+                    f"{fmt(x and x['ratio'])}x{need}", verdict(None if not x else x["ratio"] >= 2.5)))
     x, y = r("mlp784_train"), r("gpt_train")
     if m["coretype"] == "unset" and x and y:
         # With OPENBLAS_CORETYPE unset OpenBLAS runs its kernels for this CPU: the
