@@ -337,23 +337,8 @@ def stepper(step, state, base_lr, x, y):
 
 
 def time_jax(call, sync, case):
-    """(median us, min us) per step, as bench/train.py's time_torch."""
-    for _ in range(case.warmup):
-        call()
-    sync()
-    t0 = time.perf_counter()
-    call()
-    sync()
-    one = time.perf_counter() - t0
-    reps = 1 if one > 1e-3 else int(1e-3 / max(one, 1e-8)) + 1
-    times = []
-    for _ in range(case.runs):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            call()
-        sync()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times) * 1e6, min(times) * 1e6
+    """(median us, min us) per step, as bench/train.py times PyTorch."""
+    return tr.time_calls(call, case, sync)
 
 
 def worker(args):

@@ -536,13 +536,15 @@ def time_kiln_loop(exe, data, threads, samples, epochs=2000):
     return samples / float(m.group(2)) * 1e6
 
 
-def time_torch(fn, threads, case):
-    torch.set_num_threads(threads)
-    fw.openblas_set_threads(threads)
+def time_calls(fn, case, sync=lambda: None):
+    """(median us, min us) per call of fn: case.warmup calls, then case.runs runs of
+    enough calls to last 1 ms; sync() waits for work fn left running (JAX)."""
     for _ in range(case.warmup):
         fn()
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     one = time.perf_counter() - t0
     reps = 1 if one > 1e-3 else int(1e-3 / max(one, 1e-8)) + 1
     times = []
@@ -550,8 +552,15 @@ def time_torch(fn, threads, case):
         t0 = time.perf_counter()
         for _ in range(reps):
             fn()
+        sync()
         times.append((time.perf_counter() - t0) / reps)
     return statistics.median(times) * 1e6, min(times) * 1e6
+
+
+def time_torch(fn, threads, case):
+    torch.set_num_threads(threads)
+    fw.openblas_set_threads(threads)
+    return time_calls(fn, case)
 
 
 def torch_timed_fn(case, weights, rng):
