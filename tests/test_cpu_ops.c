@@ -206,6 +206,18 @@ static void check_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) 
 // the model's seed as kiln_rng_init_param does here. With --emu, NNN.emu.so holds
 // the kernels built for tests/cuda-emu, so the runner can be tried without a GPU.
 //
+// cg's module as the shared object so, by way of the object file obj, linked with
+// libm alone; cg and tm are freed.
+static void emit_shared(KilnCg *cg, LLVMTargetMachineRef tm, const char *obj, const char *so) {
+  char err[1024], cmd[1536];
+  int rc = kiln_cpu_emit(cg->mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
+  kiln_cpu_module_free(cg);
+  LLVMDisposeTargetMachine(tm);
+  if (rc != 0) fail_msg("%s", err);
+  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lm", so, obj);
+  assert_int_equal(system(cmd), 0);
+}
+
 static const KilnModelDesc *pack_compile(const KilnGraph *g, KilnArena *a, int id, void **out_dl) {
   KilnPlan plan;
   kiln_plan_build(g, a, 0, &plan);
@@ -229,13 +241,7 @@ static const KilnModelDesc *pack_compile(const KilnGraph *g, KilnArena *a, int i
     LLVMDisposeTargetMachine(tm);
     fail_msg("%s: %s", case_desc, err);
   }
-  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
-  kiln_cpu_module_free(&cg);
-  LLVMDisposeTargetMachine(tm);
-  if (rc != 0) fail_msg("%s", err);
-  // No OpenBLAS: a CUDA model calls no BLAS.
-  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lm", so, obj);
-  assert_int_equal(system(cmd), 0);
+  emit_shared(&cg, tm, obj, so);  // no OpenBLAS: a CUDA model calls no BLAS
 #ifdef KILN_TEST_CUDA_EMU
   if (pack.emu) {
     snprintf(cmd, sizeof cmd, "%s -O1 -fPIC -shared -fvisibility=hidden -include %s -x c++ %s -x none -o %s/%03d.emu.so %s",
@@ -522,16 +528,11 @@ static KilnKernelFn compile_kernel(const KilnGraph *g, const KilnPlan *plan, int
   int64_t cost;
   LLVMValueRef fn = kiln_cpu_kernel(&cg, g, plan, id, out_n, &cost);
   LLVMSetLinkage(fn, LLVMExternalLinkage);
-  char sym[128], obj[512], so[512], cmd[1536];
+  char sym[128], obj[512], so[512];
   snprintf(sym, sizeof sym, "%s", LLVMGetValueName(fn));
   snprintf(obj, sizeof obj, "%s/k%d.o", tmpdir, serial);
   snprintf(so, sizeof so, "%s/k%d.so", tmpdir, serial++);
-  int rc = kiln_cpu_emit(cg.mod, tm, 3, KILN_EMIT_OBJ, obj, err, sizeof err);
-  kiln_cpu_module_free(&cg);
-  LLVMDisposeTargetMachine(tm);
-  if (rc != 0) fail_msg("%s", err);
-  snprintf(cmd, sizeof cmd, "cc -shared -o %s %s -lm", so, obj);
-  assert_int_equal(system(cmd), 0);
+  emit_shared(&cg, tm, obj, so);
   void *dl = dlopen(so, RTLD_NOW | RTLD_LOCAL);
   if (!dl) fail_msg("%s", dlerror());
   KilnKernelFn k;

@@ -154,6 +154,20 @@ LLVMValueRef kiln_cpu_kernel_phase(KilnCg *c, const KilnGraph *g, const KilnPlan
                                    int phase, int64_t *out_n, int64_t *out_cost);
 // Scalar semantics of an elementwise op in LLVM IR, matching the op table's.
 LLVMValueRef kiln_cpu_scalar(KilnCg *c, const KilnNode *n, LLVMValueRef *x);
+// The case labels of every op that is not a scalar expression (each has kernels of
+// its own; dropout is random and reads the step header), for the scalar emitters of
+// both backends (kiln_cpu_scalar, kiln_cuda_scalar): listed once, and named case by
+// case so that -Wswitch-enum still reports a new op that neither handles.
+#define KILN_CASES_NOT_SCALAR                                                                  \
+  case KILN_OP_DROPOUT: case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST:           \
+  case KILN_OP_SUM: case KILN_OP_MEAN: case KILN_OP_MAX: case KILN_OP_SOFTMAX:                \
+  case KILN_OP_LOG_SOFTMAX: case KILN_OP_LAYERNORM: case KILN_OP_MATMUL: case KILN_OP_RESHAPE: \
+  case KILN_OP_TRANSPOSE: case KILN_OP_CONCAT: case KILN_OP_SLICE: case KILN_OP_EMBEDDING:    \
+  case KILN_OP_LSTM: case KILN_OP_ATTENTION: case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE:    \
+  case KILN_OP_BCE: case KILN_OP_LAYERNORM_DX: case KILN_OP_LAYERNORM_DGAMMA:                 \
+  case KILN_OP_EMBEDDING_GRAD: case KILN_OP_LSTM_GRAD: case KILN_OP_ATTENTION_GRAD:           \
+  case KILN_OP_CROSS_ENTROPY_GRAD: case KILN_OP_ATTENTION_DECODE: case KILN_OP_LSTM_STEP:     \
+  case KILN_OP_COUNT:
 // A pointer to node id's storage (weights or arena) inside a kernel.
 LLVMValueRef kiln_cpu_ptr(KilnKernel *k, int32_t id);
 

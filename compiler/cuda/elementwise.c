@@ -68,16 +68,7 @@ const char *kiln_cuda_scalar(KilnCudaKernel *k, const KilnNode *n, const char *c
   case KILN_OP_CLAMP_GRAD:
     return kiln_cuda_fmt(k, "kiln_clamp_grad(%s, %s, %s, %s)", x[0], x[1], flit(k, n->attr.lo),
                          flit(k, n->attr.hi));
-  case KILN_OP_DROPOUT:  // random: its own kernel reads the step header
-  case KILN_OP_INPUT: case KILN_OP_PARAM: case KILN_OP_CONST: case KILN_OP_SUM:
-  case KILN_OP_MEAN: case KILN_OP_MAX: case KILN_OP_SOFTMAX: case KILN_OP_LOG_SOFTMAX:
-  case KILN_OP_LAYERNORM: case KILN_OP_MATMUL: case KILN_OP_RESHAPE: case KILN_OP_TRANSPOSE:
-  case KILN_OP_CONCAT: case KILN_OP_SLICE: case KILN_OP_EMBEDDING: case KILN_OP_LSTM:
-  case KILN_OP_ATTENTION: case KILN_OP_CROSS_ENTROPY: case KILN_OP_MSE: case KILN_OP_BCE:
-  case KILN_OP_LAYERNORM_DX: case KILN_OP_LAYERNORM_DGAMMA: case KILN_OP_EMBEDDING_GRAD:
-  case KILN_OP_LSTM_GRAD: case KILN_OP_ATTENTION_GRAD: case KILN_OP_CROSS_ENTROPY_GRAD:
-  case KILN_OP_ATTENTION_DECODE: case KILN_OP_LSTM_STEP:
-  case KILN_OP_COUNT:
+  KILN_CASES_NOT_SCALAR
     break;
   }
   KILN_ASSERT(!"not an elementwise op");
