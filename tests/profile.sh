@@ -114,7 +114,22 @@ per = [sum(1 for k in ev if k.get('cat') == 'kernel' and s['ts'] <= k['ts'] <= s
        for s in st]
 assert len(set(per)) == 1 and per[0] > 0, per
 rows = {r['kernel']: r for r in csv.DictReader(open('tr.csv'))}
-assert int(rows['optimizer']['calls']) == 4 and int(rows['grad_norm']['calls']) == 4, rows
+assert int(rows['optimizer']['calls']) == 4, rows
+# mlp.yaml does not clip, so nothing reads the gradient norm and it is not computed.
+assert 'grad_norm' not in rows, rows
+PY
+# A model that clips computes it every step.
+sed 's/seed: 42}/seed: 42, clip_grad_norm: 1.0}/' "$src/models/mlp.yaml" > mlpclip.yaml
+expect clip-edit 0 grep -q 'clip_grad_norm: 1.0}' mlpclip.yaml
+cp "$src/models/mlp.csv" .
+expect build-mlpclip 0 "$kiln" build mlpclip.yaml -o mlpclip
+expect train-clip 0 ./mlpclip train --steps 3 --quiet --threads 1 --profile-csv trc.csv --log trc.log
+expect train-clip-rows 0 $py - <<'PY'
+import csv
+rows = {r['kernel']: r for r in csv.DictReader(open('trc.csv'))}
+assert int(rows['grad_norm']['calls']) == 3, rows
+log = list(csv.DictReader(open('trc.log')))
+assert len(log) == 3 and all(float(r['grad_norm']) > 0 for r in log), log
 PY
 
 # kiln profile: build and run the default workload in one command.
