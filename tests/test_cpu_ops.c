@@ -413,6 +413,9 @@ static void reductions(void **state) {
     op_case(ops[i], (KilnAttrs){.nints = 1, .ints = {-1}}, -2, 2, 1, F(3, 4, 9));
     op_case(ops[i], (KilnAttrs){.nints = 1, .ints = {0}, .keepdims = true}, -2, 2, 1, F(6, 5));
     op_case(ops[i], (KilnAttrs){.nints = 2, .ints = {0, 2}}, -2, 2, 1, F(3, 4, 5));
+    // Leading axes reduced, trailing kept: the kernel splits the columns.
+    op_case(ops[i], (KilnAttrs){.nints = 2, .ints = {0, 1}}, -2, 2, 1, F(3, 4, 9));
+    op_case(ops[i], (KilnAttrs){.nints = 1, .ints = {0}}, -2, 2, 1, F(200, 301));  // 2 threads
   }
   static const KilnOp sm[] = {KILN_OP_SOFTMAX, KILN_OP_LOG_SOFTMAX};
   for (size_t i = 0; i < 2; i++) {

@@ -510,6 +510,38 @@ static int64_t emit_embedding_grad(KilnKernel *k) {
 // Reductions over arbitrary axes: one thread walks the input once, adding each
 // element into its output slot (strides 0 on reduced axes).
 //
+// Leading axes reduced, trailing kept (a bias's gradient: the sum over rows of
+// [rows, cols]): parallel over columns, each chunk [lo, hi) walking every row in
+// order and adding it into its own columns, a loop LLVM vectorizes. Each element
+// still sums in row order, as in the general walk below, so the result is the
+// same bits whatever the split. The general walk took 1.2 ns an element, one
+// thread: 3.4% of the GPT's training step went to its bias gradients.
+static int64_t emit_reduce_rows(KilnKernel *k, int64_t rows, int64_t cols) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  LLVMValueRef dst = kiln_cpu_ptr(k, k->id);
+  bool is_max = o->op == KILN_OP_MAX;
+  KilnLoop z = kiln_cg_loop_begin(c, k->lo, k->hi, "init");
+  kiln_cg_store(c, kiln_cg_f32(c, is_max ? -INFINITY : 0), dst, z.index);
+  kiln_cg_loop_end(c, &z);
+  KilnLoop r = upto(c, rows, "row");
+  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, cols));
+  KilnLoop j = kiln_cg_loop_begin(c, k->lo, k->hi, "col");
+  LLVMValueRef v = in_load(k, 0, kiln_cg_add(c, base, j.index));
+  LLVMValueRef acc = kiln_cg_load(c, c->f32, dst, j.index);
+  LLVMValueRef sum = is_max ? fsel(c, LLVMRealUGT, v, acc, v, acc) : LLVMBuildFAdd(c->b, acc, v, "");
+  kiln_cg_store(c, sum, dst, j.index);
+  kiln_cg_loop_end(c, &j);
+  kiln_cg_loop_end(c, &r);
+  if (o->op == KILN_OP_MEAN) {
+    KilnLoop m = kiln_cg_loop_begin(c, k->lo, k->hi, "mean");
+    LLVMValueRef s = kiln_cg_load(c, c->f32, dst, m.index);
+    kiln_cg_store(c, LLVMBuildFDiv(c->b, s, kiln_cg_f32(c, (double)rows), ""), dst, m.index);
+    kiln_cg_loop_end(c, &m);
+  }
+  return cols;
+}
+
 static int64_t emit_reduce(KilnKernel *k) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n, *x = in_node(k, 0);
@@ -517,6 +549,15 @@ static int64_t emit_reduce(KilnKernel *k) {
   if (o->attr.nints == 0)
     for (int d = 0; d < x->rank; d++) reduced[d] = true;
   for (int i = 0; i < o->attr.nints; i++) reduced[kiln_norm_axis(o->attr.ints[i], x->rank)] = true;
+  int lead = 0;
+  while (lead < x->rank && reduced[lead]) lead++;
+  bool prefix = lead > 0 && lead < x->rank;
+  for (int d = lead; d < x->rank; d++) prefix = prefix && !reduced[d];
+  if (prefix) {
+    int64_t rows = 1, cols = 1;
+    for (int d = 0; d < x->rank; d++) *(d < lead ? &rows : &cols) *= x->shape[d];
+    return emit_reduce_rows(k, rows, cols);
+  }
   int64_t ostride[KILN_MAX_RANK], st = 1, count = 1;
   for (int d = x->rank - 1; d >= 0; d--) {
     ostride[d] = reduced[d] ? 0 : st;
