@@ -638,21 +638,78 @@ static int64_t emit_softmax(KilnKernel *k) {
   return lanes;
 }
 
+// Sums over j in [0, d) of n terms (n <= 2) that term(k, j, ctx, v) computes, in 8
+// lanes: lane l adds the terms of j = l mod 8 in order, then the lanes are added
+// in order, then the tail past the last multiple of 8. A row's sum no longer waits
+// on one add after another (f32 adds may not be reordered, so LLVM keeps a single
+// running sum serial: 3 cycles an element), and the 8 terms of a step are
+// adjacent, which LLVM turns into vector loads and arithmetic. Each row's order is
+// fixed, whatever the thread count.
+typedef void (*LaneTerm)(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v);
+
+static void lane_sums(KilnKernel *k, int64_t d, int n, LaneTerm term, void *ctx, LLVMValueRef *out) {
+  KilnCg *c = k->cg;
+  LLVMTypeRef vt = LLVMVectorType(c->f32, 8);
+  LLVMValueRef acc[2], tail[2], v[2];
+  for (int i = 0; i < n; i++) {
+    acc[i] = kiln_cg_alloca(c, vt, "lanes");
+    LLVMBuildStore(c->b, LLVMConstNull(vt), acc[i]);
+    tail[i] = acc_new(c, 0, "tail");
+  }
+  KilnLoop q = upto(c, d / 8, "j8");
+  LLVMValueRef j0 = kiln_cg_mul(c, q.index, kiln_cg_i64(c, 8)), vec[2];
+  for (int i = 0; i < n; i++) vec[i] = LLVMGetUndef(vt);
+  for (int l = 0; l < 8; l++) {
+    term(k, kiln_cg_add(c, j0, kiln_cg_i64(c, l)), ctx, v);
+    for (int i = 0; i < n; i++) vec[i] = LLVMBuildInsertElement(c->b, vec[i], v[i], kiln_cg_i32(c, l), "");
+  }
+  for (int i = 0; i < n; i++)
+    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, vt, acc[i], ""), vec[i], ""), acc[i]);
+  kiln_cg_loop_end(c, &q);
+  KilnLoop t = kiln_cg_loop_begin(c, kiln_cg_i64(c, d / 8 * 8), kiln_cg_i64(c, d), "jt");
+  term(k, t.index, ctx, v);
+  for (int i = 0; i < n; i++) acc_add(c, tail[i], v[i]);
+  kiln_cg_loop_end(c, &t);
+  for (int i = 0; i < n; i++) {
+    LLVMValueRef lanes = LLVMBuildLoad2(c->b, vt, acc[i], ""), sum = NULL;
+    for (int l = 0; l < 8; l++) {
+      LLVMValueRef x = LLVMBuildExtractElement(c->b, lanes, kiln_cg_i32(c, l), "");
+      sum = l ? LLVMBuildFAdd(c->b, sum, x, "") : x;
+    }
+    out[i] = LLVMBuildFAdd(c->b, sum, acc_get(c, tail[i]), "");
+  }
+}
+
+typedef struct {
+  int x;              // the input
+  LLVMValueRef base;  // the row's first element
+  LLVMValueRef mean;  // NULL: the first pass
+} StatsCtx;
+
+static void stats_term(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v) {
+  const StatsCtx *s = ctx;
+  LLVMValueRef x = in_load(k, s->x, kiln_cg_add(k->cg, s->base, j));
+  if (!s->mean) {
+    v[0] = x;
+    return;
+  }
+  LLVMValueRef dev = LLVMBuildFSub(k->cg->b, x, s->mean, "");
+  v[0] = LLVMBuildFMul(k->cg->b, dev, dev, "");
+}
+
 // The mean and rstd = 1 / sqrt(var + eps) of the d values at x[base ..]: biased
-// variance, two passes (mean, then squared deviations), as the interpreter.
+// variance, two passes (mean, then squared deviations), as the interpreter; each
+// sum in lanes (lane_sums).
 static void row_stats(KilnKernel *k, int x, LLVMValueRef base, int64_t d,
                       LLVMValueRef *out_mean, LLVMValueRef *out_rstd) {
   KilnCg *c = k->cg;
-  LLVMValueRef sum = acc_new(c, 0, "sum"), sq = acc_new(c, 0, "sq");
-  KilnLoop a = upto(c, d, "j");
-  acc_add(c, sum, in_load(k, x, kiln_cg_add(c, base, a.index)));
-  kiln_cg_loop_end(c, &a);
-  LLVMValueRef mean = LLVMBuildFDiv(c->b, acc_get(c, sum), kiln_cg_f32(c, (double)d), "mean");
-  KilnLoop b = upto(c, d, "j");
-  LLVMValueRef v = LLVMBuildFSub(c->b, in_load(k, x, kiln_cg_add(c, base, b.index)), mean, "");
-  acc_add(c, sq, LLVMBuildFMul(c->b, v, v, ""));
-  kiln_cg_loop_end(c, &b);
-  LLVMValueRef var = LLVMBuildFDiv(c->b, acc_get(c, sq), kiln_cg_f32(c, (double)d), "var");
+  StatsCtx s = {x, base, NULL};
+  LLVMValueRef sum, sq;
+  lane_sums(k, d, 1, stats_term, &s, &sum);
+  LLVMValueRef mean = LLVMBuildFDiv(c->b, sum, kiln_cg_f32(c, (double)d), "mean");
+  s.mean = mean;
+  lane_sums(k, d, 1, stats_term, &s, &sq);
+  LLVMValueRef var = LLVMBuildFDiv(c->b, sq, kiln_cg_f32(c, (double)d), "var");
   *out_mean = mean;
   *out_rstd = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1),
       kiln_cg_call1(c, "llvm.sqrt.f32", LLVMBuildFAdd(c->b, var, kiln_cg_f32(c, k->n->attr.eps), "")), "rstd");
@@ -679,6 +736,21 @@ static int64_t emit_layernorm(KilnKernel *k) {
   return rows;
 }
 
+typedef struct {
+  LLVMValueRef base, gamma, mean, rstd;
+  LLVMValueRef xhat;  // of the last term
+} DxCtx;
+
+// g = dy gamma and g xhat at column j of the row.
+static void dx_term(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v) {
+  KilnCg *c = k->cg;
+  DxCtx *x = ctx;
+  LLVMValueRef at = kiln_cg_add(c, x->base, j);
+  x->xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, in_load(k, 0, at), x->mean, ""), x->rstd, "xhat");
+  v[0] = LLVMBuildFMul(c->b, in_load(k, 2, at), kiln_cg_load(c, c->f32, x->gamma, j), "g");
+  v[1] = LLVMBuildFMul(c->b, v[0], x->xhat, "");
+}
+
 // layernorm_dx (ir/interp.c): per row, xhat = (x - mean) rstd, g = dy gamma,
 // dx = rstd (g - mean(g) - xhat mean(g xhat)). Parallel over rows.
 static int64_t emit_layernorm_dx(KilnKernel *k) {
@@ -688,26 +760,21 @@ static int64_t emit_layernorm_dx(KilnKernel *k) {
   LLVMValueRef gm = kiln_cpu_ptr(k, o->in[1]);
   LLVMValueRef dx = kiln_cpu_ptr(k, k->id);
   KilnLoop r = kiln_cg_loop_begin(c, k->lo, k->hi, "row");
-  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d)), mean, rstd;
-  row_stats(k, 0, base, d, &mean, &rstd);
-  LLVMValueRef sg = acc_new(c, 0, "sg"), sgx = acc_new(c, 0, "sgx");
-  for (int pass = 0; pass < 2; pass++) {  // the sums, then dx
-    KilnLoop j = upto(c, d, "j");
-    LLVMValueRef at = kiln_cg_add(c, base, j.index), xhat, g;
-    xhat = LLVMBuildFMul(c->b, LLVMBuildFSub(c->b, in_load(k, 0, at), mean, ""), rstd, "xhat");
-    g = LLVMBuildFMul(c->b, in_load(k, 2, at), kiln_cg_load(c, c->f32, gm, j.index), "g");
-    if (pass == 0) {
-      acc_add(c, sg, g);
-      acc_add(c, sgx, LLVMBuildFMul(c->b, g, xhat, ""));
-    } else {
-      LLVMValueRef inv_d = kiln_cg_f32(c, 1.0 / (double)d);
-      LLVMValueRef mg = LLVMBuildFMul(c->b, acc_get(c, sg), inv_d, "");
-      LLVMValueRef mgx = LLVMBuildFMul(c->b, acc_get(c, sgx), inv_d, "");
-      LLVMValueRef v = LLVMBuildFSub(c->b, LLVMBuildFSub(c->b, g, mg, ""), LLVMBuildFMul(c->b, xhat, mgx, ""), "");
-      kiln_cg_store(c, LLVMBuildFMul(c->b, rstd, v, ""), dx, at);
-    }
-    kiln_cg_loop_end(c, &j);
-  }
+  LLVMValueRef base = kiln_cg_mul(c, r.index, kiln_cg_i64(c, d));
+  DxCtx x = {.base = base, .gamma = gm};
+  row_stats(k, 0, base, d, &x.mean, &x.rstd);
+  LLVMValueRef sums[2];  // of g and of g xhat
+  lane_sums(k, d, 2, dx_term, &x, sums);
+  LLVMValueRef inv_d = kiln_cg_f32(c, 1.0 / (double)d);
+  LLVMValueRef mg = LLVMBuildFMul(c->b, sums[0], inv_d, "");
+  LLVMValueRef mgx = LLVMBuildFMul(c->b, sums[1], inv_d, "");
+  KilnLoop j = upto(c, d, "j");
+  LLVMValueRef v[2];
+  dx_term(k, j.index, &x, v);
+  LLVMValueRef xhat = x.xhat, g = v[0];
+  LLVMValueRef e = LLVMBuildFSub(c->b, LLVMBuildFSub(c->b, g, mg, ""), LLVMBuildFMul(c->b, xhat, mgx, ""), "");
+  kiln_cg_store(c, LLVMBuildFMul(c->b, x.rstd, e, ""), dx, kiln_cg_add(c, base, j.index));
+  kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
   return rows;
 }
