@@ -500,6 +500,7 @@ static void losses(void **state) {
   (void)state;
   op_case(KILN_OP_CROSS_ENTROPY, NOATTR, -3, 3, 2, F(6, 5), I(6));
   op_case(KILN_OP_CROSS_ENTROPY, NOATTR, -3, 3, 2, F(2, 3, 7), I(2, 3));
+  op_case(KILN_OP_CROSS_ENTROPY, NOATTR, -3, 3, 2, F(4, 19), I(4));  // 2 x 8 lanes + 3
   op_case(KILN_OP_MSE, NOATTR, -3, 3, 2, F(4, 9), F(4, 9));
   op_case(KILN_OP_BCE, NOATTR, -3, 3, 2, F(3, 5), F(3, 5));
 }
@@ -643,6 +644,7 @@ static void gradient_ops(void **state) {
   op_case(KILN_OP_EMBEDDING_GRAD, (KilnAttrs){.size = 800}, -1, 1, 2, I(40, 50), F(40, 50, 65));
   op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(6, 5), I(6));
   op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(2, 3, 7), I(2, 3));
+  op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(4, 19), I(4));
   op_case(KILN_OP_CROSS_ENTROPY_GRAD, NOATTR, -3, 3, 2, F(3), (In){0, {0}, KILN_I32});
   op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(1, 1, 1), F(1, 4), F(1, 4), F(4), F(1, 1, 1));
   op_case(KILN_OP_LSTM_GRAD, NOATTR, -1, 1, 5, F(2, 5, 3), F(3, 16), F(4, 16), F(16), F(2, 5, 4));

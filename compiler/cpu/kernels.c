@@ -65,18 +65,95 @@ static LLVMValueRef acc_new(KilnCg *c, double init, const char *name) {
 
 static LLVMValueRef acc_get(KilnCg *c, LLVMValueRef a) { return LLVMBuildLoad2(c->b, c->f32, a, ""); }
 
-// base[idx] += v, acc += v, and a loop over [0, n).
+// base[idx] += v, and a loop over [0, n).
 static void add_to(KilnCg *c, LLVMValueRef base, LLVMValueRef idx, LLVMValueRef v) {
   kiln_cg_store(c, LLVMBuildFAdd(c->b, kiln_cg_load(c, c->f32, base, idx), v, ""), base, idx);
-}
-
-static void acc_add(KilnCg *c, LLVMValueRef acc, LLVMValueRef v) {
-  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, acc), v, ""), acc);
 }
 
 static KilnLoop upto(KilnCg *c, int64_t n, const char *name) {
   return kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, n), name);
 }
+
+// Reductions over j in [0, d) of n terms (n <= 2) that term(k, j, ctx, v)
+// computes, in 8 lanes: lane l takes the terms of j = l mod 8 in order, then the
+// lanes are combined in order, then the tail past the last multiple of 8. A row's
+// sum no longer waits on one add after another (f32 adds may not be reordered, so
+// LLVM keeps a single running sum serial: 3 cycles an element), and the 8 terms of
+// a step are adjacent, which LLVM turns into vector loads and arithmetic. The
+// order is fixed for a row, whatever the thread count. A max takes the larger of
+// each comparison and skips NaN, as the serial loops did, so its result does not
+// depend on the order at all.
+typedef void (*LaneTerm)(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v);
+typedef enum { LANE_SUM, LANE_MAX } LaneOp;
+
+static LLVMValueRef lane_combine(KilnCg *c, LaneOp op, LLVMValueRef acc, LLVMValueRef v) {
+  if (op == LANE_SUM) return LLVMBuildFAdd(c->b, acc, v, "");
+  return LLVMBuildSelect(c->b, LLVMBuildFCmp(c->b, LLVMRealOGT, v, acc, ""), v, acc, "");
+}
+
+static void lane_reduce(KilnKernel *k, int64_t d, int n, LaneOp op, LaneTerm term, void *ctx,
+                        LLVMValueRef *out) {
+  KilnCg *c = k->cg;
+  LLVMTypeRef vt = LLVMVectorType(c->f32, 8);
+  double init = op == LANE_SUM ? 0 : -INFINITY;
+  LLVMValueRef acc[2], tail[2], v[2];
+  for (int i = 0; i < n; i++) {
+    acc[i] = kiln_cg_alloca(c, vt, "lanes");
+    LLVMValueRef e[8];
+    for (int l = 0; l < 8; l++) e[l] = kiln_cg_f32(c, init);
+    LLVMBuildStore(c->b, LLVMConstVector(e, 8), acc[i]);
+    tail[i] = acc_new(c, init, "tail");
+  }
+  KilnLoop q = upto(c, d / 8, "j8");
+  LLVMValueRef j0 = kiln_cg_mul(c, q.index, kiln_cg_i64(c, 8)), vec[2];
+  for (int i = 0; i < n; i++) vec[i] = LLVMGetUndef(vt);
+  for (int l = 0; l < 8; l++) {
+    term(k, kiln_cg_add(c, j0, kiln_cg_i64(c, l)), ctx, v);
+    for (int i = 0; i < n; i++) vec[i] = LLVMBuildInsertElement(c->b, vec[i], v[i], kiln_cg_i32(c, l), "");
+  }
+  for (int i = 0; i < n; i++)
+    LLVMBuildStore(c->b, lane_combine(c, op, LLVMBuildLoad2(c->b, vt, acc[i], ""), vec[i]), acc[i]);
+  kiln_cg_loop_end(c, &q);
+  KilnLoop t = kiln_cg_loop_begin(c, kiln_cg_i64(c, d / 8 * 8), kiln_cg_i64(c, d), "jt");
+  term(k, t.index, ctx, v);
+  for (int i = 0; i < n; i++) LLVMBuildStore(c->b, lane_combine(c, op, acc_get(c, tail[i]), v[i]), tail[i]);
+  kiln_cg_loop_end(c, &t);
+  for (int i = 0; i < n; i++) {
+    LLVMValueRef lanes = LLVMBuildLoad2(c->b, vt, acc[i], ""), r = NULL;
+    for (int l = 0; l < 8; l++) {
+      LLVMValueRef x = LLVMBuildExtractElement(c->b, lanes, kiln_cg_i32(c, l), "");
+      r = l ? lane_combine(c, op, r, x) : x;
+    }
+    out[i] = lane_combine(c, op, r, acc_get(c, tail[i]));
+  }
+}
+
+static void lane_sums(KilnKernel *k, int64_t d, int n, LaneTerm term, void *ctx, LLVMValueRef *out) {
+  lane_reduce(k, d, n, LANE_SUM, term, ctx, out);
+}
+
+static LLVMValueRef in_load(KilnKernel *k, int j, LLVMValueRef flat);
+
+// The terms of a row of a softmax or a cross-entropy: element j at base + j *
+// stride of src (NULL: the kernel's input 0, through in_load), or with shift,
+// exp(element - shift), also stored to dst at the same index when dst is set.
+typedef struct {
+  LLVMValueRef base, src, shift, dst;
+  int64_t stride;
+} RowTerm;
+
+static void row_term(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v) {
+  KilnCg *c = k->cg;
+  const RowTerm *r = ctx;
+  LLVMValueRef at = kiln_cg_add(c, r->base, r->stride == 1 ? j : kiln_cg_mul(c, j, kiln_cg_i64(c, r->stride)));
+  LLVMValueRef x = r->src ? kiln_cg_load(c, c->f32, r->src, at) : in_load(k, 0, at);
+  if (r->shift) {
+    x = kiln_cg_exp(c, LLVMBuildFSub(c->b, x, r->shift, ""));
+    if (r->dst) kiln_cg_store(c, x, r->dst, at);
+  }
+  v[0] = x;
+}
+
 
 // f32 arithmetic, a load, and the index a * stride + b, for the long kernels.
 static LLVMValueRef fsub(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFSub(c->b, a, b, ""); }
@@ -608,20 +685,13 @@ static int64_t emit_softmax(KilnKernel *k) {
   LLVMValueRef outer = LLVMBuildSDiv(c->b, l.index, vinner, "");
   LLVMValueRef base = kiln_cg_add(c, kiln_cg_mul(c, outer, kiln_cg_i64(c, len * inner)),
                                   LLVMBuildSRem(c->b, l.index, vinner, ""));
-  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
+  RowTerm rt = {.base = base, .stride = inner};
+  LLVMValueRef mval, total, v;
+  lane_reduce(k, len, 1, LANE_MAX, row_term, &rt, &mval);
+  rt.shift = mval;
+  rt.dst = o->op == KILN_OP_SOFTMAX ? dst : NULL;  // the exponentials, divided below
+  lane_sums(k, len, 1, row_term, &rt, &total);
 #define AT(j) kiln_cg_add(c, base, kiln_cg_mul(c, (j), vinner))
-  KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
-  LLVMValueRef v = in_load(k, 0, AT(a.index)), m = acc_get(c, mx);
-  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
-  kiln_cg_loop_end(c, &a);
-  LLVMValueRef mval = acc_get(c, mx);
-  KilnLoop s = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
-  v = in_load(k, 0, AT(s.index));
-  LLVMValueRef e = kiln_cg_exp(c, LLVMBuildFSub(c->b, v, mval, ""));
-  if (o->op == KILN_OP_SOFTMAX) kiln_cg_store(c, e, dst, AT(s.index));
-  LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), e, ""), sum);
-  kiln_cg_loop_end(c, &s);
-  LLVMValueRef total = acc_get(c, sum);
   LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", total), "");
   LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), total, "");
   KilnLoop w = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, len), "j");
@@ -636,48 +706,6 @@ static int64_t emit_softmax(KilnKernel *k) {
 #undef AT
   kiln_cg_loop_end(c, &l);
   return lanes;
-}
-
-// Sums over j in [0, d) of n terms (n <= 2) that term(k, j, ctx, v) computes, in 8
-// lanes: lane l adds the terms of j = l mod 8 in order, then the lanes are added
-// in order, then the tail past the last multiple of 8. A row's sum no longer waits
-// on one add after another (f32 adds may not be reordered, so LLVM keeps a single
-// running sum serial: 3 cycles an element), and the 8 terms of a step are
-// adjacent, which LLVM turns into vector loads and arithmetic. Each row's order is
-// fixed, whatever the thread count.
-typedef void (*LaneTerm)(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v);
-
-static void lane_sums(KilnKernel *k, int64_t d, int n, LaneTerm term, void *ctx, LLVMValueRef *out) {
-  KilnCg *c = k->cg;
-  LLVMTypeRef vt = LLVMVectorType(c->f32, 8);
-  LLVMValueRef acc[2], tail[2], v[2];
-  for (int i = 0; i < n; i++) {
-    acc[i] = kiln_cg_alloca(c, vt, "lanes");
-    LLVMBuildStore(c->b, LLVMConstNull(vt), acc[i]);
-    tail[i] = acc_new(c, 0, "tail");
-  }
-  KilnLoop q = upto(c, d / 8, "j8");
-  LLVMValueRef j0 = kiln_cg_mul(c, q.index, kiln_cg_i64(c, 8)), vec[2];
-  for (int i = 0; i < n; i++) vec[i] = LLVMGetUndef(vt);
-  for (int l = 0; l < 8; l++) {
-    term(k, kiln_cg_add(c, j0, kiln_cg_i64(c, l)), ctx, v);
-    for (int i = 0; i < n; i++) vec[i] = LLVMBuildInsertElement(c->b, vec[i], v[i], kiln_cg_i32(c, l), "");
-  }
-  for (int i = 0; i < n; i++)
-    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, vt, acc[i], ""), vec[i], ""), acc[i]);
-  kiln_cg_loop_end(c, &q);
-  KilnLoop t = kiln_cg_loop_begin(c, kiln_cg_i64(c, d / 8 * 8), kiln_cg_i64(c, d), "jt");
-  term(k, t.index, ctx, v);
-  for (int i = 0; i < n; i++) acc_add(c, tail[i], v[i]);
-  kiln_cg_loop_end(c, &t);
-  for (int i = 0; i < n; i++) {
-    LLVMValueRef lanes = LLVMBuildLoad2(c->b, vt, acc[i], ""), sum = NULL;
-    for (int l = 0; l < 8; l++) {
-      LLVMValueRef x = LLVMBuildExtractElement(c->b, lanes, kiln_cg_i32(c, l), "");
-      sum = l ? LLVMBuildFAdd(c->b, sum, x, "") : x;
-    }
-    out[i] = LLVMBuildFAdd(c->b, sum, acc_get(c, tail[i]), "");
-  }
 }
 
 typedef struct {
@@ -1024,22 +1052,18 @@ static int64_t emit_cross_entropy_grad(KilnKernel *k) {
   LLVMValueRef X = kiln_cpu_ptr(k, o->in[0]), L = kiln_cpu_ptr(k, o->in[1]), Y = kiln_cpu_ptr(k, k->id);
   KilnLoop p = kiln_cg_loop_begin(c, k->lo, k->hi, "p");
   LLVMValueRef base = kiln_cg_mul(c, p.index, kiln_cg_i64(c, C));
-  LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
-  KilnLoop a = upto(c, C, "c");
-  LLVMValueRef v = ld(c, X, kiln_cg_add(c, base, a.index)), m = acc_get(c, mx);
-  LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
-  kiln_cg_loop_end(c, &a);
-  LLVMValueRef mval = acc_get(c, mx);
+  RowTerm rt = {.base = base, .src = X, .stride = 1};
+  LLVMValueRef mval, sum;
+  lane_reduce(k, C, 1, LANE_MAX, row_term, &rt, &mval);
   // The exponentials, then their sum, in two loops: the first vectorizes (its
-  // exp is arithmetic), which a loop that also adds to a float sum does not.
+  // exp is arithmetic) as a plain loop.
   KilnLoop s = upto(c, C, "c");
   LLVMValueRef e = kiln_cg_exp(c, fsub(c, ld(c, X, kiln_cg_add(c, base, s.index)), mval));
   kiln_cg_store(c, e, Y, kiln_cg_add(c, base, s.index));
   kiln_cg_loop_end(c, &s);
-  KilnLoop t = upto(c, C, "c");
-  acc_add(c, sum, ld(c, Y, kiln_cg_add(c, base, t.index)));
-  kiln_cg_loop_end(c, &t);
-  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), acc_get(c, sum), "");
+  rt.src = Y;
+  lane_sums(k, C, 1, row_term, &rt, &sum);
+  LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), sum, "");
   LLVMValueRef lab = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, L, p.index), c->i64, "");
   LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
                                  LLVMBuildICmp(c->b, LLVMIntSGE, lab, kiln_cg_i64(c, C), ""), "");
@@ -1072,18 +1096,12 @@ static int64_t emit_loss(KilnKernel *k) {
     count = kiln_node_numel(x) / C;
     KilnLoop p = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, count), "p");
     LLVMValueRef base = kiln_cg_mul(c, p.index, kiln_cg_i64(c, C));
-    LLVMValueRef mx = acc_new(c, -INFINITY, "max"), sum = acc_new(c, 0, "sum");
-    KilnLoop a = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, C), "c");
-    LLVMValueRef v = in_load(k, 0, kiln_cg_add(c, base, a.index)), m = acc_get(c, mx);
-    LLVMBuildStore(c->b, fsel(c, LLVMRealOGT, v, m, v, m), mx);
-    kiln_cg_loop_end(c, &a);
-    LLVMValueRef mval = acc_get(c, mx);
-    KilnLoop s = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, C), "c");
-    v = in_load(k, 0, kiln_cg_add(c, base, s.index));
-    LLVMValueRef e = kiln_cg_exp(c, LLVMBuildFSub(c->b, v, mval, ""));
-    LLVMBuildStore(c->b, LLVMBuildFAdd(c->b, acc_get(c, sum), e, ""), sum);
-    kiln_cg_loop_end(c, &s);
-    LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", acc_get(c, sum)), "");
+    RowTerm rt = {.base = base, .stride = 1};
+    LLVMValueRef mval, sum;
+    lane_reduce(k, C, 1, LANE_MAX, row_term, &rt, &mval);
+    rt.shift = mval;
+    lane_sums(k, C, 1, row_term, &rt, &sum);
+    LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", sum), "");
     LLVMValueRef lab = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, L, p.index), c->i64, "");
     LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
                                    LLVMBuildICmp(c->b, LLVMIntSGE, lab, kiln_cg_i64(c, C), ""), "");
