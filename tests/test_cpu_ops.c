@@ -446,6 +446,11 @@ static void matmuls(void **state) {
   // kernel, then OpenBLAS).
   op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(3, 70, 48), F(3, 48, 40));
   op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(3, 70, 200), F(3, 200, 200));
+  // Few rows, many columns: the two threads split the columns (64-column blocks,
+  // the last one ragged).
+  op_case(KILN_OP_MATMUL, NOATTR, -1, 1, 2, F(20, 70), F(70, 200));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_b = true}, -1, 1, 2, F(20, 70), F(200, 70));
+  op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_a = true}, -1, 1, 2, F(70, 20), F(70, 200));
 }
 
 static void layout(void **state) {

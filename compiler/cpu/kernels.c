@@ -14,6 +14,10 @@
 // (no call overhead, shapes known).
 #define BLAS_MIN_WORK (48 * 48 * 48)
 #define BLAS_ROW_BLOCK 64
+// Products of at most BLAS_COL_SPLIT_ROWS rows and more columns than rows split
+// their columns among threads, in blocks of BLAS_COL_BLOCK (emit_matmul_blas_cols).
+#define BLAS_COL_SPLIT_ROWS 256
+#define BLAS_COL_BLOCK 64
 
 static const KilnNode *in_node(KilnKernel *k, int i) { return &k->g->nodes[k->n->in[i]]; }
 
@@ -351,18 +355,24 @@ static LLVMValueRef root_at(const KilnKernel *k, LLVMValueRef row, LLVMValueRef 
   return kiln_cpu_scalar(k->cg, k->n, x);
 }
 
-// Rows [r0, r0 + n) of the root's output, computed in place: the matmul's
-// epilogue, run on rows the matmul has just written.
-static void epilogue_rows(const KilnKernel *k, LLVMValueRef r0, LLVMValueRef n) {
+// Rows [r0, r0 + n), columns [c0, c0 + nc) of the root's output, computed in
+// place: the matmul's epilogue, run on the block the matmul has just written.
+static void epilogue_block(const KilnKernel *k, LLVMValueRef r0, LLVMValueRef n, LLVMValueRef c0,
+                           LLVMValueRef nc) {
   KilnCg *c = k->cg;
   const KilnNode *o = k->n;
   int64_t inner = o->shape[o->rank - 1];
   LLVMValueRef out = kiln_cpu_ptr((KilnKernel *)k, k->id);
   KilnLoop r = kiln_cg_loop_begin(c, r0, kiln_cg_add(c, r0, n), "erow");
-  KilnLoop j = kiln_cg_loop_begin(c, kiln_cg_i64(c, 0), kiln_cg_i64(c, inner), "ecol");
+  KilnLoop j = kiln_cg_loop_begin(c, c0, kiln_cg_add(c, c0, nc), "ecol");
   kiln_cg_store(c, root_at(k, r.index, j.index), out, ix(c, r.index, inner, j.index));
   kiln_cg_loop_end(c, &j);
   kiln_cg_loop_end(c, &r);
+}
+
+static void epilogue_rows(const KilnKernel *k, LLVMValueRef r0, LLVMValueRef n) {
+  const KilnNode *o = k->n;
+  epilogue_block(k, r0, n, kiln_cg_i64(k->cg, 0), kiln_cg_i64(k->cg, o->shape[o->rank - 1]));
 }
 
 static int64_t emit_matmul_group(KilnKernel *k, int32_t mm);
@@ -991,6 +1001,34 @@ static int64_t emit_matmul_blas(KilnKernel *k, const Mm *mm) {
   return mm->batch * tiles;
 }
 
+// Few rows, many columns (a dense layer at a small batch, or its input gradient):
+// cblas_sgemm on blocks of BLAS_COL_BLOCK columns of all M rows, iteration t being
+// column block t. Split by rows, every thread would pack the whole of B, the
+// larger operand (784 x 512 against 128 x 784 for the MLP's first layer); split by
+// columns, each packs its share of B and the whole of the small A. A thread's
+// blocks are one call, so one thread makes the same single call as by rows.
+static int64_t emit_matmul_blas_cols(KilnKernel *k, const Mm *mm) {
+  KilnCg *c = k->cg;
+  const KilnNode *o = k->n;
+  int64_t blocks = (mm->n + BLAS_COL_BLOCK - 1) / BLAS_COL_BLOCK;
+  LLVMValueRef A = kiln_cpu_ptr(k, o->in[0]), B = kiln_cpu_ptr(k, o->in[1]), C = kiln_cpu_ptr(k, k->out);
+  LLVMValueRef N = kiln_cg_i64(c, mm->n);
+  LLVMValueRef c0 = kiln_cg_mul(c, k->lo, kiln_cg_i64(c, BLAS_COL_BLOCK));
+  // The outer min is a no-op that tells kiln_cpu_gemm_try cols <= N.
+  LLVMValueRef cols = imin(c, LLVMBuildSub(c->b, imin(c, kiln_cg_mul(c, k->hi, kiln_cg_i64(c, BLAS_COL_BLOCK)), N), c0, ""), N);
+  bool tb = o->attr.trans_b;
+  // Columns c0.. of op(B): a transposed B's rows c0.., else B's columns c0..
+  LLVMValueRef boff = tb ? kiln_cg_mul(c, c0, kiln_cg_i64(c, mm->k)) : c0;
+  kiln_cpu_sgemm(c, &(KilnGemm){.ta = o->attr.trans_a, .tb = tb, .m = kiln_cg_i64(c, mm->m),
+                                .n = cols, .k = kiln_cg_i64(c, mm->k), .alpha = 1, .a = A,
+                                .lda = o->attr.trans_a ? mm->m : mm->k,
+                                .b = kiln_cg_gep(c, c->f32, B, boff),
+                                .ldb = tb ? mm->k : mm->n, .beta = kiln_cg_f32(c, 0),
+                                .c = kiln_cg_gep(c, c->f32, C, c0), .ldc = mm->n});
+  if (k->epi) epilogue_block(k->epi, kiln_cg_i64(c, 0), kiln_cg_i64(c, mm->m), c0, cols);
+  return blocks;
+}
+
 // One row (M = 1): a matrix-vector product, cblas_sgemv, which reads B once where
 // sgemm would first repack it. y = op(B)^T a; iteration t is batch t.
 static int64_t emit_matmul_gemv(KilnKernel *k, const Mm *mm) {
@@ -1039,6 +1077,9 @@ static int64_t emit_matmul(KilnKernel *k) {
   Mm mm;
   mm_shape(k, &mm);
   if (mm.m == 1 && mm.n * mm.k >= BLAS_MIN_WORK / 8) return emit_matmul_gemv(k, &mm);
+  if (mm.m * mm.n * mm.k >= BLAS_MIN_WORK && mm.batch == 1 && mm.m <= BLAS_COL_SPLIT_ROWS &&
+      mm.n >= 2 * BLAS_COL_BLOCK && mm.n > mm.m)
+    return emit_matmul_blas_cols(k, &mm);
   if (mm.m * mm.n * mm.k >= BLAS_MIN_WORK) return emit_matmul_blas(k, &mm);
   return emit_matmul_loops(k, &mm);
 }
