@@ -28,6 +28,15 @@ one JSON object on standard output (progress on standard error):
     python3 bench/gpu.py [--device cuda|cpu] [--only gpt] [--out FILE]
 
 --device cpu runs the same code on the CPU, to try the script where there is no GPU.
+
+--autocast bf16 times the training steps with the whole step under
+torch.autocast(device_type, dtype=torch.bfloat16): the peer of Kiln's
+--gpu-matmul=bf16. Autocast runs the forward pass's matmuls (nn.Linear, the
+attention's products) in bf16 with f32 accumulation and keeps weights, gradients
+and optimizer state in f32, as Kiln's option does; backward runs each op in the
+dtype its forward chose. Kiln keeps attention in f32 where PyTorch's attention
+products go to bf16: PyTorch does a little more in bf16. Generation is not timed
+then.
 """
 import argparse
 import json
@@ -148,8 +157,11 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed decodes")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="", help="also write the JSON to this file")
+    ap.add_argument("--autocast", choices=["bf16"], help="training steps under bf16 autocast")
     a = ap.parse_args()
     only = set(a.only.split(",")) - {""}
+    if a.autocast:
+        only = (only or set(TRAIN_KEYS)) - {"generate"}
     unknown = only - set(TRAIN_KEYS) - {"generate"}
     if unknown:
         sys.exit(f"gpu.py: --only: unknown {sorted(unknown)}; expected mlp784, gpt, generate")
@@ -162,13 +174,20 @@ def main():
     torch.manual_seed(a.seed)
     result = dict(info=device_info(device), train={}, generate={},
                   settings=dict(runs=a.runs, warmup=a.warmup, run_ms=a.run_ms))
-    log(f"torch {torch.__version__} on {result['info']['name']}")
+    if a.autocast:
+        result["info"]["autocast"] = "bfloat16"
+    log(f"torch {torch.__version__} on {result['info']['name']}"
+        + (", autocast bfloat16" if a.autocast else ""))
     for key in TRAIN_KEYS:
         if only and key not in only:
             continue
         rng = np.random.default_rng([a.seed, TRAIN_KEYS.index(key)])
-        times, calls = timed_runs(train_step_fn(key, device, rng), device, a.runs, a.warmup,
-                                  a.run_ms)
+        step = train_step_fn(key, device, rng)
+        if a.autocast:
+            def step(plain=step):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                    plain()
+        times, calls = timed_runs(step, device, a.runs, a.warmup, a.run_ms)
         r = dict(name=CASES[key].name, batch=CASES[key].batch, optimizer=tr.OPTIM[key]["torch"],
                  median_us=statistics.median(times) * 1e6, min_us=min(times) * 1e6,
                  max_us=max(times) * 1e6, runs=a.runs, calls_per_run=calls)

@@ -543,7 +543,8 @@ static int emit(KilnDiag *d, KilnModel *m, const KilnPlan *pl, const KilnBuildOp
     beside(srcpath, sizeof srcpath, o->output);
     bool src_only = o->emit == KILN_BUILD_CUDA;
     KilnCudaOpts co = {archs, narchs, src_only ? srcpath : o->cuda_source, stats, cache, mb << 20,
-                       o->time_passes ? stderr : NULL};
+                       o->time_passes ? stderr : NULL,
+                       o->gpu_matmul_bf16 ? KILN_CUDA_MATMUL_BF16 : KILN_CUDA_MATMUL_F32};
     int crc = kiln_cuda_module(&cg, &m->graph, &plan, &mo, &co, cerr, 1 << 16);
     if (stats && stats != stdout && fclose(stats) != 0 && crc == 0)
       crc = -1, snprintf(cerr, 1 << 16, "cannot write %s", o->kernel_stats);

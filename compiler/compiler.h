@@ -289,6 +289,7 @@ typedef struct {
   bool mpi;                 // exe: link runtime/mpi.c and MPI (data-parallel training)
   bool cuda;                // --target=cuda: kernels for NVIDIA GPUs (compiler/cuda/)
   const char *gpu_arch;     // --gpu-arch: "sm_80,sm_90" by default
+  bool gpu_matmul_bf16;     // --gpu-matmul=bf16: matmuls on bf16 tensor cores, f32 accumulation
   const char *cuda_source;  // also write the kernels' CUDA source here, or NULL
   const char *kernel_stats; // write registers/spills per kernel here ("-": stdout), or NULL
   const KilnDimOverride *dims;

@@ -202,6 +202,9 @@ static void build_usage(FILE *f) {
         "                         compiled by NVRTC into the output (docs/cuda.md)\n"
         "  --gpu-arch=LIST        cuda: cubins for these architectures, plus PTX of the\n"
         "                         newest for newer GPUs (default: sm_80,sm_90)\n"
+        "  --gpu-matmul=f32|bf16  cuda: matmuls in f32 (default), or on bf16 tensor\n"
+        "                         cores with f32 accumulation, weights kept in f32\n"
+        "                         (sm_80 or newer; docs/cuda.md)\n"
         "  --cuda-source=FILE     cuda: also write the kernels' CUDA source to FILE\n"
         "  --kernel-stats=FILE    cuda: registers, spills, stack and shared memory of\n"
         "                         every kernel per architecture ('-': standard output)\n"
@@ -241,10 +244,12 @@ static int cmd_build(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},         {"time-passes", no_argument, NULL, 'P'},
       {"graph-level", required_argument, NULL, 'G'}, {"mpi", no_argument, NULL, 'M'},
       {"gpu-arch", required_argument, NULL, 'R'}, {"cuda-source", required_argument, NULL, 'S'},
-      {"kernel-stats", required_argument, NULL, 'K'}, {0}};
+      {"kernel-stats", required_argument, NULL, 'K'}, {"gpu-matmul", required_argument, NULL, 'U'},
+      {0}};
   KilnDimOverride dims[MAX_DIMS];
   KilnBuildOpts o = {.cpu = "native", .opt_level = 3, .graph_level = -1, .dims = dims};
   int c, rc = 2;
+  bool gpu_matmul = false;  // --gpu-matmul given
   while ((c = getopt_long(argc, argv, "o:O:h", longs, NULL)) != -1) {
     switch (c) {
     case 'o': o.output = optarg; break;
@@ -264,6 +269,15 @@ static int cmd_build(int argc, char **argv) {
       }
       break;
     case 'R': o.gpu_arch = optarg; break;
+    case 'U':
+      if (strcmp(optarg, "bf16") == 0) o.gpu_matmul_bf16 = true;
+      else if (strcmp(optarg, "f32") == 0) o.gpu_matmul_bf16 = false;
+      else {
+        fprintf(stderr, "kiln build: --gpu-matmul expects f32 or bf16, got '%s'\n", optarg);
+        goto out;
+      }
+      gpu_matmul = true;
+      break;
     case 'S': o.cuda_source = optarg; break;
     case 'K': o.kernel_stats = optarg; break;
     case 'C': o.cpu = optarg; break;
@@ -299,9 +313,9 @@ static int cmd_build(int argc, char **argv) {
     fputs("kiln build: --mpi links a program: it goes with --emit=exe\n", stderr);
     goto out;
   }
-  if (!o.cuda && (o.gpu_arch || o.cuda_source || o.kernel_stats || o.emit == KILN_BUILD_CUDA)) {
-    fputs("kiln build: --gpu-arch, --cuda-source, --kernel-stats and --emit=cuda go with "
-          "--target=cuda\n", stderr);
+  if (!o.cuda && (o.gpu_arch || gpu_matmul || o.cuda_source || o.kernel_stats || o.emit == KILN_BUILD_CUDA)) {
+    fputs("kiln build: --gpu-arch, --gpu-matmul, --cuda-source, --kernel-stats and --emit=cuda go "
+          "with --target=cuda\n", stderr);
     goto out;
   }
   o.model = argv[optind];

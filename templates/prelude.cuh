@@ -9,7 +9,8 @@
 // __shared__ (static sizes), __syncthreads, __shfl_xor_sync, __shfl_down_sync,
 // atomicAdd on float, threadIdx/blockIdx/blockDim/gridDim (.x .y .z), and the
 // float math functions, __int_as_float, __float_as_int and the expf logf log1pf sqrtf rsqrtf tanhf erff fabsf fmaxf fminf
-// powf floorf, and KILN_INF and KILN_NAN.
+// powf floorf, and KILN_INF and KILN_NAN; and the two tensor-core helpers below,
+// kiln_bf16x2 and kiln_mma_bf16 (sm_80 and newer), by name.
 
 #define KILN_MAX_SLOTS 24
 #define KILN_WARP 32
@@ -74,3 +75,33 @@ __device__ __forceinline__ float kiln_block_max(float v) {
   v = lane < nw ? part[lane] : -KILN_INF;
   return kiln_warp_max(v);
 }
+
+// bf16 tensor cores (sm_80 and newer), for --gpu-matmul=bf16. Inline PTX, which the
+// emulator cannot run: tests/cuda-emu/emu.h defines KILN_CUDA_EMU and both
+// functions itself, the mma as a warp-collective with the same fragment layout.
+#ifndef KILN_CUDA_EMU
+// lo and hi rounded to bf16 (to nearest, ties to even; a NaN stays a NaN) and
+// packed into one register, lo in the low 16 bits: the order of two consecutive
+// elements of an mma operand fragment.
+__device__ __forceinline__ unsigned kiln_bf16x2(float lo, float hi) {
+  unsigned r;
+  // cvt puts its first source in the upper half.
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// d += A B over one warp: A 16 x 16 (row-major fragment a), B 16 x 8 (column-major
+// fragment b), bf16 products summed in f32 into the 16 x 8 f32 accumulator d. Every
+// lane of the warp must call it. Lane l holds, with g = l >> 2 and t = l % 4 (the
+// PTX ISA's fragments for mma.m16n8k16 .bf16; "lo/hi" the halves of a register):
+//   a[0] = A[g][2t, 2t+1]      a[1] = A[g+8][2t, 2t+1]
+//   a[2] = A[g][2t+8, 2t+9]    a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g]      b[1] = B[2t+8, 2t+9][g]
+//   d[0], d[1] = D[g][2t, 2t+1]   d[2], d[3] = D[g+8][2t, 2t+1]
+__device__ __forceinline__ void kiln_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif

@@ -16,7 +16,8 @@
 # The LSTM and GPT run at reduced dims, on one short text (the held-out split that
 # both evaluate on is then small), so that the emulator, which runs every CUDA
 # thread as a coroutine, takes seconds. Each CUDA program trains twice: blocks and
-# threads in index order, then in reverse (KILN_CUDA_EMU_ORDER).
+# threads in index order, then in reverse (KILN_CUDA_EMU_ORDER). Then each model
+# again with --gpu-matmul=bf16 (bf16 tensor cores for matmuls, f32 accumulation).
 # Usage: cuda.sh PATH/TO/kiln SOURCE_DIR DRIVER EMU_H CXX
 set -u
 kiln=$1
@@ -38,14 +39,14 @@ fi
 export KILN_CUDA_DRIVER=$driver
 
 text=/usr/share/common-licenses/Apache-2.0
-# compare NAME CPU.csv GPU.csv: the loss column (3) of every step, within the
-# tolerance; prints the largest relative difference.
+# compare NAME CPU.csv GPU.csv [TOL]: the loss column (3) of every step, within
+# TOL (1e-5) of (1 + |cpu|); prints the largest relative difference.
 compare() {
-  if awk -F, -v name="$1" '
+  if awk -F, -v name="$1" -v tol="${4:-1e-5}" '
       NR == FNR { if (FNR > 1) want[$1] = $3; next }
       FNR > 1 { n++; d = $3 - want[$1]; if (d < 0) d = -d
                 r = d / (1 + (want[$1] < 0 ? -want[$1] : want[$1])); if (r > max) max = r
-                if (!($1 in want) || r > 1e-5) { bad++; printf "  step %s: gpu %s, cpu %s\n", $1, $3, want[$1] } }
+                if (!($1 in want) || r > tol) { bad++; printf "  step %s: gpu %s, cpu %s\n", $1, $3, want[$1] } }
       END { printf "%s: %d steps, largest difference %.2g of (1 + |loss|)\n", name, n, max
             exit !(n == 20 && !bad) }' "$2" "$3"; then
     pass=$((pass + 1))
@@ -86,10 +87,49 @@ model() {
   fi
 }
 
+# model_bf16 NAME DATA [BUILD OPTIONS]: after model, the same with
+# --gpu-matmul=bf16, against the same CPU losses at BF16_TOL, and not identical to
+# the f32 CUDA program's losses (the option must change the arithmetic).
+model_bf16() {
+  local m=$1 data=$2
+  shift 2
+  expect "build-cuda-bf16-$m" 0 "$kiln" build "$src/models/$m.yaml" "$@" --target=cuda --gpu-matmul=bf16 \
+    --cuda-source="$m-bf16.cu" -o "$m-bf16"
+  check "kernels-bf16-$m-mma" grep -q kiln_mma_tile "$m-bf16.cu"
+  expect "kernels-bf16-$m" 0 "$cxx" -O1 -fPIC -shared -fvisibility=hidden -include "$emu" -x c++ "$m-bf16.cu" \
+    -x none -o "$m-bf16-kernels.so" "$driver"
+  SECONDS=0
+  KILN_CUDA_EMU_KERNELS="$PWD/$m-bf16-kernels.so" expect "train-cuda-bf16-$m" 0 "./$m-bf16" train --steps 20 \
+    --log "$m-bf16.csv" --quiet $data
+  echo "$m-bf16: 20 steps under the emulator in ${SECONDS} s"
+  compare "$m-bf16" "$m-cpu.csv" "$m-bf16.csv" "$BF16_TOL"
+  KILN_CUDA_EMU_ORDER=reverse KILN_CUDA_EMU_KERNELS="$PWD/$m-bf16-kernels.so" \
+    expect "train-cuda-bf16-reverse-$m" 0 "./$m-bf16" train --steps 20 --log "$m-bf16-reverse.csv" --quiet $data
+  compare "$m-bf16-reverse" "$m-cpu.csv" "$m-bf16-reverse.csv" "$BF16_TOL"
+  check "bf16-$m-differs-from-f32" awk -F, 'NR == FNR { f32[$1] = $3; next } FNR > 1 && f32[$1] != $3 { d = 1 }
+                                           END { exit !d }' "$m-cuda.csv" "$m-bf16.csv"
+}
+
 model mlp ""
 model digits ""
 model lstm "--data $text" --dim batch=4 --dim seq=16 --dim embed=32 --dim hidden=64
 model gpt "--data $text" --dim batch=2 --dim ctx=16 --dim d=32 --dim heads=2
+
+# --gpu-matmul=bf16. Tolerance: matmul operands are rounded to bf16, 8 significant
+# bits (a relative error up to 2^-8 = 3.9e-3 each, independent from element to
+# element, so a sum of products moves by about 2^-8 / sqrt(terms) of its
+# magnitude); the loss averages many such outputs and 20 steps of training
+# compound them. The largest differences seen were 3.2e-3 of (1 + |loss|) (digits;
+# 1.1e-4 to 5.9e-4 for the others); BF16_TOL is 1e-2, while a matmul computed
+# wrong moves the loss by more within a step (a fragment register swapped in
+# kiln_mma_tile: 2.3e-2 at step 1 of the MLP, 0.1 to 0.27 from step 4). Some
+# logged loss must also differ from the f32 program's, or the option changed
+# nothing. The bf16 programs train in reverse order too.
+BF16_TOL=1e-2
+model_bf16 mlp ""
+model_bf16 digits ""
+model_bf16 lstm "--data $text" --dim batch=4 --dim seq=16 --dim embed=32 --dim hidden=64
+model_bf16 gpt "--data $text" --dim batch=2 --dim ctx=16 --dim d=32 --dim heads=2
 
 # --emit=cuda writes the source the program was built from.
 expect emit-cuda 0 "$kiln" build "$src/models/mlp.yaml" --target=cuda --emit=cuda -o emitted.cu

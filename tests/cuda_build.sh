@@ -2,9 +2,11 @@
 # kiln build --target=cuda on every bundled model, no GPU needed: NVRTC compiles
 # every kernel for sm_80 and sm_90 (plus PTX), and ptxas's report of each kernel
 # is checked. A kernel that spills registers to local memory fails the test unless
-# tests/cuda-spills.allow names its op with a reason. Then the outputs: the program
-# and the library depend on nothing of this machine's (no CUDA library, NVRTC,
-# LLVM, libyaml or OpenBLAS), and the library's header shows no CUDA type.
+# tests/cuda-spills.allow names its op with a reason; the same with
+# --gpu-matmul=bf16 (tensor-core matmuls), whose matmul kernels' report is
+# printed, and its refusal below sm_80. Then the outputs: the program and the
+# library depend on nothing of this machine's (no CUDA library, NVRTC, LLVM,
+# libyaml or OpenBLAS), and the library's header shows no CUDA type.
 # Usage: cuda_build.sh PATH/TO/kiln SOURCE_DIR [EXTRA_LINK_FLAG]
 set -u
 kiln=$1
@@ -19,9 +21,19 @@ if "$kiln" build --target=cuda "$src/models/mlp.yaml" -o probe 2>&1 | grep -q 'w
 fi
 
 allow="$src/tests/cuda-spills.allow"
+# Each model twice: f32 matmuls, then bf16 tensor cores (--gpu-matmul=bf16); the
+# bf16 program's stats are in $m-bf16.stats, its matmul kernels printed below. The
+# bf16 builds keep their own kernel cache: the cache checks below expect the f32
+# builds' entries alone.
+f32_cache=$KILN_CACHE_DIR
+for mm in f32 bf16; do
+[ "$mm" = bf16 ] && export KILN_CACHE_DIR=$PWD/bf16-cache
 for m in mlp digits lstm gpt; do
-  expect "build-$m" 0 "$kiln" build --target=cuda "$src/models/$m.yaml" -o "$m" --kernel-stats="$m.stats" \
-    --cuda-source="$m.cu"
+  out=$m
+  [ "$mm" = bf16 ] && out=$m-bf16
+  expect "build-$out" 0 "$kiln" build --target=cuda --gpu-matmul="$mm" "$src/models/$m.yaml" -o "$out" \
+    --kernel-stats="$out.stats" --cuda-source="$out.cu"
+  m=$out
   # Every kernel in the source has a report for both architectures.
   nk=$(grep -c '^extern "C" __global__' "$m.cu")
   for a in 80 90; do
@@ -39,7 +51,36 @@ for m in mlp digits lstm gpt; do
     check "smem-$m-$k-$arch" [ "$smem" -le 49152 ]
   done <"$m.stats"
   check "no-host-deps-$m" sh -c "! ldd ./$m | grep -E 'libcuda|nvrtc|cudart|LLVM|yaml|openblas'"
+  if [ "$mm" = bf16 ]; then
+    check "bf16-mma-$m" grep -q 'kiln_mma_tile<[0-9]' "$m.cu"
+    check "bf16-no-f32-tile-$m" sh -c "! grep -q 'kiln_mm_tile<[0-9]' $m.cu"
+    # The matmul kernels' report: the kernels whose body calls kiln_mma_tile.
+    awk 'NR == FNR { if (/__global__/) { k = $0; sub(/\(KilnArgs.*/, "", k); sub(/.* /, "", k) }
+                     if (/kiln_mma_tile<[0-9]/) mma[k] = 1; next }
+         FNR == 1 || ($1 in mma) { print "  " $0 }' "$m.cu" "$m.stats"
+  fi
 done
+done
+# The bundled models' matmuls are too small for the 128 x 128 tensor-core tile
+# (64 accumulators a thread); the GPT at batch 64 takes it, and must not spill.
+expect build-gpt64-bf16 0 "$kiln" build --target=cuda --gpu-matmul=bf16 --dim batch=64 "$src/models/gpt.yaml" \
+  -o gpt64-bf16 --kernel-stats=gpt64-bf16.stats --cuda-source=gpt64-bf16.cu
+check bf16-tile128-used grep -q 'kiln_mma_tile<128, 128,' gpt64-bf16.cu
+check bf16-gpt64-no-spills awk 'NR > 1 && ($4 != 0 || $5 != 0) { bad = 1; print "  spills: " $0 } END { exit bad }' \
+  gpt64-bf16.stats
+export KILN_CACHE_DIR=$f32_cache
+# The bf16 mma needs sm_80: an older architecture is refused with the reason.
+expect bf16-sm75 1 "$kiln" build --target=cuda --gpu-matmul=bf16 --gpu-arch=sm_75,sm_90 "$src/models/mlp.yaml" \
+  -o bad
+has bf16-sm75-msg "$tmp/stderr" "--gpu-matmul=bf16 needs sm_80 or newer (bf16 tensor cores), but --gpu-arch has sm_75"
+check bf16-sm75-no-output [ ! -e bad ]
+# The prelude's tensor-core functions are inline PTX for sm_80: f32 kernels, which
+# never call them, still build for sm_75.
+expect f32-sm75 0 "$kiln" build --target=cuda --gpu-arch=sm_75 "$src/models/mlp.yaml" -o mlp75
+expect bf16-bad-value 2 "$kiln" build --target=cuda --gpu-matmul=fp16 "$src/models/mlp.yaml" -o bad
+has bf16-bad-value-msg "$tmp/stderr" "--gpu-matmul expects f32 or bf16, got 'fp16'"
+expect bf16-cuda-only 2 "$kiln" build --gpu-matmul=bf16 "$src/models/mlp.yaml" -o bad
+has bf16-cuda-only-msg "$tmp/stderr" "go with --target=cuda"
 
 # The kernel cache (KILN_CACHE_DIR, harness.sh: this test's own). The builds above
 # filled it; the same build again takes every architecture from it and gives the

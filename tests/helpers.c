@@ -102,6 +102,8 @@ const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nst
 }
 
 #ifdef KILN_TEST_CUDA_EMU
+bool kiln_test_cuda_bf16;
+
 const KilnModelDesc *kiln_test_compile_cuda(const KilnGraph *g, KilnArena *a, int nstate,
                                             const KilnTrainDesc *td, uint64_t seed,
                                             const char *dir, void **out_dl) {
@@ -121,6 +123,7 @@ const KilnModelDesc *kiln_test_compile_cuda(const KilnGraph *g, KilnArena *a, in
   // device picks is tests/cuda.sh's to check.
   static const int archs[] = {90};
   KilnCudaOpts co = {archs, 1, src, NULL};
+  co.matmul = kiln_test_cuda_bf16 ? KILN_CUDA_MATMUL_BF16 : KILN_CUDA_MATMUL_F32;
   KilnCg cg = {0};
   KilnModuleOpts mo = {"test", false, seed, tm, td};
   if (kiln_cuda_module(&cg, g, &plan, &mo, &co, err, sizeof err) != 0) {

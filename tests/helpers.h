@@ -36,6 +36,8 @@ const KilnModelDesc *kiln_test_compile(const KilnGraph *g, KilnArena *a, int nst
 const KilnModelDesc *kiln_test_compile_cuda(const KilnGraph *g, KilnArena *a, int nstate,
                                             const KilnTrainDesc *td, uint64_t seed,
                                             const char *dir, void **out_dl);
+// Its matmul kernels multiply in bf16 on tensor cores (--gpu-matmul=bf16) while set.
+extern bool kiln_test_cuda_bf16;
 #endif
 
 #endif

@@ -18,6 +18,7 @@
 // cuda_ops), with the same tolerances: the kernels compute in f32 as the CPU's do,
 // with the same libm (expf, tanhf) under the emulator. Dropout's training mask is
 // the CPU kernel's own test; on the GPU the forward step runs dropout as a copy.
+// The matmul cases run once more with bf16 tensor cores (matmuls_bf16).
 //
 // `test_cpu_ops pack DIR` compiles the same cases for CUDA and, instead of running
 // them, writes each with its inputs, the interpreter's outputs and the tolerance,
@@ -146,7 +147,55 @@ static void free_values(const KilnGraph *g, double **v) {
 }
 
 #ifdef KILN_HAVE_CUDA
+//
+// `test_cpu_ops cuda` also runs the matmul cases with --gpu-matmul=bf16: operands
+// rounded to bf16 (to nearest, ties to even) as they are staged, tensor-core
+// products summed in f32. Two references:
+//
+// - the interpreter on the inputs rounded to bf16 first. The products of bf16
+//   values are exact in f32 and the sums are f32, so what remains is the order of
+//   the f32 sums, as between the f32 kernels and the interpreter: tol_scale's
+//   tolerance, the f32 cases' own.
+// - the interpreter on the f32 inputs. Rounding an operand moves it by at most
+//   2^-8 of itself (bf16 keeps 8 significant bits), a product by at most
+//   2^-8 + 2^-8 + 2^-16 of itself, so an element is within (2^-7 + 2^-16) *
+//   sum_k |a_ik b_kj| (plus the f32 tolerance) of the f32 result; and since inputs
+//   are uniform in [-1, 1], most operands are not bf16 values, so some element of
+//   every case differs from it by more than the f32 tolerance. Were the kernels
+//   to stay f32 under the option, this check would fail; were they bf16 without
+//   it, the f32 cases would.
+//
+// `test_cpu_ops pack` packs the same cases (named "matmul_bf16" for --only) with
+// the first reference, for a GPU's tensor cores.
+static float round_bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  u = (u + 0x7fffu + (u >> 16 & 1u)) & 0xffff0000u;  // finite inputs only
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+// The interpreter over g with its inputs (from v) mapped through f; the caller
+// frees the result with free_values.
+static double **interp_mapped(const KilnGraph *g, double *const *v, double (*f)(double)) {
+  double **w = calloc((size_t)g->nnodes, sizeof *w);
+  for (int i = 0; i < g->nnodes; i++) {
+    int64_t ne = kiln_node_numel(&g->nodes[i]);
+    w[i] = calloc((size_t)(ne ? ne : 1), sizeof(double));
+    if (g->nodes[i].op == KILN_OP_INPUT)
+      for (int64_t j = 0; j < ne; j++) w[i][j] = f(v[i][j]);
+  }
+  char err[256];
+  KilnInterpOpts io = {0};
+  if (kiln_interp_run(g, w, &io, err, sizeof err) != 0) fail_msg("interpreter: %s", err);
+  return w;
+}
+
+static double to_bf16(double x) { return round_bf16((float)x); }
+
 static void pack_graph(const KilnGraph *g, KilnArena *a, double lo, double hi);
+// pack_graph packs a --gpu-matmul=bf16 case while set (matmuls_bf16).
+static bool pack_bf16;
 #endif
 
 // Runs graph g both ways on the same random inputs and parameters and compares
@@ -235,6 +284,7 @@ static const KilnModelDesc *pack_compile(const KilnGraph *g, KilnArena *a, int i
   snprintf(src, sizeof src, "%s/p%d.cu", tmpdir, id);
   snprintf(so, sizeof so, "%s/%03d.so", pack.dir, id);
   KilnCudaOpts co = {archs, narchs, pack.emu ? src : NULL, NULL};
+  co.matmul = pack_bf16 ? KILN_CUDA_MATMUL_BF16 : KILN_CUDA_MATMUL_F32;
   KilnCg cg = {0};
   KilnModuleOpts mo = {"test", false, 7, tm, NULL};
   if (kiln_cuda_module(&cg, g, &plan, &mo, &co, err, sizeof err) != 0) {
@@ -269,6 +319,11 @@ static void pack_graph(const KilnGraph *g, KilnArena *a, double lo, double hi) {
   void **in = calloc((size_t)d->ninputs + 1, sizeof *in);
   for (int i = 0; i < d->ninputs; i++) in[i] = calloc((size_t)d->inputs[i].bytes + 4, 1);
   double **v = reference(g, d, weights, in, lo, hi);
+  if (pack_bf16) {  // the reference of a bf16 case: its inputs rounded first (matmuls_bf16)
+    double **r = interp_mapped(g, v, to_bf16);
+    free_values(g, v);
+    v = r;
+  }
   char path[512];
   snprintf(path, sizeof path, "%s/%03d.bin", pack.dir, id);
   FILE *f = fopen(path, "wb");
@@ -452,6 +507,95 @@ static void matmuls(void **state) {
   op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_b = true}, -1, 1, 2, F(20, 70), F(200, 70));
   op_case(KILN_OP_MATMUL, (KilnAttrs){.trans_a = true}, -1, 1, 2, F(70, 20), F(70, 200));
 }
+
+#ifdef KILN_HAVE_CUDA
+static void bf16_case(KilnAttrs attr, In x, In y) {
+  if (!wanted("matmul_bf16")) return;
+  KilnArena a = {0};
+  KilnGraph g;
+  char name[64];
+  snprintf(name, sizeof name, "c%d", serial++);
+  kiln_graph_init(&g, &a, name);
+  int32_t ids[2] = {add_input(&g, "in0", x), add_input(&g, "in1", y)};
+  int32_t out = kiln_graph_add(&g, KILN_OP_MATMUL, ids, 2, "out", (KilnLoc){0});
+  g.nodes[out].attr = attr;
+  char err[256];
+  if (kiln_graph_infer(&g, out, err, sizeof err) != 0) fail_msg("matmul: %s", err);
+  kiln_graph_add_output(&g, out);
+  if (pack.dir) {  // for a GPU: against the bf16 operands' reference alone
+    snprintf(case_desc, sizeof case_desc, "matmul --gpu-matmul=bf16%s%s", attr.trans_a ? " trans_a" : "",
+             attr.trans_b ? " trans_b" : "");
+    describe_input(x);
+    describe_input(y);
+    pack_bf16 = true;
+    pack_graph(&g, &a, -1, 1);
+    pack_bf16 = false;
+    kiln_arena_free(&a);
+    return;
+  }
+#ifdef KILN_TEST_CUDA_EMU
+  void *dl;
+  kiln_test_cuda_bf16 = true;
+  const KilnModelDesc *d = compile(&g, &a, 0, NULL, 7, tmpdir, &dl);
+  kiln_test_cuda_bf16 = false;
+  KilnStatus st = {0};
+  KilnCtx *c = kiln_ctx_create(d, 2, &st);
+  if (!c) fail_msg("%s", st.msg);
+  void *in[2] = {kiln_ctx_input(c, 0), kiln_ctx_input(c, 1)};
+  double **v = reference(&g, d, c->weights, in, -1, 1);
+  double **vr = interp_mapped(&g, v, to_bf16), **vm = interp_mapped(&g, v, fabs);
+  kiln_ctx_forward(c);
+  if (kiln_ctx_check(c, &st) != 0) fail_msg("%s: forward: %s", g.name, st.msg);
+  const KilnNode *n = &g.nodes[out];
+  const float *got = kiln_ctx_output(c, 0);
+  double scale = tol_scale(&g, n), off = 0;
+  for (int64_t j = 0; j < kiln_node_numel(n); j++) {
+    double have = got[j], want = vr[out][j], f32 = v[out][j], tol = scale * (1 + fabs(want));
+    if (!(fabs(have - want) <= tol))
+      fail_msg("%s (bf16): element %lld: got %.9g, want %.9g from bf16 operands (tolerance %.3g)",
+               g.name, (long long)j, have, want, tol);
+    double bound = (0x1p-7 + 0x1p-16) * vm[out][j] + scale * (1 + fabs(f32));
+    if (!(fabs(have - f32) <= bound))
+      fail_msg("%s (bf16): element %lld: got %.9g, f32 operands give %.9g: more than bf16 rounding (%.3g)",
+               g.name, (long long)j, have, f32, bound);
+    off = fmax(off, fabs(have - f32) / (scale * (1 + fabs(f32))));
+  }
+  if (!(off > 1)) fail_msg("%s (bf16): every element is within the f32 tolerance of f32 operands' result: bf16 unused?", g.name);
+  print_message("bf16 matmul %s: largest difference from f32 operands %.1f f32 tolerances\n", g.name, off);
+  free_values(&g, v);
+  free_values(&g, vr);
+  free_values(&g, vm);
+  kiln_ctx_destroy(c);
+  dlclose(dl);
+#endif
+  kiln_arena_free(&a);
+}
+
+// The matmul cases (matmuls()) with --gpu-matmul=bf16, plus sizes that take each
+// tensor-core tile: 128 x 128, 64 x 64 and 32 x 32 tiles, the skinny one, K not a
+// multiple of 16 or of the 32 a slice holds.
+static void matmuls_bf16(void **state) {
+  (void)state;
+  if (!cuda) skip();
+  bf16_case(NOATTR, F(3, 5), F(5, 7));
+  bf16_case(NOATTR, F(1, 17), F(17, 33));
+  bf16_case((KilnAttrs){.trans_b = true}, F(4, 6), F(9, 6));
+  bf16_case((KilnAttrs){.trans_a = true}, F(6, 4), F(6, 9));
+  bf16_case((KilnAttrs){.trans_a = true, .trans_b = true}, F(5, 3), F(7, 5));
+  bf16_case(NOATTR, F(2, 3, 5, 4), F(4, 6));
+  bf16_case(NOATTR, F(3, 4, 5), F(3, 5, 2));
+  bf16_case(NOATTR, F(2, 1, 4, 5), F(3, 5, 2));
+  bf16_case(NOATTR, F(130, 70), F(70, 65));
+  bf16_case((KilnAttrs){.trans_b = true}, F(2, 67, 64), F(2, 50, 64));
+  bf16_case((KilnAttrs){.trans_a = true}, F(80, 70), F(80, 60));
+  bf16_case(NOATTR, F(3, 70, 48), F(3, 48, 40));
+  bf16_case(NOATTR, F(3, 70, 200), F(3, 200, 200));
+  // 128 x 128 tiles: 2 x 2 of them per matrix (rows and columns 128 and 129 in the
+  // second), 132 blocks in all.
+  bf16_case((KilnAttrs){.trans_a = true, .trans_b = true}, F(33, 40, 129), F(33, 129, 40));
+  bf16_case(NOATTR, F(9, 33), F(33, 100));  // 9 rows: not skinny, one 32 x 32 tile row
+}
+#endif
 
 static void layout(void **state) {
   (void)state;
@@ -784,7 +928,11 @@ int main(int argc, char **argv) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unary_ops), cmocka_unit_test(binary_ops), cmocka_unit_test(reductions),
-      cmocka_unit_test(matmuls),   cmocka_unit_test(layout),     cmocka_unit_test(sequence_ops),
+      cmocka_unit_test(matmuls),
+#ifdef KILN_HAVE_CUDA
+      cmocka_unit_test(matmuls_bf16),
+#endif
+      cmocka_unit_test(layout),     cmocka_unit_test(sequence_ops),
       cmocka_unit_test(losses),    cmocka_unit_test(dropout_training),
       cmocka_unit_test(gradient_ops), cmocka_unit_test(coverage), cmocka_unit_test(models),
   };

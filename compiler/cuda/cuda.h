@@ -23,6 +23,13 @@
 
 #define KILN_CUDA_MAX_SLOTS KILN_ABI_CUDA_MAX_SLOTS
 
+// How matmul nodes multiply (--gpu-matmul): f32 CUDA cores, or bf16 tensor cores
+// with f32 accumulation (operands rounded to bf16 in shared memory; sm_80 and newer).
+typedef enum {
+  KILN_CUDA_MATMUL_F32,
+  KILN_CUDA_MATMUL_BF16,
+} KilnCudaMatmul;
+
 //
 // source.c: one kernel's source and launch, and the per-node dispatch.
 //
@@ -34,6 +41,7 @@ typedef struct {
   const char *name;        // the __global__ function to define; appears nowhere else
   FILE *out;               // the kernel's source goes here
   KilnArena *arena;        // strings returned below live here
+  KilnCudaMatmul matmul;   // how matmul.c's kernels multiply
   int nslots;              // buffers asked for: slot i is A.p[i]
   KilnSlot slot[KILN_CUDA_MAX_SLOTS];
   // Launch geometry, set by the emitter.
@@ -190,10 +198,12 @@ typedef struct {
   const char *cache_dir;   // the kernel cache (kiln_cuda_cache_dir), or NULL: none
   int64_t cache_limit;     // its size limit, bytes
   FILE *time_out;          // NVRTC's time (--time-passes), or NULL
+  KilnCudaMatmul matmul;   // matmul nodes' arithmetic (--gpu-matmul; zero: f32)
 } KilnCudaOpts;
 
 // Builds everything kiln_cpu_module builds, for the GPU, into c->mod. 0, or -1 with
-// the message in err (a compile error names the kernel source line and its node).
+// the message in err (a compile error names the kernel source line and its node;
+// KILN_CUDA_MATMUL_BF16 with an architecture below sm_80 is refused).
 int kiln_cuda_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnModuleOpts *o,
                      const KilnCudaOpts *co, char *err, size_t errlen);
 

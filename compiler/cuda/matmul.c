@@ -2,7 +2,9 @@
 // broadcast, as the CPU backend's (compiler/cpu/kernels.c) and ir/interp.c. A
 // block computes one tile of one batch's C with templates/matmul.cuh and then, per
 // element, the epilogue: the store, or the fused elementwise group's chain
-// (kiln_cuda_chain) on the accumulator, stored to the group root's buffer.
+// (kiln_cuda_chain) on the accumulator, stored to the group root's buffer. With
+// KILN_CUDA_MATMUL_BF16 the tile is kiln_mma_tile's (operands rounded to bf16,
+// tensor cores, f32 accumulators) and the epilogue is the same.
 #include "compiler/cuda/cuda.h"
 
 // Output tiles, largest first: a tile is taken when it still gives a block to
@@ -13,7 +15,7 @@
 #define WAVE 132
 
 typedef struct {
-  int bm, bn, bk, tm, tn;  // threads: (bm / tm) * (bn / tn)
+  int bm, bn, bk, tm, tn;  // threads: (bm / tm) * (bn / tn), times 32 for an mma tile
 } Tile;
 
 static const Tile TILES[] = {{128, 128, 8, 8, 8}, {64, 64, 16, 4, 4}, {32, 32, 16, 4, 4}};
@@ -21,12 +23,21 @@ static const Tile TILES[] = {{128, 128, 8, 8, 8}, {64, 64, 16, 4, 4}, {32, 32, 1
 #define SKINNY 8
 static const Tile SKINNY_TILE = {8, 64, 16, 1, 2};
 
-static int threads(Tile t) { return (t.bm / t.tm) * (t.bn / t.tn); }
+// bf16 tensor-core tiles (kiln_mma_tile), chosen the same way: tm x tn is a warp's
+// piece of the tile, so threads are 32 per piece. The largest gives each warp
+// 4 x 4 mma tiles (64 accumulators a thread) and each block 20 KiB of shared
+// memory; the skinny one computes 16 rows, the mma's height, for up to 8.
+static const Tile MMA_TILES[] = {{128, 128, 32, 64, 32}, {64, 64, 32, 32, 32}, {32, 32, 32, 16, 16}};
+static const Tile MMA_SKINNY_TILE = {16, 64, 32, 16, 16};
+
+static int threads(Tile t, bool mma) { return (t.bm / t.tm) * (t.bn / t.tn) * (mma ? 32 : 1); }
 
 // Blocks per SM that __launch_bounds__ asks ptxas to allow for: 512 threads, so up
 // to 128 registers each. Without it ptxas was seen to cap these kernels at 64
 // registers and spill.
-static int min_blocks(Tile t) { return 512 / threads(t) > 1 ? 512 / threads(t) : 1; }
+static int min_blocks(Tile t, bool mma) {
+  return 512 / threads(t, mma) > 1 ? 512 / threads(t, mma) : 1;
+}
 
 typedef struct {
   int64_t m, n, k, batch;
@@ -62,12 +73,13 @@ static void mm_shape(const KilnGraph *g, const KilnNode *o, Mm *mm) {
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static Tile pick_tile(const Mm *mm) {
-  if (mm->m <= SKINNY) return SKINNY_TILE;
-  int n = (int)(sizeof TILES / sizeof TILES[0]);
+static Tile pick_tile(const Mm *mm, bool mma) {
+  if (mm->m <= SKINNY) return mma ? MMA_SKINNY_TILE : SKINNY_TILE;
+  const Tile *tiles = mma ? MMA_TILES : TILES;
+  int n = (int)(mma ? sizeof MMA_TILES / sizeof MMA_TILES[0] : sizeof TILES / sizeof TILES[0]);
   for (int i = 0; i < n - 1; i++)
-    if (ceil_div(mm->m, TILES[i].bm) * ceil_div(mm->n, TILES[i].bn) * mm->batch >= WAVE) return TILES[i];
-  return TILES[n - 1];
+    if (ceil_div(mm->m, tiles[i].bm) * ceil_div(mm->n, tiles[i].bn) * mm->batch >= WAVE) return tiles[i];
+  return tiles[n - 1];
 }
 
 // The kernel of matmul mm; with root >= 0, its epilogue is the elementwise group
@@ -78,7 +90,8 @@ static int emit(KilnCudaKernel *k, int32_t mm_id, int32_t root) {
   const KilnNode *o = &g->nodes[mm_id];
   Mm mm;
   mm_shape(g, o, &mm);
-  Tile t = pick_tile(&mm);
+  bool mma = k->matmul == KILN_CUDA_MATMUL_BF16;
+  Tile t = pick_tile(&mm, mma);
   int64_t mt = ceil_div(mm.m, t.bm), nt = ceil_div(mm.n, t.bn);
   if (nt > 65535 || mt > INT32_MAX) {
     snprintf(k->err, sizeof k->err, "matmul '%s': a %lld x %lld output is too large for one launch",
@@ -87,7 +100,8 @@ static int emit(KilnCudaKernel *k, int32_t mm_id, int32_t root) {
   }
   const char *A = kiln_cuda_ptr(k, o->in[0]), *B = kiln_cuda_ptr(k, o->in[1]);
   FILE *f = k->out;
-  fprintf(f, "extern \"C\" __global__ void __launch_bounds__(%d, %d) %s(KilnArgs A) {\n", threads(t), min_blocks(t), k->name);
+  fprintf(f, "extern \"C\" __global__ void __launch_bounds__(%d, %d) %s(KilnArgs A) {\n", threads(t, mma),
+          min_blocks(t, mma), k->name);
   // A grid-stride loop only where the batch exceeds the grid: around the tile's
   // loops it costs ptxas spills.
   if (mm.batch > 65535)
@@ -101,15 +115,19 @@ static int emit(KilnCudaKernel *k, int32_t mm_id, int32_t root) {
     fprintf(f, "    bo += q %% %lldLL * %lldLL;\n", (long long)o->shape[d], (long long)(mm.sb[d] * mm.k * mm.n));
     fprintf(f, "    q /= %lldLL;\n", (long long)o->shape[d]);
   }
+  // The accumulators: a thread's rows i and columns j of the tile (kiln_mm_row and
+  // kiln_mm_col, or kiln_mma_row and kiln_mma_col: templates/matmul.cuh).
   const char *tp = kiln_cuda_fmt(k, "%d, %d, %d, %d", t.bm, t.bn, t.tm, t.tn);
-  fprintf(f, "    float c[%d][%d];\n", t.tm, t.tn);
+  const char *pre = mma ? "kiln_mma" : "kiln_mm";
+  int rows = mma ? t.tm / 8 : t.tm, cols = mma ? t.tn / 4 : t.tn;
+  fprintf(f, "    float c[%d][%d];\n", rows, cols);
   fprintf(f, "    long long m0 = (long long)blockIdx.x * %d, n0 = (long long)blockIdx.y * %d;\n", t.bm, t.bn);
-  fprintf(f, "    kiln_mm_tile<%d, %d, %d, %d, %d, %s, %s, %lldLL, %lldLL, %lldLL>(%s + ao, %s + bo, m0, n0, c);\n",
-          t.bm, t.bn, t.bk, t.tm, t.tn, o->attr.trans_a ? "true" : "false", o->attr.trans_b ? "true" : "false",
-          (long long)mm.m, (long long)mm.n, (long long)mm.k, A, B);
-  fprintf(f, "    for (int i = 0; i < %d; i++)\n", t.tm);
-  fprintf(f, "      for (int j = 0; j < %d; j++) {\n", t.tn);
-  fprintf(f, "        long long m = m0 + kiln_mm_row<%s>(i), col = n0 + kiln_mm_col<%s>(j);\n", tp, tp);
+  fprintf(f, "    %s_tile<%d, %d, %d, %d, %d, %s, %s, %lldLL, %lldLL, %lldLL>(%s + ao, %s + bo, m0, n0, c);\n",
+          pre, t.bm, t.bn, t.bk, t.tm, t.tn, o->attr.trans_a ? "true" : "false",
+          o->attr.trans_b ? "true" : "false", (long long)mm.m, (long long)mm.n, (long long)mm.k, A, B);
+  fprintf(f, "    for (int i = 0; i < %d; i++)\n", rows);
+  fprintf(f, "      for (int j = 0; j < %d; j++) {\n", cols);
+  fprintf(f, "        long long m = m0 + %s_row<%s>(i), col = n0 + %s_col<%s>(j);\n", pre, tp, pre, tp);
   fprintf(f, "        if (m >= %lldLL || col >= %lldLL) continue;\n", (long long)mm.m, (long long)mm.n);
   // row: of the output (and the root) with leading dims flattened.
   fprintf(f, "        long long row = z * %lldLL + m;\n", (long long)mm.m);
@@ -126,7 +144,7 @@ static int emit(KilnCudaKernel *k, int32_t mm_id, int32_t root) {
   k->grid[0] = (uint32_t)(mt < 1 ? 1 : mt);
   k->grid[1] = (uint32_t)(nt < 1 ? 1 : nt);
   k->grid[2] = (uint32_t)(mm.batch < 1 ? 1 : mm.batch > 65535 ? 65535 : mm.batch);
-  k->block[0] = (uint32_t)threads(t);
+  k->block[0] = (uint32_t)threads(t, mma);
   return 0;
 }
 

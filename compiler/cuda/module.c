@@ -52,6 +52,7 @@ typedef struct {
   GraphPlan gp[3];
   int ngp;
   KilnArena *arena;
+  KilnCudaMatmul matmul;
   char err[2048];
   KilnCudaCompiled bin;
 } Source;
@@ -101,7 +102,7 @@ static int make_kernel(Source *s, const KilnGraph *g, const KilnPlan *p, const E
   FILE *f = open_memstream(&text, &len);
   if (!f) kiln_out_of_memory(0);
   KilnCudaKernel k = {.g = g, .p = p, .id = r->id, .phase = r->phase, .name = PLACEHOLDER,
-                      .out = f, .arena = s->arena};
+                      .out = f, .arena = s->arena, .matmul = s->matmul};
   int rc;
   switch (r->kind) {
   case EMIT_NODE: rc = kiln_cuda_kernel(&k) == 0 ? 1 : -1; break;
@@ -518,7 +519,16 @@ static void write_stats(const Source *s, FILE *f) {
 
 int kiln_cuda_module(KilnCg *c, const KilnGraph *g, const KilnPlan *p, const KilnModuleOpts *o,
                      const KilnCudaOpts *co, char *err, size_t errlen) {
-  Source s = {.arena = g->arena};
+  // The bf16 mma (mma.sync m16n8k16 .bf16) and cvt.rn.bf16x2 need sm_80.
+  for (int i = 0; co->matmul == KILN_CUDA_MATMUL_BF16 && i < co->narchs; i++)
+    if (co->archs[i] < 80) {
+      snprintf(err, errlen,
+               "--gpu-matmul=bf16 needs sm_80 or newer (bf16 tensor cores), but --gpu-arch has sm_%d; "
+               "drop it, or build with --gpu-matmul=f32",
+               co->archs[i]);
+      return -1;
+    }
+  Source s = {.arena = g->arena, .matmul = co->matmul};
   int rc = 0;
   // Sub-models first, as kiln_cpu_module builds them.
   if (o->decode) {

@@ -9,8 +9,9 @@
 //   compiled for the host with emu.h (env KILN_CUDA_EMU_KERNELS names that shared
 //   object), looked up by name with dlsym;
 // - cuLaunchKernel runs the grid one block after another. Within a block every
-//   CUDA thread is a coroutine, so __syncthreads and warp shuffles can suspend a
-//   thread until the others arrive; a barrier that can never complete (some
+//   CUDA thread is a coroutine, so __syncthreads, warp shuffles and warp gathers
+//   (kiln_emu_warp_gather, which emu.h's tensor-core mma is built on) can suspend
+//   a thread until the others arrive; a barrier that can never complete (some
 //   threads returned or wait elsewhere) aborts with the kernel's name;
 // - stream capture records the launches into a graph that cuGraphLaunch replays.
 //   A stream that waits on an event recorded in a capture joins it (a fork), and
@@ -737,8 +738,12 @@ enum { T_NEW, T_RUN, T_READY, T_BAR, T_WARP, T_DONE };
 
 typedef struct {
   unsigned want, arrived;  // lane masks
+  int gather;              // the lanes that arrived wait in kiln_emu_warp_gather, not a shuffle
   unsigned long long val[32], out[32];
   unsigned char src[32];
+  const void *mine[32];    // kiln_emu_warp_gather's arguments per lane
+  void *all[32];
+  unsigned bytes;
 } Warp;
 
 static struct {
@@ -871,8 +876,8 @@ static void deadlock(void) {
           kiln_emu_gridDim.x, kiln_emu_gridDim.y, kiln_emu_gridDim.z, S.n, nbar, nwarp, S.ndone);
   for (unsigned w = 0; w < (S.n + 31) / 32; w++)
     if (S.warp[w].arrived)
-      fprintf(stderr, "kiln-cuda-emu:   warp %u: lanes %#010x of %#010x reached the shuffle\n", w,
-              S.warp[w].arrived, S.warp[w].want);
+      fprintf(stderr, "kiln-cuda-emu:   warp %u: lanes %#010x of %#010x reached the %s\n", w,
+              S.warp[w].arrived, S.warp[w].want, S.warp[w].gather ? "mma" : "shuffle");
   abort();
 }
 
@@ -904,6 +909,8 @@ unsigned long long kiln_emu_shfl(unsigned mask, unsigned long long bits, int kin
   if (!(m >> lane & 1)) die("kernel %s: thread %u calls a warp shuffle with mask %#x, which leaves it out", name, t, mask);
   if (width < 1 || width > 32 || (width & (width - 1)))
     die("kernel %s: warp shuffle width %d is not a power of 2 up to 32", name, width);
+  if (w->arrived && w->gather)
+    die("kernel %s: in warp %u, thread %u shuffles while other lanes wait at an mma", name, t / 32, t);
   if (!w->arrived) w->want = m;
   else if (w->want != m) die("kernel %s: the lanes of warp %u shuffle with masks %#x and %#x", name, t / 32, w->want, m);
   // CUDA's rules: a source lane outside the thread's own width-lane segment (later
@@ -926,6 +933,38 @@ unsigned long long kiln_emu_shfl(unsigned mask, unsigned long long bits, int kin
   for (unsigned l = 0; l < 32; l++)
     if ((m >> l & 1) && l != lane) make_ready(base + l);
   return w->out[lane];
+}
+
+void kiln_emu_warp_gather(const void *mine, void *all, unsigned bytes) {
+  unsigned t = (unsigned)S.cur->thread, lane = t % 32, base = t - lane;
+  Warp *w = &S.warp[t / 32];
+  const char *name = S.f->name;
+  if (S.n - base < 32)
+    die("kernel %s: warp %u has %u threads; an mma needs all 32", name, t / 32, S.n - base);
+  if (!w->arrived) {
+    w->want = 0xffffffffu;
+    w->gather = 1;
+    w->bytes = bytes;
+  } else if (!w->gather) {
+    die("kernel %s: in warp %u, thread %u reaches an mma while other lanes wait at a shuffle", name,
+        t / 32, t);
+  } else if (w->bytes != bytes) {
+    die("kernel %s: the lanes of warp %u exchange %u and %u bytes", name, t / 32, w->bytes, bytes);
+  }
+  w->mine[lane] = mine;  // on the lanes' stacks, which stay put while they wait
+  w->all[lane] = all;
+  w->arrived |= 1u << lane;
+  if (w->arrived != w->want) {
+    S.state[t] = T_WARP;
+    suspend();
+    return;
+  }
+  for (unsigned l = 0; l < 32; l++)
+    for (unsigned src = 0; src < 32; src++) memcpy((char *)w->all[l] + src * bytes, w->mine[src], bytes);
+  w->arrived = 0;
+  w->gather = 0;
+  for (unsigned l = 0; l < 32; l++)
+    if (l != lane) make_ready(base + l);
 }
 
 // A fault inside a kernel names the kernel and thread before the process dies;

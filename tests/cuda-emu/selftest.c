@@ -128,6 +128,18 @@ static char *compile(int arch) {
 
 static char *cubin80, *cubin90, *ptx90;
 
+// f32 rounded to bf16 (to nearest, ties to even) and back, by arithmetic rather
+// than by bits as emu.h does: x's bf16 neighbours are multiples of 2^(e - 7).
+static float bf16_round(float x) {
+  if (x == 0 || !isfinite(x)) return x;
+  int e;
+  frexpf(x, &e);  // |x| in [2^(e-1), 2^e)
+  return (float)(nearbyint(ldexp(x, 8 - e)) * ldexp(1.0, e - 8));  // the default mode: ties to even
+}
+
+// Uniform in [-2, 2], with all of a float's bits.
+static float uniform_pm2(void) { return (float)rand() / (float)RAND_MAX * 4 - 2; }
+
 //
 // Helpers inside a child.
 //
@@ -320,6 +332,73 @@ static void case_kernels(void) {
   for (int i = 0; i < 8; i++) CHECK(fabsf(y[i] - want[i]) <= 2e-7f * want[i]);
   CHECK(y[8] == -2.0f && y[9] == 1024.0f && y[10] == -2.0f && y[11] == -3.0f);
   CHECK(isinf(y[12]) && y[12] > 0 && isnan(y[13]));
+
+  // bf16 rounding against known bit patterns: ties to even (1 + 2^-8 down to 1,
+  // 1 + 3 * 2^-8 up to 1 + 2^-6), a carry into the exponent, overflow to infinity,
+  // signed zero, a subnormal, infinities and NaNs.
+  static const unsigned bits_in[16] = {0x3f800000, 0x3f808000, 0x3f818000, 0x3f80ffff,
+                                       0x3fffffff, 0x7f7fffff, 0x80000000, 0x00000001,
+                                       0x7f800000, 0xff800000, 0x7fc00000, 0xffc00001,
+                                       0x7f800001, 0x3eaaaaab, 0xc0490fdb, 0x00ff8000};
+  static const unsigned short bf_want[16] = {0x3f80, 0x3f80, 0x3f82, 0x3f81, 0x4000, 0x7f80, 0x8000,
+                                             0x0000, 0x7f80, 0xff80, 0x7fff, 0x7fff, 0x7fff, 0x3eab,
+                                             0xc049, 0x0100};
+  CU(p_cuMemcpyHtoDAsync_v2((CUdeviceptr)(uintptr_t)a.p[0], bits_in, sizeof bits_in, s));
+  launch(s, function("emu_bf16"), 1, 1, 1, 8, 1, 1, &a);
+  unsigned pairs[8];
+  CU(p_cuMemcpyDtoHAsync_v2(pairs, (CUdeviceptr)(uintptr_t)a.p[1], sizeof pairs, s));
+  bad = 0;
+  for (int i = 0; i < 16; i++) {
+    unsigned got = pairs[i / 2] >> (i % 2 * 16) & 0xffff;
+    if (got != bf_want[i])
+      fprintf(stderr, "bf16 of %#010x: got %#06x, want %#06x\n", bits_in[i], got, bf_want[i]);
+    bad += got != bf_want[i];
+  }
+  CHECK(bad == 0);
+
+  // The mma of two warps (each its own matrices) against a plain loop over the
+  // operands rounded to bf16. Operands are multiples of 2^-6 in [-2, 2) with
+  // few enough bits to be exact in bf16, and C multiples of 2^-6 too: every
+  // product and partial sum is exact in f32, so any summation order gives the
+  // same D and the comparison is exact. A second round with full-precision
+  // operands checks the rounding of the inputs (to within f32 summation order).
+  enum { W = 2 };
+  float *ma = malloc(W * 256 * sizeof *ma), *mb = malloc(W * 128 * sizeof *mb);
+  float *mc = malloc(W * 128 * sizeof *mc), *md = malloc(W * 128 * sizeof *md);
+  CU(p_cuMemFree_v2((CUdeviceptr)(uintptr_t)a.p[3]));  // n's 8 bytes: too small for D
+  a.p[3] = dev_alloc(W * 128 * sizeof *md);
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < W * 256; i++) ma[i] = round ? uniform_pm2() : (float)(rand() % 256 - 128) / 64;
+    for (int i = 0; i < W * 128; i++) mb[i] = round ? uniform_pm2() : (float)(rand() % 256 - 128) / 64;
+    for (int i = 0; i < W * 128; i++) mc[i] = (float)(rand() % 256 - 128) / 64;
+    CU(p_cuMemcpyHtoDAsync_v2((CUdeviceptr)(uintptr_t)a.p[0], ma, W * 256 * sizeof *ma, s));
+    CU(p_cuMemcpyHtoDAsync_v2((CUdeviceptr)(uintptr_t)a.p[1], mb, W * 128 * sizeof *mb, s));
+    CU(p_cuMemcpyHtoDAsync_v2((CUdeviceptr)(uintptr_t)a.p[2], mc, W * 128 * sizeof *mc, s));
+    launch(s, function("emu_mma"), 1, 1, 1, 32 * W, 1, 1, &a);
+    CU(p_cuMemcpyDtoHAsync_v2(md, (CUdeviceptr)(uintptr_t)a.p[3], W * 128 * sizeof *md, s));
+    bad = 0;
+    for (int w = 0; w < W; w++)
+      for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 8; j++) {
+          double want = mc[w * 128 + i * 8 + j], mag = fabs(want);
+          for (int k = 0; k < 16; k++) {
+            double p = (double)bf16_round(ma[w * 256 + i * 16 + k]) * bf16_round(mb[w * 128 + k * 8 + j]);
+            want += p;
+            mag += fabs(p);
+          }
+          double got = md[w * 128 + i * 8 + j];
+          // Round 1: 17 f32 roundings at most, each within 2^-24 of the terms' magnitude.
+          if (round ? fabs(got - want) > 17 * 0x1p-24 * mag : got != want) {
+            if (bad++ < 5)
+              fprintf(stderr, "mma round %d warp %d D[%d][%d]: got %.9g, want %.9g\n", round, w, i, j, got, want);
+          }
+        }
+    CHECK(bad == 0);
+  }
+  free(ma);
+  free(mb);
+  free(mc);
+  free(md);
   CU(p_cuStreamSynchronize(s));
   CU(p_cuStreamDestroy_v2(s));
   CU(p_cuModuleUnload(mod));
@@ -493,6 +572,7 @@ static void run_kernel(const char *name) {
 static void case_bad_sync(void) { run_kernel("emu_bad_sync"); }
 static void case_bad_shuffle(void) { run_kernel("emu_bad_shuffle"); }
 static void case_bad_access(void) { run_kernel("emu_bad_access"); }
+static void case_bad_mma(void) { run_kernel("emu_bad_mma"); }
 
 // Runs fn in a child with the environment env ("NAME=value" strings, NULL-ended);
 // returns its wait status and its stderr in err.
@@ -582,6 +662,8 @@ int main(int argc, char **argv) {
                "deadlock in kernel emu_bad_sync, block (0,0,0) of (2,1,1), 64 threads: 63 wait at "
                "__syncthreads, 0 wait at a warp shuffle, 1 have returned");
   expect_death("half a warp shuffles", case_bad_shuffle, SIGABRT, "deadlock in kernel emu_bad_shuffle");
+  expect_death("half a warp reaches an mma", case_bad_mma, SIGABRT,
+               "warp 0: lanes 0x0000ffff of 0xffffffff reached the mma");
   expect_death("an access outside memory", case_bad_access, SIGSEGV,
                "segmentation fault at 0x");
   printf("%s\n", failures ? "FAILED" : "all passed");

@@ -2,7 +2,7 @@
 // emulated driver is given) and runs its host build (g++ -include emu.h). They use
 // the prelude's reductions the way the templates do, plus the cases the emulator
 // must get right: barriers, shuffles in divergent warps, segmented shuffles, 3-D
-// indices, atomics, and two kernels that deadlock.
+// indices, atomics, bf16 rounding and the bf16 mma, and kernels that deadlock.
 #include "templates/prelude.cuh"
 
 // Every thread stores the block's sum and max of a grid-stride slice of p[0][0..n).
@@ -87,6 +87,43 @@ extern "C" __global__ void emu_math(KilnArgs A) {
   y[11] = __int_as_float(__float_as_int(x[13]) ^ 0x80000000);
   y[12] = KILN_INF;
   y[13] = KILN_NAN;
+}
+
+// bf16 rounding: p[1][i] = the bf16 pair of p[0][2i] (low half) and p[0][2i+1].
+extern "C" __global__ void emu_bf16(KilnArgs A) {
+  const float *x = (const float *)A.p[0];
+  ((unsigned *)A.p[1])[threadIdx.x] = kiln_bf16x2(x[2 * threadIdx.x], x[2 * threadIdx.x + 1]);
+}
+
+// One mma per warp: D = A B + C with warp w's A (16 x 16, row-major) at p[0] + 256w,
+// B (16 x 8, row-major) at p[1] + 128w, C and D (16 x 8) at p[2] + 128w and
+// p[3] + 128w. Each lane loads its fragments by the PTX ISA's layout.
+extern "C" __global__ void emu_mma(KilnArgs A) {
+  int w = threadIdx.x / KILN_WARP, lane = threadIdx.x % KILN_WARP, g = lane >> 2, t = lane % 4;
+  const float *a = (const float *)A.p[0] + 256 * w, *b = (const float *)A.p[1] + 128 * w;
+  const float *c = (const float *)A.p[2] + 128 * w;
+  float *d = (float *)A.p[3] + 128 * w;
+  unsigned fa[4], fb[2];
+  for (int r = 0; r < 4; r++) {
+    int row = g + (r & 1) * 8, col = 2 * t + (r >> 1) * 8;
+    fa[r] = kiln_bf16x2(a[row * 16 + col], a[row * 16 + col + 1]);
+  }
+  for (int r = 0; r < 2; r++) {
+    int k = 2 * t + r * 8;
+    fb[r] = kiln_bf16x2(b[k * 8 + g], b[(k + 1) * 8 + g]);
+  }
+  float acc[4];
+  for (int i = 0; i < 4; i++) acc[i] = c[(g + (i >> 1) * 8) * 8 + 2 * t + (i & 1)];
+  kiln_mma_bf16(acc, fa, fb);
+  for (int i = 0; i < 4; i++) d[(g + (i >> 1) * 8) * 8 + 2 * t + (i & 1)] = acc[i];
+}
+
+// Half of each warp reaches the mma.
+extern "C" __global__ void emu_bad_mma(KilnArgs A) {
+  float acc[4] = {0, 0, 0, 0};
+  unsigned fa[4] = {0, 0, 0, 0}, fb[2] = {0, 0};
+  if (threadIdx.x % KILN_WARP < 16) kiln_mma_bf16(acc, fa, fb);
+  ((float *)A.p[0])[threadIdx.x] = acc[0];
 }
 
 // Thread 5 returns before the barrier the others wait at.

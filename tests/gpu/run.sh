@@ -36,10 +36,13 @@ prepare  build the CPU and CUDA programs of models/{mlp,digits,lstm,gpt}.yaml an
          with their data, the CPU's losses of 20 training steps and its bench
          numbers, and the op pack: every case of tests/test_cpu_ops.c compiled
          for CUDA with the interpreter's results (kiln: --kiln, else $KILN, else
-         build/kiln; the pack needs that build's tests/test_cpu_ops and ops_check)
+         build/kiln; the pack needs that build's tests/test_cpu_ops and ops_check);
+         also the CUDA programs built with --gpu-matmul=bf16 (cuda-bf16/)
 check    on a GPU machine: every op case against the interpreter, the CUDA
          programs' losses against the CPU's, with and without CUDA graphs, `info`,
-         and Kiln against PyTorch (bench/gpu.py); writes OUTDIR/report.md and the
+         and Kiln against PyTorch (bench/gpu.py); then the bf16 programs' losses
+         at bf16's tolerance and their training steps against PyTorch under bf16
+         autocast (bench/gpu.py --autocast bf16); writes OUTDIR/report.md and the
          logs. Exit 77 where there is no GPU.
 EOF
 }
@@ -104,7 +107,7 @@ prepare() {
   [ -x "$tests/test_cpu_ops" ] && [ -x "$tests/ops_check" ] ||
     die "no $tests/test_cpu_ops or ops_check: the op pack is built by the tests of kiln's build (KILN_TESTS=ON)"
   rm -rf "$dir"
-  mkdir -p "$dir"/{bin,cpu,cuda,data,lib,ref,weights} || die "cannot make $dir"
+  mkdir -p "$dir"/{bin,cpu,cuda,cuda-bf16,data,lib,ref,weights} || die "cannot make $dir"
   dir=$(cd "$dir" && pwd)
   local failed=0 m
 
@@ -131,6 +134,14 @@ prepare() {
       echo "FAIL prepare: kiln build --target=cuda $m:"; head -20 "$dir/cuda/$m.build.log"; failed=1
       rm -f "$dir/cuda/$m"
     fi
+    if "$kiln" build --target=cuda --gpu-matmul=bf16 "$(model_file $m)" -o "$dir/cuda-bf16/$m" \
+      >"$dir/cuda-bf16/$m.build.log" 2>&1; then
+      echo "built $m: cuda-bf16/$m"
+    else
+      echo "FAIL prepare: kiln build --target=cuda --gpu-matmul=bf16 $m:"; head -20 "$dir/cuda-bf16/$m.build.log"
+      failed=1
+      rm -f "$dir/cuda-bf16/$m"
+    fi
   done
   # The op pack (check `ops`): each case of tests/test_cpu_ops.c compiled as kiln
   # build --target=cuda compiles, its inputs and the interpreter's outputs, and
@@ -153,12 +164,20 @@ prepare() {
   # The CUDA programs' and ops_check's shared libraries other than the C
   # library's (jansson), which the GPU machine's system need not have; check puts
   # lib/ on LD_LIBRARY_PATH.
-  for m in "$dir"/cuda/* "$dir"/bin/*; do
+  for m in "$dir"/cuda/* "$dir"/cuda-bf16/* "$dir"/bin/*; do
     [ -x "$m" ] && [ ! -d "$m" ] || continue
     ldd "$m" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
       grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' |
       while read -r f; do cp -L "$f" "$dir/lib/"; done
   done
+
+  # The bf16 programs travel as one archive, a quarter of their size (their
+  # cubins compress well); check unpacks it.
+  if (cd "$dir" && tar -czf cuda-bf16.tar.gz cuda-bf16); then
+    rm -rf "$dir/cuda-bf16"
+  else
+    echo "FAIL prepare: cannot archive cuda-bf16/"; failed=1
+  fi
 
   # The CPU's reference: STEPS steps of each model from the same seed, logged.
   # One thread: kernels may split reductions by thread count, and one thread is
@@ -260,11 +279,24 @@ RTOL1=1e-5
 
 grow_of() { case $1 in mlp) echo 1e-5 ;; *) echo 1e-4 ;; esac; }
 
-# compare REF GOT GROW: prints "maxrel STEP FIRSTBAD" over the loss column and the
-# final val_loss; FIRSTBAD is 0 when every step is within its bound, -1 when GOT
-# has another number of steps.
+# The bf16 programs (--gpu-matmul=bf16) against the same CPU losses. Every matmul
+# operand is rounded to bf16, 8 significant bits: up to 2^-8 = 3.9e-3 of itself,
+# independently per element, so a matmul's outputs move by about that over the
+# square root of their terms and the loss, a mean over the batch, by less. Step 1
+# (a forward pass from the same weights) is held to BF16_RTOL1 = 4e-3, bf16's own
+# rounding step; each later step compounds the difference in the weights as
+# above, by BF16_GROW = 1e-3 per step: 2.3e-2 at step 20. Under the emulator the
+# reduced models stay within 3.2e-3 over 20 steps (tests/cuda.sh). A misplaced
+# fragment or an operand not rounded where it should be changes the loss by far
+# more (or not at all, which bf16-differs checks).
+BF16_RTOL1=4e-3
+BF16_GROW=1e-3
+
+# compare REF GOT GROW [RTOL1]: prints "maxrel STEP FIRSTBAD" over the loss column
+# and the final val_loss; FIRSTBAD is 0 when every step is within its bound, -1
+# when GOT has another number of steps.
 compare_losses() {
-  awk -F, -v rtol1=$RTOL1 -v grow="$3" '
+  awk -F, -v rtol1="${4:-$RTOL1}" -v grow="$3" '
     FNR == 1 { next }
     NR == FNR { ref[$1] = $3; if ($7 != "") rval = $7; nref++; next }
     {
@@ -289,6 +321,24 @@ compare_losses() {
     }' "$1" "$2"
 }
 
+# check_losses TEST WHAT REF LOG GROW RTOL1 TABLE: TEST's result for LOG's losses
+# against the CPU's REF (compare_losses), and the model's row appended to the
+# array named TABLE (m and steps are the caller's).
+check_losses() {
+  local test=$1 what=$2 ref=$3 log=$4 grow=$5 rtol1=$6 max at bad
+  local -n tab=$7
+  read -r max at bad < <(compare_losses "$ref" "$log" "$grow" "$rtol1")
+  local tol="step 1: $rtol1, then +$grow per step"
+  if [ "$bad" = 0 ]; then
+    result "$test" PASS "max relative difference $max (at step $at); bound $tol"
+  elif [ "$bad" = -1 ]; then
+    result "$test" FAIL "the $what log's steps differ from the CPU's"
+  else
+    result "$test" FAIL "max relative difference $max (at step $at), first beyond the bound at step $bad; bound $tol"
+  fi
+  tab+=("| $m | $(loss_at "$ref" 1) | $(loss_at "$log" 1) | $(loss_at "$ref" "$steps") | $(loss_at "$log" "$steps") | $max | $at | $rtol1 + $grow (s-1) |")
+}
+
 # The log without its timing column (samples_per_s): what must be bit-identical.
 exact_cols() { cut -d, -f1-5,7- "$1"; }
 
@@ -307,6 +357,8 @@ check_names() {
   echo gpu ops
   for m in $MODELS; do echo "built-$m train-$m losses-$m graphs-off-$m info-$m"; done
   echo "bench-kiln-mlp784 bench-kiln-gpt generate-kiln-gpt bench-torch"
+  for m in $MODELS; do echo "losses-bf16-$m bf16-differs-$m"; done
+  echo "bench-kiln-bf16-mlp784 bench-kiln-bf16-gpt bench-torch-bf16"
 }
 
 check() {
@@ -368,16 +420,7 @@ check() {
     done
     if [ $ok = 1 ]; then
       result "train-$m" PASS "$steps steps, graphs on and off"
-      read -r max at bad < <(compare_losses "$dir/ref/$m.csv" "$out/$m.graphs1.csv" "$grow")
-      local tol="step 1: $RTOL1, then +$grow per step"
-      if [ "$bad" = 0 ]; then
-        result "losses-$m" PASS "max relative difference $max (at step $at); bound $tol"
-      elif [ "$bad" = -1 ]; then
-        result "losses-$m" FAIL "the CUDA log's steps differ from the CPU's"
-      else
-        result "losses-$m" FAIL "max relative difference $max (at step $at), first beyond the bound at step $bad; bound $tol"
-      fi
-      losstab+=("| $m | $(loss_at "$dir/ref/$m.csv" 1) | $(loss_at "$out/$m.graphs1.csv" 1) | $(loss_at "$dir/ref/$m.csv" "$steps") | $(loss_at "$out/$m.graphs1.csv" "$steps") | $max | $at | $RTOL1 + $grow (s-1) |")
+      check_losses "losses-$m" CUDA "$dir/ref/$m.csv" "$out/$m.graphs1.csv" "$grow" "$RTOL1" losstab
       if cmp -s <(exact_cols "$out/$m.graphs1.csv") <(exact_cols "$out/$m.graphs0.csv"); then
         result "graphs-off-$m" PASS "bit-identical loss, lr, grad_norm with KILN_CUDA_GRAPHS=0"
       else
@@ -453,7 +496,7 @@ j = json.load(open(sys.argv[1]))
 t = j["train"]
 print(t["mlp784"]["median_us"], t["gpt"]["median_us"], j["generate"]["gpt"]["tokens_per_s"])' "$tj")
   fi
-  local -a speed=()
+  local -a speed=() bf16tab=() bf16speed=()
   speed+=("| mlp 784-512-512-10, Adam, batch 128: train step, us | ${kus[mlp784]:--} | ${tmlp:+$(printf %.1f "$tmlp")} | $(ratio "${tmlp:-0}" "${kus[mlp784]:-0}") | ${cpuus[mlp784]:--} |")
   speed+=("| gpt 4x256 ctx 128, AdamW, batch 16: train step, us | ${kus[gpt]:--} | ${tgpt:+$(printf %.1f "$tgpt")} | $(ratio "${tgpt:-0}" "${kus[gpt]:-0}") | ${cpuus[gpt]:--} |")
   local ktok="" ctok
@@ -465,10 +508,94 @@ print(t["mlp784"]["median_us"], t["gpt"]["median_us"], j["generate"]["gpt"]["tok
   echo "Kiln against PyTorch eager (ratio > 1: Kiln faster):"
   printf '%s\n' "${speed[@]}" | sed 's/^| //; s/ |$//'
 
+  check_bf16 "$dir" "$out" "$swap" "$steps" "$seed"
+
   report "$dir" "$out" "$gpu" "$driver" "$cudaver" "$gtext"
   echo
   echo "$pass passed, $fail failed; report: $out/report.md"
   [ "$fail" -eq 0 ]
+}
+
+# check_bf16 DIR OUT PROGRAMS STEPS SEED: the --gpu-matmul=bf16 programs: each
+# model's losses against the CPU's at bf16's tolerance (BF16_RTOL1, BF16_GROW),
+# and not identical to the f32 program's (the option must change the arithmetic);
+# then the MLP's and GPT's training steps against PyTorch under bf16 autocast
+# (bench/gpu.py --autocast bf16). With the CPU programs standing in (a dry run) the
+# CPU programs run in their place and nothing can differ from f32: bf16-differs
+# is SKIPPED. Sets bf16tab and bf16speed for the report.
+check_bf16() {
+  local dir=$1 out=$2 swap=$3 steps=$4 seed=$5 m p r max at bad
+  # The programs: cuda-bf16.tar.gz unpacked outside DIR and OUTDIR (prog is then
+  # an absolute path; the programs still run in DIR, for their data).
+  local prog=cpu work=""
+  if [ "$swap" != cpu ]; then
+    work=$(mktemp -d) || die "cannot make a temporary folder"
+    tar -C "$work" -xzf "$dir/cuda-bf16.tar.gz" 2>/dev/null || echo "run.sh: cannot unpack $dir/cuda-bf16.tar.gz"
+    prog=$work/cuda-bf16
+  fi
+  for m in $MODELS; do
+    p="$prog/$m"
+    if [ ! -x "$p" ] && [ ! -x "$dir/$p" ]; then
+      result "losses-bf16-$m" FAIL "cuda-bf16/$m is missing: its build failed at prepare (cuda-bf16/$m.build.log)"
+      result "bf16-differs-$m" SKIPPED "no program"
+      continue
+    fi
+    (cd "$dir" && timeout "$LIMIT" "$p" train --steps "$steps" --seed "$seed" --data "$(model_data $m)" \
+      --log "$out/$m.bf16.csv" --print-every 5 >"$out/$m.bf16.out" 2>&1)
+    r=$?
+    if [ $r -ne 0 ]; then
+      result "losses-bf16-$m" FAIL "$p train: exit $r: $(tail -1 "$out/$m.bf16.out")"
+      result "bf16-differs-$m" SKIPPED "training failed"
+      continue
+    fi
+    check_losses "losses-bf16-$m" bf16 "$dir/ref/$m.csv" "$out/$m.bf16.csv" "$BF16_GROW" "$BF16_RTOL1" bf16tab
+    if [ "$swap" = cpu ]; then
+      result "bf16-differs-$m" SKIPPED "the CPU program stands in for the bf16 one"
+    elif [ ! -f "$out/$m.graphs1.csv" ]; then
+      result "bf16-differs-$m" SKIPPED "no f32 run to compare with"
+    elif awk -F, 'NR == FNR { f32[$1] = $3; next } FNR > 1 && f32[$1] != $3 { d = 1 } END { exit !d }' \
+      "$out/$m.graphs1.csv" "$out/$m.bf16.csv"; then
+      result "bf16-differs-$m" PASS "losses differ from the f32 program's"
+    else
+      result "bf16-differs-$m" FAIL "every loss equals the f32 program's: bf16 is not in use"
+    fi
+  done
+
+  local -A kus=()
+  local runs=30 warm=10 key
+  [ "$swap" = cpu ] && runs=3 warm=1
+  for m in $BENCH_MODELS; do
+    key=${m%_train}
+    if (cd "$dir" && [ -x "$prog/$m" ] && timeout "$LIMIT" "$prog/$m" bench --train --runs $runs \
+      --warmup $warm >"$out/$m.bf16.bench.txt" 2>&1) && kus[$key]=$(bench_us "$out/$m.bf16.bench.txt") &&
+      [ -n "${kus[$key]}" ]; then
+      result "bench-kiln-bf16-$key" PASS "train step median ${kus[$key]} us"
+    else
+      result "bench-kiln-bf16-$key" FAIL "$(tail -1 "$out/$m.bf16.bench.txt" 2>/dev/null || echo "no $prog/$m")"
+    fi
+  done
+  [ -n "$work" ] && rm -rf "$work"
+  local py tj="$out/torch_bf16.json" targs=() tmlp="" tgpt=""
+  [ "$swap" = cpu ] && targs=(--device cpu --runs 3 --warmup 1 --run-ms 5)
+  if ! py=$(find_python); then
+    result bench-torch-bf16 FAIL "no python3 with torch and numpy (set PYTHON)"
+  elif timeout 300 "$py" "$root/bench/gpu.py" --autocast bf16 "${targs[@]}" --out "$tj" >/dev/null \
+    2>"$out/torch_bf16.err"; then
+    result bench-torch-bf16 PASS "$(sed -n 's/^gpu.py: torch/torch/p' "$out/torch_bf16.err")"
+  else
+    result bench-torch-bf16 FAIL "$(tail -1 "$out/torch_bf16.err")"
+  fi
+  if [ -f "$tj" ]; then
+    read -r tmlp tgpt < <("$py" -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["train"]
+print(t["mlp784"]["median_us"], t["gpt"]["median_us"])' "$tj")
+  fi
+  bf16speed+=("| mlp 784-512-512-10, Adam, batch 128: train step, us | ${kus[mlp784]:--} | ${tmlp:+$(printf %.1f "$tmlp")} | $(ratio "${tmlp:-0}" "${kus[mlp784]:-0}") |")
+  bf16speed+=("| gpt 4x256 ctx 128, AdamW, batch 16: train step, us | ${kus[gpt]:--} | ${tgpt:+$(printf %.1f "$tgpt")} | $(ratio "${tgpt:-0}" "${kus[gpt]:-0}") |")
+  echo
+  echo "Kiln --gpu-matmul=bf16 against PyTorch bf16 autocast (ratio > 1: Kiln faster):"
+  printf '%s\n' "${bf16speed[@]}" | sed 's/^| //; s/ |$//'
 }
 
 # check_ops DIR OUT PROGRAMS: every op case of the pack against the interpreter
@@ -563,8 +690,26 @@ report() {
     printf '%s\n' "${speed[@]}"
     echo
     [ -n "$gtext" ] && echo "Generation: $gtext." && echo
+    echo "## bf16 matmuls (--gpu-matmul=bf16)"
+    echo
+    echo "The same models built with \`--gpu-matmul=bf16\` (matmuls on bf16 tensor cores,"
+    echo "f32 accumulation, f32 weights) against the same CPU losses, relative to the"
+    echo "CPU's loss; the bound at step s is the last column (docs/gpu-checks.md)."
+    echo
+    echo "| model | CPU step 1 | bf16 step 1 | CPU last | bf16 last | max rel. diff | at step | bound |"
+    echo "|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${bf16tab[@]}"
+    echo
+    echo "Training steps against PyTorch eager under \`torch.autocast(dtype=torch.bfloat16)\`"
+    echo "(bench/gpu.py --autocast bf16, torch_bf16.json)."
+    echo
+    echo "| measure | Kiln bf16 | PyTorch autocast bf16 | ratio |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${bf16speed[@]}"
+    echo
     echo "Logs: MODEL.graphs1.csv and MODEL.graphs0.csv (train --log, graphs on and off),"
-    echo "ops.txt, *.out, *.info.txt, *.bench.txt, gpt.generate.*, torch.json and torch.err."
+    echo "MODEL.bf16.csv (the bf16 program), ops.txt, *.out, *.info.txt, *.bench.txt,"
+    echo "gpt.generate.*, torch.json, torch.err, torch_bf16.json and torch_bf16.err."
   } >"$out/report.md"
 }
 
