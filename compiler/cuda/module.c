@@ -180,7 +180,8 @@ static int plan_step(Source *s, GraphPlan *gp, const KilnGraph *g, const KilnPla
 
 // Where the ranks sum the gradients (KilnCudaSync): each one after the launches of
 // the node that last touches its buffer (kiln_cpu_find_grads, as the CPU reports
-// them), and all of them before the gradient norm, whose launch comes next.
+// them), and all of them before the gradient norm (or without clipping the first
+// update), whose launch comes next.
 static void plan_syncs(const KilnGraph *g, const KilnPlan *p, const int32_t *end, StepPlan *tr) {
   KilnGrads gr;
   kiln_cpu_find_grads(g, p, &gr);
@@ -227,9 +228,14 @@ static int plan_graph(Source *s, GraphPlan *gp, const KilnGraph *g, const KilnPl
     kiln_cpu_train_costs(p, train, total, &st);
     gp->ninfo = st.ninfo;
     Launch l;
-    EmitReq nr = {.kind = EMIT_NORM, .id = -1, .clip = train->clip_grad_norm};
-    if (rc == 0 && make_kernel(s, g, p, &nr, gp->ninfo - 2, &l) < 0) rc = -1;
-    if (rc == 0) add_launch(tr, &l), gp->nkernels++;
+    // As on the CPU, the norm only where clipping reads it: the runtime sets
+    // grad_scale to 1 before each step. The ranks' join (plan_syncs) stays
+    // before the launch that comes next, the first update.
+    if (train->clip_grad_norm > 0) {
+      EmitReq nr = {.kind = EMIT_NORM, .id = -1, .clip = train->clip_grad_norm};
+      if (rc == 0 && make_kernel(s, g, p, &nr, gp->ninfo - 2, &l) < 0) rc = -1;
+      if (rc == 0) add_launch(tr, &l), gp->nkernels++;
+    }
     for (int i = 0; rc == 0 && i < g->nforward; i++) {
       if (g->grads[i] < 0) continue;
       EmitReq ur = {.kind = EMIT_UPDATE, .id = i, .train = train};
