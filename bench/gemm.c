@@ -75,6 +75,10 @@ static const Shape shapes[] = {
     {"gpt dX 1024<256", false, true, 64, 1024, 256, 256, 256, 1024, 1, 0, 0},
     {"gpt dX 256<1024", false, true, 64, 256, 1024, 1024, 1024, 256, 1, 0, 0},
     {"gpt dW 256x1024", true, false, 64, 1024, 2048, 256, 1024, 1024, 1, 0, 0},
+    // No model's: one 6 x 16 tile over k = 256 with A (6 KiB) and B (16 KiB) in
+    // L1 and nothing to pack. It times the 6 x 16 micro-kernel alone, the most
+    // any product can get from it on this core.
+    {"l1 6x16 tile", false, false, 6, 16, 256, 256, 16, 16, 1, 0, 0},
 };
 #define NSHAPES (sizeof shapes / sizeof shapes[0])
 
