@@ -82,10 +82,16 @@ has bf16-bad-value-msg "$tmp/stderr" "--gpu-matmul expects f32 or bf16, got 'fp1
 expect bf16-cuda-only 2 "$kiln" build --gpu-matmul=bf16 "$src/models/mlp.yaml" -o bad
 has bf16-cuda-only-msg "$tmp/stderr" "go with --target=cuda"
 
-# The kernel cache (KILN_CACHE_DIR, harness.sh: this test's own). The builds above
-# filled it; the same build again takes every architecture from it and gives the
-# same program, byte for byte.
+# The kernel cache (KILN_CACHE_DIR, harness.sh: this test's own), here a fresh
+# folder that holds only the MLP's f32 entries (the builds above also left the
+# bf16 MLP's, whose source names the same file): the first build fills it, the
+# same build again takes every architecture from it and gives the same program,
+# byte for byte.
+export KILN_CACHE_DIR=$PWD/cache-mlp
 cache=$KILN_CACHE_DIR/nvrtc
+expect cache-fill 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp1 --time-passes
+has cache-fill-line "$tmp/stderr" "0 of 2 architectures from the kernel cache $cache"
+check cache-fill-entries [ "$(find "$cache" -name '*.nvc' | wc -l)" -eq 2 ]
 expect cache-hit 0 "$kiln" build --target=cuda "$src/models/mlp.yaml" -o mlp2 --kernel-stats=mlp2.stats --time-passes
 has cache-hit-line "$tmp/stderr" "2 of 2 architectures from the kernel cache $cache"
 same cache-same-program mlp mlp2
