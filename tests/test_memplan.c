@@ -64,11 +64,21 @@ static int32_t op(T *t, KilnOp o, const char *name, int32_t a, int32_t b) {
 }
 
 // Plans the graph as written: the roots and inputs kept, no scratch unless given.
-static void plan(T *t, bool inplace, const int64_t *scratch) {
+static void plan_from(T *t, bool inplace, const int64_t *scratch, const int32_t *scratch_from) {
   kiln_memplan_request(&t->g, &t->a, 0, &t->r);
   t->r.inplace = inplace;
   t->r.scratch = scratch;
+  t->r.scratch_from = scratch_from;
   kiln_memplan(&t->g, &t->r, &t->a, &t->p);
+}
+
+static void plan(T *t, bool inplace, const int64_t *scratch) { plan_from(t, inplace, scratch, NULL); }
+
+// x -> a -> b -> ... of n softmaxes (n <= 4): id[0] the input x, id[1..n] a, b, ...
+static void softmax_chain(T *t, int n, int32_t *id) {
+  static const char *const names[] = {"a", "b", "c", "d"};
+  id[0] = input(t, "x");
+  for (int i = 1; i <= n; i++) id[i] = op(t, KILN_OP_SOFTMAX, names[i - 1], id[i - 1], -1);
 }
 
 static bool overlap(int64_t a, int64_t na, int64_t b, int64_t nb) { return a < b + nb && b < a + na; }
@@ -79,9 +89,9 @@ static void chain(void **state) {
   (void)state;
   T t;
   t_init(&t);
-  int32_t x = input(&t, "x"), a = op(&t, KILN_OP_SOFTMAX, "a", x, -1);
-  int32_t b = op(&t, KILN_OP_SOFTMAX, "b", a, -1), c = op(&t, KILN_OP_SOFTMAX, "c", b, -1);
-  int32_t d = op(&t, KILN_OP_SOFTMAX, "d", c, -1);
+  int32_t id[5];
+  softmax_chain(&t, 4, id);
+  int32_t x = id[0], a = id[1], b = id[2], c = id[3], d = id[4];
   kiln_graph_add_output(&t.g, d);
   plan(&t, true, NULL);
   assert_int_equal(t.p.peak, 3 * S);
@@ -148,8 +158,9 @@ static void outputs_kept(void **state) {
   for (int kept = 0; kept < 2; kept++) {
     T t;
     t_init(&t);
-    int32_t x = input(&t, "x"), a = op(&t, KILN_OP_SOFTMAX, "a", x, -1);
-    int32_t b = op(&t, KILN_OP_SOFTMAX, "b", a, -1), c = op(&t, KILN_OP_SOFTMAX, "c", b, -1);
+    int32_t id[4];
+    softmax_chain(&t, 3, id);
+    int32_t a = id[1], b = id[2], c = id[3];
     if (kept) kiln_graph_add_output(&t.g, a);
     kiln_graph_add_output(&t.g, c);
     plan(&t, true, NULL);
@@ -168,9 +179,9 @@ static void scratch(void **state) {
   (void)state;
   T t;
   t_init(&t);
-  int32_t x = input(&t, "x"), a = op(&t, KILN_OP_SOFTMAX, "a", x, -1);
-  int32_t b = op(&t, KILN_OP_SOFTMAX, "b", a, -1), c = op(&t, KILN_OP_SOFTMAX, "c", b, -1);
-  int32_t d = op(&t, KILN_OP_SOFTMAX, "d", c, -1);
+  int32_t id[5];
+  softmax_chain(&t, 4, id);
+  int32_t x = id[0], a = id[1], b = id[2], c = id[3], d = id[4];
   kiln_graph_add_output(&t.g, d);
   int64_t sc[5] = {0, 0, 2 * S, 0, 0};
   plan(&t, true, sc);
@@ -195,17 +206,13 @@ static void scratch_early(void **state) {
   for (int early = 0; early < 2; early++) {
     T t;
     t_init(&t);
-    int32_t x = input(&t, "x"), a = op(&t, KILN_OP_SOFTMAX, "a", x, -1);
-    int32_t b = op(&t, KILN_OP_SOFTMAX, "b", a, -1), c = op(&t, KILN_OP_SOFTMAX, "c", b, -1);
-    int32_t d = op(&t, KILN_OP_SOFTMAX, "d", c, -1);
+    int32_t id[5];
+    softmax_chain(&t, 4, id);
+    int32_t a = id[1], d = id[4];
     kiln_graph_add_output(&t.g, d);
     int64_t sc[5] = {0, 0, 0, 0, 2 * S};
     int32_t from[5] = {-1, -1, -1, -1, a};
-    kiln_memplan_request(&t.g, &t.a, 0, &t.r);
-    t.r.inplace = false;
-    t.r.scratch = sc;
-    t.r.scratch_from = early ? from : NULL;
-    kiln_memplan(&t.g, &t.r, &t.a, &t.p);
+    plan_from(&t, false, sc, early ? from : NULL);
     bool shared = false;
     for (int32_t i = a; i <= d; i++) shared |= overlap(t.p.scratch[d], 2 * S, t.p.offset[i], S);
     assert_int_equal(shared, !early);
