@@ -12,21 +12,8 @@ pkgs=(
   linux-perf           # optional: perf stat for docs/benchmarks.md
 )
 
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "bench/install-deps: all ${#pkgs[@]} packages present"
-else
-  echo "bench/install-deps: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+. "$(dirname "$0")/../scripts/apt-install.sh"
+apt_install bench/install-deps "${pkgs[@]}"
 
 # JAX, the other peer of bench/train.py's training steps (bench/jax_train.py), is on
 # PyPI only: CPU jaxlib wheels, into the virtual environment of ONNX Runtime

@@ -20,21 +20,8 @@ pkgs=(
   python3-torch python3-onnx python3-venv   # ONNX export and weights tests
 )
 
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#pkgs[@]} packages present"
-else
-  echo "install-deps: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+. "$(dirname "$0")/apt-install.sh"
+apt_install install-deps "${pkgs[@]}"
 
 # ONNX Runtime, the reference of tests/onnx_check.py, is on PyPI only: it goes into
 # a virtual environment that sees Debian's torch, onnx and numpy. Pinned, so pip
