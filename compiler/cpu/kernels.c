@@ -132,10 +132,6 @@ static void lane_reduce(KilnKernel *k, int64_t d, int n, LaneOp op, LaneTerm ter
   }
 }
 
-static void lane_sums(KilnKernel *k, int64_t d, int n, LaneTerm term, void *ctx, LLVMValueRef *out) {
-  lane_reduce(k, d, n, LANE_SUM, term, ctx, out);
-}
-
 static LLVMValueRef in_load(KilnKernel *k, int j, LLVMValueRef flat);
 
 // The terms of a row of a softmax or a cross-entropy: element j at base + j *
@@ -157,7 +153,6 @@ static void row_term(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v) 
   }
   v[0] = x;
 }
-
 
 // f32 arithmetic, a load, and the index a * stride + b, for the long kernels.
 static LLVMValueRef fsub(KilnCg *c, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFSub(c->b, a, b, ""); }
@@ -700,7 +695,7 @@ static int64_t emit_softmax(KilnKernel *k) {
   lane_reduce(k, len, 1, LANE_MAX, row_term, &rt, &mval);
   rt.shift = mval;
   rt.dst = o->op == KILN_OP_SOFTMAX ? dst : NULL;  // the exponentials, divided below
-  lane_sums(k, len, 1, row_term, &rt, &total);
+  lane_reduce(k, len, 1, LANE_SUM, row_term, &rt, &total);
 #define AT(j) kiln_cg_add(c, base, kiln_cg_mul(c, (j), vinner))
   LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", total), "");
   LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), total, "");
@@ -737,16 +732,16 @@ static void stats_term(KilnKernel *k, LLVMValueRef j, void *ctx, LLVMValueRef *v
 
 // The mean and rstd = 1 / sqrt(var + eps) of the d values at x[base ..]: biased
 // variance, two passes (mean, then squared deviations), as the interpreter; each
-// sum in lanes (lane_sums).
+// sum in lanes (lane_reduce).
 static void row_stats(KilnKernel *k, int x, LLVMValueRef base, int64_t d,
                       LLVMValueRef *out_mean, LLVMValueRef *out_rstd) {
   KilnCg *c = k->cg;
   StatsCtx s = {x, base, NULL};
   LLVMValueRef sum, sq;
-  lane_sums(k, d, 1, stats_term, &s, &sum);
+  lane_reduce(k, d, 1, LANE_SUM, stats_term, &s, &sum);
   LLVMValueRef mean = LLVMBuildFDiv(c->b, sum, kiln_cg_f32(c, (double)d), "mean");
   s.mean = mean;
-  lane_sums(k, d, 1, stats_term, &s, &sq);
+  lane_reduce(k, d, 1, LANE_SUM, stats_term, &s, &sq);
   LLVMValueRef var = LLVMBuildFDiv(c->b, sq, kiln_cg_f32(c, (double)d), "var");
   *out_mean = mean;
   *out_rstd = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1),
@@ -802,7 +797,7 @@ static int64_t emit_layernorm_dx(KilnKernel *k) {
   DxCtx x = {.base = base, .gamma = gm};
   row_stats(k, 0, base, d, &x.mean, &x.rstd);
   LLVMValueRef sums[2];  // of g and of g xhat
-  lane_sums(k, d, 2, dx_term, &x, sums);
+  lane_reduce(k, d, 2, LANE_SUM, dx_term, &x, sums);
   LLVMValueRef inv_d = kiln_cg_f32(c, 1.0 / (double)d);
   LLVMValueRef mg = LLVMBuildFMul(c->b, sums[0], inv_d, "");
   LLVMValueRef mgx = LLVMBuildFMul(c->b, sums[1], inv_d, "");
@@ -1103,7 +1098,7 @@ static int64_t emit_cross_entropy_grad(KilnKernel *k) {
   kiln_cg_store(c, e, Y, kiln_cg_add(c, base, s.index));
   kiln_cg_loop_end(c, &s);
   rt.src = Y;
-  lane_sums(k, C, 1, row_term, &rt, &sum);
+  lane_reduce(k, C, 1, LANE_SUM, row_term, &rt, &sum);
   LLVMValueRef inv = LLVMBuildFDiv(c->b, kiln_cg_f32(c, 1), sum, "");
   LLVMValueRef lab = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, L, p.index), c->i64, "");
   LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
@@ -1141,7 +1136,7 @@ static int64_t emit_loss(KilnKernel *k) {
     LLVMValueRef mval, sum;
     lane_reduce(k, C, 1, LANE_MAX, row_term, &rt, &mval);
     rt.shift = mval;
-    lane_sums(k, C, 1, row_term, &rt, &sum);
+    lane_reduce(k, C, 1, LANE_SUM, row_term, &rt, &sum);
     LLVMValueRef lse = LLVMBuildFAdd(c->b, mval, kiln_cg_call1(c, "llvm.log.f32", sum), "");
     LLVMValueRef lab = LLVMBuildSExt(c->b, kiln_cg_load(c, c->i32, L, p.index), c->i64, "");
     LLVMValueRef bad = LLVMBuildOr(c->b, LLVMBuildICmp(c->b, LLVMIntSLT, lab, kiln_cg_i64(c, 0), ""),
